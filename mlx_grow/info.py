@@ -1,0 +1,71 @@
+"""`mlx-grow info`: parameter counts of a config or a model directory."""
+
+from pathlib import Path
+
+from mlx_grow.params import human, stage_active, totals
+
+# Figures as the papers print them, shown next to ours.
+PUBLISHED = {
+    "paper-9l-glyph": {"total": "247.6M", "monolithic trainable": "180.5M", "stage active": "105.0M"},
+    "paper-9l-16bit": {"stage active": "105.0M"},
+    "paper-16l-16bit": {"total": "269.7M"},
+    "es-16l-glyph": {"total": "~335M"},
+    "es-16l-64bit": {"total": "~272M"},
+    "es-16l-256bit": {"total": "~285M"},
+    "d4096-1layer": {"total (1 layer)": "1.3B", "per further layer": "+0.2B"},
+}
+
+
+def describe(target: str) -> dict:
+    p = Path(target)
+    if p.is_dir() and (p / "config.json").exists():
+        from mlx_grow.checkpoint import load_args
+
+        args, name, grow = load_args(p), p.name, None
+    else:
+        from mlx_grow.config import load_config
+
+        cfg = load_config(target)
+        args, name, grow = cfg.model, cfg.name, cfg.grow
+    t = totals(args)
+    rows = [[part, f"{n:,}", human(n), "frozen" if part == "substrate" and t["frozen"] else "trainable"]
+            for part, n in t["parts"].items()]
+    rows.append(["total", f"{t['total']:,}", human(t["total"]), f"frozen {human(t['frozen'])}, "
+                 f"trainable {human(t['trainable'])}"])
+    notes = [f"per block: {t['per_block']:,}; substrate: {args.substrate.kind}"
+             + (f", {args.substrate.bits} bits" if args.substrate.kind in ("binary", "gf2", "random", "float") else "")]
+    if grow is not None:
+        notes += stage_notes(args, grow, t)
+    for key, val in PUBLISHED.get(name, {}).items():
+        notes.append(f"published ({key}): {val}")
+    return {"title": f"{name}: parameters", "columns": ["part", "count", "", "status"], "rows": rows,
+            "notes": notes}
+
+
+def stage_notes(args, grow: dict, t: dict) -> list:
+    from mlx_grow.schedule import GrowConfig, plan
+    from mlx_grow.train import TrainConfig
+
+    g = GrowConfig.from_dict(grow)
+    depth = g.depth or args.num_hidden_layers
+    if g.monolithic:
+        return [f"monolithic: trains {human(t['trainable'])} ({t['trainable']:,}) at once"]
+    out = []
+    for st in plan(g, depth, TrainConfig()):
+        n = stage_active(args, st["new"], st["train_head"], train_substrate=st["train_substrate"])
+        out.append(f"stage {st['index'] + 1}: +{st['new']} blocks -> depth {st['depth']}, "
+                   f"active {n:,} ({human(n)})")
+    out.append(f"monolithic baseline trainable: {t['trainable']:,} ({human(t['trainable'])})")
+    return out
+
+
+def summary_table(summary: list):
+    from rich.table import Table
+
+    table = Table(title="growth summary")
+    for col in ("stage", "depth", "active params", "steps", "tokens", "train loss", "val loss"):
+        table.add_column(col, justify="right")
+    for s in summary:
+        table.add_row(str(s["stage"]), str(s["depth"]), human(s["active_params"]), str(s["steps"]),
+                      f"{s['tokens']:,}", f"{s['train_loss']:.4f}", f"{s['val_loss']:.4f}")
+    return table

@@ -1,0 +1,238 @@
+"""Decoder-only Transformer on a frozen input substrate.
+
+Pre-LayerNorm blocks with biased q/k/v/o projections, rotary positions and a
+4x GELU MLP with biases; a final LayerNorm and an untied LM head without bias.
+Module names follow mlx-lm's Starcoder2 port, so export is a renaming.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
+
+from mlx_grow.substrate import Substrate, SubstrateArgs
+
+
+def strict_from_dict(cls, params: dict, where: str):
+    """Build dataclass `cls` from `params`; an unknown key is an error that names it."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; "
+            f"valid keys: {', '.join(sorted(names))}"
+        )
+    return cls(**params)
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int = 65536
+    hidden_size: int = 1024
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 32
+    intermediate_size: Optional[int] = None  # default 4 * hidden_size
+    max_position_embeddings: int = 1024
+    rope_theta: float = 10000.0
+    rope_traditional: bool = False  # False: rotate-half; True: interleaved pairs
+    hidden_act: str = "gelu"  # "gelu" (exact) or "gelu_tanh"
+    norm_eps: float = 1e-5
+    substrate: SubstrateArgs = field(default_factory=SubstrateArgs)
+    model_type: str = "mlx_grow"
+
+    def __post_init__(self):
+        if isinstance(self.substrate, dict):
+            self.substrate = SubstrateArgs.from_dict(self.substrate)
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {self.hidden_act!r}")
+
+    @classmethod
+    def from_dict(cls, params: dict, where: str = "model config"):
+        return strict_from_dict(cls, dict(params), where)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        dim, self.n_heads = args.hidden_size, args.num_attention_heads
+        self.scale = args.head_dim**-0.5
+        self.q_proj = nn.Linear(dim, dim, bias=True)
+        self.k_proj = nn.Linear(dim, dim, bias=True)
+        self.v_proj = nn.Linear(dim, dim, bias=True)
+        self.o_proj = nn.Linear(dim, dim, bias=True)
+        self.rope = nn.RoPE(args.head_dim, traditional=args.rope_traditional, base=args.rope_theta)
+
+    def __call__(self, x, mask=None, cache=None):
+        B, L, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = k.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        v = v.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        if cache is not None:
+            q = self.rope(q, offset=cache.offset)
+            k = self.rope(k, offset=cache.offset)
+            k, v = cache.update_and_fetch(k, v)
+        else:
+            q, k = self.rope(q), self.rope(k)
+        out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.c_fc = nn.Linear(args.hidden_size, args.intermediate_size, bias=True)
+        self.c_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=True)
+        self.act = nn.gelu_approx if args.hidden_act == "gelu_tanh" else nn.gelu
+
+    def __call__(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.mlp = MLP(args)
+
+    def __call__(self, x, mask=None, cache=None):
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Model(nn.Module):
+    """Substrate -> blocks -> final LayerNorm -> LM head.
+
+    `layers` is a plain list so growth can append blocks. `stop_gradient_below`
+    (set by the trainer) stops the backward pass at the input of that block.
+    """
+
+    def __init__(self, args: ModelArgs, substrate_table=None):
+        super().__init__()
+        self.args = args
+        self.substrate = Substrate(args.substrate, args.vocab_size, args.hidden_size, substrate_table)
+        self.layers = [Block(args) for _ in range(args.num_hidden_layers)]
+        self.norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.stop_gradient_below = 0
+
+    def hidden(self, inputs, mask=None, cache=None, start=0, h=None):
+        """Final hidden states before the LM head. `h` (with `start`) resumes from
+        the output of block `start - 1`, e.g. a cached frozen prefix."""
+        if h is None:
+            h = self.substrate(inputs)
+            start = 0
+        if cache is None:
+            cache = [None] * len(self.layers)
+        if mask is None:
+            mask = create_attention_mask(h, cache[0])
+        for i in range(start, len(self.layers)):
+            if i == self.stop_gradient_below and i > 0:
+                h = mx.stop_gradient(h)
+            h = self.layers[i](h, mask, cache[i])
+        return self.norm(h)
+
+    def prefix(self, inputs, end):
+        """Output of blocks [0, end) (the input of block `end`)."""
+        h = self.substrate(inputs)
+        mask = create_attention_mask(h, None)
+        for layer in self.layers[:end]:
+            h = layer(h, mask)
+        return h
+
+    def __call__(self, inputs, mask=None, cache=None):
+        return self.lm_head(self.hidden(inputs, mask, cache))
+
+    def make_cache(self):
+        from mlx_lm.models.cache import KVCache
+
+        return [KVCache() for _ in self.layers]
+
+    def add_blocks(self, n: int, init: str = "random", seed: int = 0):
+        """Append `n` blocks. init: random | zero-out (the new block starts as the
+        identity: attention and MLP output projections zeroed) | copy-top."""
+        if init not in BLOCK_INITS:
+            raise ValueError(f"unknown block init {init!r}: use {', '.join(BLOCK_INITS)}")
+        if init == "copy-top" and not self.layers:
+            raise ValueError("copy-top needs an existing block to copy")
+        top = self.layers[-1] if self.layers else None
+        key = mx.random.key(seed)
+        for _ in range(n):
+            key, sub = mx.random.split(key)
+            block = Block(self.args)
+            if init == "copy-top":
+                block.update(tree_map(mx.array, top.parameters()))
+            else:
+                init_module(block, sub, n_layers=self.args.num_hidden_layers + n)
+                if init == "zero-out":
+                    for lin in (block.self_attn.o_proj, block.mlp.c_proj):
+                        lin.weight = mx.zeros_like(lin.weight)
+                        lin.bias = mx.zeros_like(lin.bias)
+            self.layers.append(block)
+        self.args.num_hidden_layers = len(self.layers)
+        mx.eval([b.parameters() for b in self.layers[-n:]])
+
+    @property
+    def n_layers(self):
+        return len(self.layers)
+
+
+def block_param_count(args: ModelArgs) -> int:
+    d, f = args.hidden_size, args.intermediate_size
+    attn = 4 * (d * d + d)
+    mlp = d * f + f + f * d + d
+    return attn + mlp + 4 * d
+
+
+def flops_per_token(args: ModelArgs, n_layers: int, seq_len: int) -> float:
+    """Forward FLOPs per token of the blocks and head (2 per multiply-add)."""
+    d = args.hidden_size
+    per_block = 2 * (block_param_count(args) - 4 * d) + 4 * seq_len * d  # matmuls + attention
+    return n_layers * per_block + 2 * d * args.vocab_size
+
+
+BLOCK_INITS = ("random", "zero-out", "copy-top")
+
+
+def init_module(module: nn.Module, key, n_layers: int, std: float = 0.02, skip=("substrate.",)):
+    """GPT-style init, deterministic from `key`: normal(0, std) weights, zero
+    biases, unit LayerNorm gains; residual output projections get
+    std / sqrt(2 n_layers)."""
+    updates = []
+    for name, p in tree_flatten(module.parameters()):
+        if name.startswith(skip):
+            continue
+        key, sub = mx.random.split(key)
+        if name.endswith(".bias"):
+            updates.append((name, mx.zeros_like(p)))
+        elif "layernorm" in name or name.startswith("norm."):
+            updates.append((name, mx.ones_like(p)))
+        else:
+            s = std / math.sqrt(2 * max(1, n_layers)) if name.endswith(("o_proj.weight", "c_proj.weight")) else std
+            updates.append((name, (s * mx.random.normal(p.shape, key=sub)).astype(p.dtype)))
+    module.load_weights(updates, strict=False)
+    mx.eval(module.parameters())
+
+
+def init_weights(model: Model, seed: int):
+    init_module(model, mx.random.key(seed), n_layers=model.args.num_hidden_layers)
