@@ -1,0 +1,301 @@
+"""The `mlx-grow` command line: a thin Typer layer over the library."""
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Grow, compose, run and convert language models on a frozen input substrate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tokenizer_app = typer.Typer(help="Build, train and inspect tokenizers.", no_args_is_help=True)
+substrate_app = typer.Typer(help="Build and inspect input substrates.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare token shards and inspect corpora.", no_args_is_help=True)
+convert_app = typer.Typer(help="Convert checkpoints to and from PyTorch / Hugging Face.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(substrate_app, name="substrate")
+app.add_typer(data_app, name="data")
+app.add_typer(convert_app, name="convert")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2):
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def guarded(fn):
+    """Turn the library's expected errors into one clear message and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+            fail(str(e).strip("'\""))
+
+    return wrapper
+
+
+# --- core commands ---
+
+
+@app.command()
+@guarded
+def info(
+    target: str = typer.Argument("tiny", help="Config (path or packaged name) or model directory"),
+):
+    """Parameter counts: total, frozen, trainable, per part; for a growth config the
+    active count of every stage next to the monolithic trainable count."""
+    from rich.table import Table
+
+    from mlx_grow.info import describe
+
+    report = describe(target)
+    table = Table(title=report["title"], show_lines=False)
+    for col in report["columns"]:
+        table.add_column(col, justify="right" if col not in ("part", "stage") else "left")
+    for row in report["rows"]:
+        table.add_row(*[str(c) for c in row])
+    console.print(table)
+    for line in report["notes"]:
+        console.print(line, highlight=False)
+
+
+@substrate_app.command("build")
+@guarded
+def substrate_build(
+    config: str = typer.Argument(..., help="Config (path or packaged name)"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file"),
+    font: Optional[str] = typer.Option(None, help="Font file for the glyph substrate (default: Unifont)"),
+):
+    """Build a config's substrate table and write it with its fingerprint."""
+    from mlx_grow.config import load_config
+    from mlx_grow.substrate import build_table, fingerprint, save_table
+
+    cfg = load_config(config)
+    s = cfg.model.substrate
+    if font:
+        s.font = font
+    strings = None
+    if s.kind == "glyph":
+        from mlx_grow.tokenizer import load_tokenizer
+
+        strings = load_tokenizer(s.tokenizer or cfg.tokenizer).token_strings()
+    table = build_table(s, cfg.model.vocab_size, cfg.model.hidden_size, strings)
+    save_table(out, s, table)
+    fp = fingerprint(s, table)
+    console.print(f"wrote {out}: {fp['kind']} table {fp['shape']}, sha256 {fp['sha256'][:16]}…", highlight=False)
+
+
+@substrate_app.command("show")
+@guarded
+def substrate_show(path: Path = typer.Argument(..., help="Substrate .safetensors file or model directory")):
+    """Print a substrate's recipe, shape and fingerprint."""
+    import json
+
+    from mlx_grow.substrate import describe_file
+
+    console.print_json(json.dumps(describe_file(path)))
+
+
+@tokenizer_app.command("build")
+@guarded
+def tokenizer_build(
+    variant: str = typer.Argument(..., help="bvv241 variant: 2-3 | max"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory"),
+):
+    """Build a bvv241 tokenizer from the shipped n-gram files; write a HF tokenizer dir."""
+    from mlx_grow.tokenizer import build_bvv241
+
+    tok = build_bvv241(variant)
+    tok.save(out)
+    console.print(f"wrote {out} ({tok.vocab_size:,} ids)")
+
+
+@tokenizer_app.command("train")
+@guarded
+def tokenizer_train(
+    corpus: List[Path] = typer.Argument(..., help="Text files"),
+    vocab_size: int = typer.Option(..., "--vocab-size"),
+    out: Path = typer.Option(..., "--out", "-o"),
+):
+    """Train a SentencePiece BPE tokenizer and save it as a HF tokenizer dir."""
+    from mlx_grow.tokenizer import train_sentencepiece
+
+    tok = train_sentencepiece([str(p) for p in corpus], vocab_size, out)
+    console.print(f"wrote {out} ({tok.vocab_size:,} ids)")
+
+
+@tokenizer_app.command("encode")
+@guarded
+def tokenizer_encode(
+    tokenizer: str = typer.Argument(..., help="bvv241-2-3 | bvv241-max | a tokenizer dir or tokenizer.json"),
+    text: str = typer.Argument(...),
+):
+    """Print the token ids of TEXT."""
+    from mlx_grow.tokenizer import load_tokenizer
+
+    console.print(" ".join(map(str, load_tokenizer(tokenizer).encode(text))))
+
+
+@tokenizer_app.command("stats")
+@guarded
+def tokenizer_stats(
+    tokenizer: str = typer.Argument(...),
+    text_file: Path = typer.Argument(..., help="A UTF-8 text file"),
+):
+    """Characters per token and <unk> share on a text."""
+    from mlx_grow.tokenizer import load_tokenizer, stats
+
+    s = stats(load_tokenizer(tokenizer), text_file.read_text(encoding="utf-8"))
+    for k, v in s.items():
+        console.print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v:,}")
+
+# --- data commands ---
+
+_SOURCES_HELP = "Files, folders, hf:NAME or builtin:NAME (kjv, shakespeare, default, ...); default builtin:default"
+
+
+@data_app.command("prepare")
+@guarded
+def data_prepare(
+    sources: Optional[List[str]] = typer.Argument(None, help=_SOURCES_HELP),
+    tokenizer: str = typer.Option("bvv241-2-3", "--tokenizer", "-t", help="Tokenizer name or folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Shard folder (default: the shard cache)"),
+    separator: str = typer.Option("</s>", help="Token that ends every document"),
+    val_fraction: float = typer.Option(0.01, help="Share of documents held out for validation"),
+    field: Optional[str] = typer.Option(None, help="Text field of jsonl / parquet / dataset rows (default text)"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip files that are not UTF-8, with a warning"),
+):
+    """Tokenize sources into packed token shards (cached; reused when unchanged)."""
+    from mlx_grow import data
+
+    shards = data.prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
+                          field=field, skip_bad_files=skip_bad)
+    console.print(data.info_table(data.info(shards)))
+    for s in shards:
+        console.print(f"{s.meta['source']}: {s.path}", highlight=False)
+
+
+@data_app.command("info")
+@guarded
+def data_info(
+    sources: Optional[List[str]] = typer.Argument(None, help=_SOURCES_HELP + "; or prepared shard folders"),
+    tokenizer: str = typer.Option("bvv241-2-3", "--tokenizer", "-t", help="Tokenizer for unprepared sources"),
+    against: Optional[Path] = typer.Option(None, help="Task file (.json/.jsonl: question, choices, answer) "
+                                                      "to check for contamination"),
+    n: int = typer.Option(13, "-n", help="Word n-gram length for --against"),
+    field: Optional[str] = typer.Option(None, help="Text field of jsonl / parquet / dataset rows (default text)"),
+):
+    """Documents, characters, tokens, characters per token and <unk> share per source."""
+    from mlx_grow import data
+
+    rows = data.info(sources, tokenizer, field=field)
+    console.print(data.info_table(rows))
+    if against is not None:
+        rep = data.contamination([r["path"] for r in rows], against, n=n)
+        hits = [r["index"] for r in rep["per_item"] if r["question"] or r["answer"]]
+        console.print(f"contamination ({n}-word n-grams): {rep['contaminated']} of {rep['items']} items of "
+                      f"{against} occur in the training shards" + (f"; items {hits[:20]}" if hits else ""),
+                      highlight=False)
+
+# --- grow commands ---
+
+
+@app.command("grow")
+@guarded
+def grow_cmd(
+    config: str = typer.Option("tiny", "--config", "-c", help="Config (path or packaged name)"),
+    depth: Optional[int] = typer.Option(None, help="Final number of blocks"),
+    blocks_per_stage: Optional[int] = typer.Option(None, "--blocks-per-stage", help="New blocks per stage"),
+    stages: Optional[str] = typer.Option(None, help="Explicit stage sizes, e.g. 3,3,3,3,4"),
+    data: Optional[List[str]] = typer.Option(None, "--data", help="Data source (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory"),
+    resume: Optional[Path] = typer.Option(None, help="Resume this run directory"),
+    monolithic: bool = typer.Option(False, help="Train all blocks at once (baseline)"),
+    seed: int = typer.Option(0, help="Seed for init and data order"),
+    steps_per_stage: Optional[int] = typer.Option(None, "--steps-per-stage"),
+    tokens_per_stage: Optional[int] = typer.Option(None, "--tokens-per-stage"),
+    lr: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    block_init: Optional[str] = typer.Option(None, "--block-init", help="random | zero-out | copy-top"),
+    freeze_head: bool = typer.Option(False, "--freeze-head", help="Train only the new blocks"),
+    prefix_cache: bool = typer.Option(False, "--prefix-cache", help="Cache the frozen prefix's hidden states"),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+):
+    """Grow a model layer-wise (or train it monolithically); prints the final model dir last."""
+    from mlx_grow.config import load_config
+    from mlx_grow.grow import TrainingDiverged, grow
+    from mlx_grow.runs import read_run_config
+
+    if resume is not None:
+        cfg = read_run_config(resume)
+        out = resume
+    else:
+        cfg = load_config(config)
+        g, t = cfg.grow, cfg.train
+        if depth is not None:
+            g["depth"] = depth
+            cfg.model.num_hidden_layers = depth
+        for key, val in (("blocks_per_stage", blocks_per_stage), ("steps_per_stage", steps_per_stage),
+                         ("tokens_per_stage", tokens_per_stage), ("block_init", block_init)):
+            if val is not None:
+                g[key] = val
+        if stages:
+            g["stages"] = [int(s) for s in stages.split(",")]
+        if monolithic:
+            g["monolithic"] = True
+        if freeze_head:
+            g["train_head"] = False
+        if prefix_cache:
+            g["prefix_cache"] = True
+        for key, val in (("lr", lr), ("batch_size", batch_size), ("seq_len", seq_len)):
+            if val is not None:
+                t[key] = val
+        t["seed"] = seed
+        if data:
+            cfg.data["sources"] = list(data)
+        if out is None:
+            out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if g.get('monolithic') else 'grow'}-s{seed}"
+    try:
+        final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=console.print)
+    except TrainingDiverged as e:
+        fail(str(e), code=1)
+    from mlx_grow.info import summary_table
+
+    console.print(summary_table(summary))
+    print(final)
+
+
+@app.command()
+@guarded
+def plot(run_dir: Path = typer.Argument(..., help="A grow run directory")):
+    """Redraw a run's loss plot (PNG)."""
+    from mlx_grow.plot import plot_run
+
+    console.print(str(plot_run(run_dir)))
+
+# --- merge/generate commands ---
+
+# --- eval commands ---
+
+# --- convert commands ---
+
+
+def main():
+    from mlx_grow.launcher import main as launch
+
+    launch()
+
+
+if __name__ == "__main__":
+    app(prog_name="mlx-grow")
