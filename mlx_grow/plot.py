@@ -1,0 +1,44 @@
+"""Loss plots of a run: train/validation loss over tokens and over FLOPs,
+with the growth events marked."""
+
+import json
+from pathlib import Path
+
+
+def plot_run(run_dir, out=None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    f = run_dir / "metrics.jsonl"
+    if not f.exists():
+        raise FileNotFoundError(f"{f} does not exist: is {run_dir} a grow run directory?")
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r.get("event") == "train"]
+    evals = [r for r in rows if r.get("event") == "eval"]
+    grows = [r for r in rows if r.get("event") == "grow"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, label in ((axes[0], "tokens", "tokens"), (axes[1], "flops", "training FLOPs")):
+        if train:
+            ax.plot([r[key] for r in train], [r["loss"] for r in train], lw=1, label="train")
+        if evals:
+            ax.plot([r[key] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, label="validation")
+        for r in grows:
+            x = r.get(key, r.get("tokens"))
+            if key == "flops":  # growth events carry tokens; find the FLOPs at that point
+                x = next((e["flops"] for e in train if e["global_step"] >= r["global_step"]), None)
+            if x is not None:
+                ax.axvline(x, color="grey", ls="--", lw=0.8)
+                ax.text(x, ax.get_ylim()[1], f" depth {r['depth']}", va="top", fontsize=8, color="grey")
+        ax.set_xlabel(label)
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{run_dir.name}: loss (dashed: growth events)")
+    fig.tight_layout()
+    out = Path(out) if out else run_dir / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,155 @@
+"""Run directories: run.json, metrics.jsonl, resumable checkpoints, stage models.
+
+RUN/
+  run.json                 config, tokenizer and substrate fingerprints
+  metrics.jsonl            one JSON object per logged step / evaluation / event
+  loss.png                 the loss plot
+  checkpoints/step-000500  model + optimizer.safetensors + trainer.json (atomic)
+  stage-01/ …              the model at each stage end (adapters merged)
+  final/                   the finished model
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_grow.checkpoint import CheckpointError, check_shapes, load_args, read_meta, read_weights, save_model, verify_files
+from mlx_grow.io import atomic_path
+from mlx_grow.model import Model
+
+
+class Run:
+    def __init__(self, root, rank: int = 0):
+        self.root = Path(root)
+        self.rank = rank
+        self.writer = rank == 0
+
+    @property
+    def ckpt_dir(self):
+        return self.root / "checkpoints"
+
+    def stage_dir(self, k: int) -> Path:
+        return self.root / f"stage-{k + 1:02d}"
+
+    def init(self, config: dict, fingerprints: dict, resume: bool):
+        """Create or check run.json. A resume with another config/tokenizer is refused."""
+        f = self.root / "run.json"
+        record = {"config": config, **fingerprints}
+        if f.exists():
+            old = json.loads(f.read_text())
+            if not resume:
+                raise FileExistsError(
+                    f"{self.root} already holds a run; continue it with --resume {self.root} "
+                    "or choose another --out"
+                )
+            for key in ("tokenizer", "substrate"):
+                if old.get(key) != record.get(key):
+                    raise ValueError(
+                        f"cannot resume {self.root}: its {key} fingerprint differs from this config's "
+                        f"({old.get(key)} vs {record.get(key)})"
+                    )
+            if old["config"] != config:
+                diff = sorted(k for k in set(old["config"]) | set(config) if old["config"].get(k) != config.get(k))
+                raise ValueError(
+                    f"cannot resume {self.root}: it was started with a different config "
+                    f"(sections differ: {', '.join(diff)}); resume with the same config and flags"
+                )
+            return
+        if resume:
+            raise FileNotFoundError(f"nothing to resume: {f} does not exist")
+        if self.writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with atomic_path(f) as tmp:
+                tmp.write_text(json.dumps(record, indent=2))
+
+    def log(self, record: dict):
+        if not self.writer:
+            return
+        with open(self.root / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list:
+        f = self.root / "metrics.jsonl"
+        if not f.exists():
+            return []
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, global_step: int):
+        """Drop records past a resumed checkpoint so the log has no duplicate steps."""
+        if not self.writer:
+            return
+        keep = [r for r in self.metrics() if r.get("global_step", 0) <= global_step]
+        with atomic_path(self.root / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def save_checkpoint(self, model, tokenizer, stepper, state: dict, keep: int):
+        if not self.writer:
+            return None
+        out = self.ckpt_dir / f"step-{state['global_step']:06d}"
+
+        def extra(tmp):
+            mx.save_safetensors(str(tmp / "optimizer.safetensors"), stepper.state_dict())
+            (tmp / "trainer.json").write_text(json.dumps(state, indent=2))
+
+        save_model(model, out, tokenizer, meta={"lineage": state.get("lineage")}, overwrite=True, extra_writer=extra)
+        for old in self.checkpoints()[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return out
+
+    def checkpoints(self) -> list:
+        if not self.ckpt_dir.exists():
+            return []
+        return sorted(p for p in self.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+    def latest(self):
+        """The newest checkpoint whose files all match their checksums."""
+        for ckpt in reversed(self.checkpoints()):
+            try:
+                verify_files(ckpt, read_meta(ckpt))
+                return ckpt
+            except CheckpointError as e:
+                print(f"skipping damaged checkpoint {ckpt}: {e}")
+        return None
+
+
+def load_checkpoint(ckpt: Path):
+    """(model with adapters rebuilt, trainer state, optimizer flat state)."""
+    from mlx_grow.lora import rebuild_lora
+
+    state = json.loads((ckpt / "trainer.json").read_text())
+    args = load_args(ckpt)
+    weights = read_weights(ckpt)
+    table = weights.get("substrate.table")
+    model = Model(args, substrate_table=np.array(table) if table is not None else None)
+    rebuild_lora(model, state.get("lora", []))
+    check_shapes(model, weights, ckpt)
+    model.load_weights(list(weights.items()), strict=True)
+    mx.eval(model.parameters())
+    opt = mx.load(str(ckpt / "optimizer.safetensors"))
+    return model, state, opt
+
+
+def remove_stale_temp(root: Path):
+    """Temp dirs left by a killed writer are never read; clean them up."""
+    for base in (root, root / "checkpoints"):
+        if base.exists():
+            for p in base.iterdir():
+                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else os.unlink(p)
+
+
+def read_run_config(root):
+    """The RunConfig a run was started with (for --resume)."""
+    from mlx_grow.config import RunConfig
+
+    f = Path(root) / "run.json"
+    if not f.exists():
+        raise FileNotFoundError(f"nothing to resume: {f} does not exist")
+    cfg = dict(json.loads(f.read_text())["config"])
+    cfg.pop("seed", None)
+    cfg.pop("depth", None)
+    return RunConfig.from_dict(cfg, where=str(f))

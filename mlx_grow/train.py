@@ -1,0 +1,194 @@
+"""The training step: loss, a compiled functional step rebuilt whenever the
+trainable set changes, LR schedules, optimizer state I/O and evaluation."""
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from mlx_grow.model import strict_from_dict
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # global batch, in sequences
+    seq_len: int = 128
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 20  # re-warmed at every growth event
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    grad_checkpoint: bool = False
+    dtype: str = "float32"  # bfloat16 on Metal/CUDA; float32 on CPU
+    eval_every: int = 50
+    val_batches: int = 4
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d, where="train config"):
+        return strict_from_dict(cls, dict(d or {}), where)
+
+
+def loss_fn(model, inputs, targets):
+    logits = model(inputs).astype(mx.float32)
+    return nn.losses.cross_entropy(logits, targets, reduction="mean")
+
+
+def loss_from_prefix(model, h, targets, start=0):
+    logits = model.lm_head(model.hidden(None, start=start, h=h)).astype(mx.float32)
+    return nn.losses.cross_entropy(logits, targets, reduction="mean")
+
+
+def lr_schedule(cfg: TrainConfig, total_steps: int, scale: float = 1.0):
+    """Linear warmup, then cosine decay to lr * min_lr_ratio over `total_steps`."""
+    peak = cfg.lr * scale
+    warm = max(0, min(cfg.warmup_steps, total_steps - 1))
+    decay = optim.cosine_decay(peak, max(1, total_steps - warm), peak * cfg.min_lr_ratio)
+    if warm == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, peak, warm), decay], [warm])
+
+
+def make_optimizer(cfg: TrainConfig, schedule):
+    return optim.AdamW(learning_rate=schedule, betas=list(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+class Stepper:
+    """Owns the optimizer and the compiled step for ONE trainable set.
+
+    mx.compile does not re-trace when only the trainable set changes, so a
+    Stepper must be rebuilt (with a fresh optimizer state) after every
+    freeze/unfreeze/growth event. `carry` copies optimizer moments of
+    parameters that stay trainable (e.g. the head) from the previous Stepper.
+    """
+
+    def __init__(self, model, cfg: TrainConfig, total_steps: int, world=None, carry=None, prefix_start=None):
+        self.model, self.cfg = model, cfg
+        self.group = world
+        self.prefix_start = prefix_start
+        self.optimizer = make_optimizer(cfg, lr_schedule(cfg, total_steps))
+        self.optimizer.init(model.trainable_parameters())
+        if carry is not None:
+            self.carry_state(carry)
+        self.trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
+        self._build()
+
+    def carry_state(self, old: "Stepper"):
+        """Copy moments for parameters trainable in both sets (step count restarts)."""
+        new = dict(tree_flatten(self.optimizer.state))
+        old_state = dict(tree_flatten(old.optimizer.state))
+        for k in new:
+            if k != "step" and k in old_state and old_state[k].shape == new[k].shape:
+                new[k] = old_state[k]
+        self.optimizer.state = tree_unflatten(list(new.items()))
+
+    def _build(self):
+        model, cfg, opt = self.model, self.cfg, self.optimizer
+        if self.prefix_start is None:
+            grad_fn = nn.value_and_grad(model, loss_fn)
+        else:
+            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=self.prefix_start))
+        group = self.group
+        state = [model.state, opt.state]
+
+        def grads_of(x, y):
+            loss, grads = grad_fn(model, x, y)
+            if group is not None and group.size() > 1:
+                grads = nn.utils.average_gradients(grads, group=group)
+                loss = mx.distributed.all_sum(loss, group=group) / group.size()
+            return loss, grads
+
+        def apply(grads):
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                grads, norm = optim.clip_grad_norm(grads, cfg.grad_clip)
+            else:
+                norm = mx.array(0.0)
+            opt.update(model, grads)
+            return norm
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(x, y):
+            loss, grads = grads_of(x, y)
+            return loss, apply(grads)
+
+        self._step = step
+        self._grads = mx.compile(grads_of, inputs=state, outputs=state) if cfg.grad_accum > 1 else None
+        self._apply = apply
+
+    def step(self, x, y):
+        """One optimizer step on a rank-local batch (split into grad_accum micro-batches)."""
+        n = self.cfg.grad_accum
+        if n <= 1:
+            loss, norm = self._step(x, y)
+            mx.eval(loss, norm, self.model.state, self.optimizer.state)
+            return float(loss), float(norm)
+        if x.shape[0] % n:
+            raise ValueError(f"batch rows {x.shape[0]} per rank are not divisible by grad_accum {n}")
+        m = x.shape[0] // n
+        total, acc = 0.0, None
+        for i in range(n):
+            loss, grads = self._grads(x[i * m:(i + 1) * m], y[i * m:(i + 1) * m])
+            acc = grads if acc is None else tree_map(mx.add, acc, grads)
+            mx.eval(loss, acc)
+            total += float(loss)
+        norm = self._apply(tree_map(lambda g: g / n, acc))
+        mx.eval(norm, self.model.state, self.optimizer.state)
+        return total / n, float(norm)
+
+    @property
+    def lr(self) -> float:
+        lr = self.optimizer.learning_rate
+        return float(lr)
+
+    def state_dict(self) -> dict:
+        return dict(tree_flatten(self.optimizer.state))
+
+    def load_state_dict(self, flat: dict):
+        want = dict(tree_flatten(self.optimizer.state))
+        missing = sorted(set(want) - set(flat))
+        bad = [k for k in want if k in flat and flat[k].shape != want[k].shape]
+        if missing or bad:
+            raise ValueError(
+                "optimizer state does not match the trainable set of this stage "
+                f"(missing: {missing[:5]}, mis-shaped: {bad[:5]}); was the checkpoint made by another config?"
+            )
+        self.optimizer.state = tree_unflatten([(k, flat[k]) for k in want])
+        mx.eval(self.optimizer.state)
+        self._build()  # the compiled step captured the old state tree
+
+
+def evaluate(model, batches, prefix=None) -> float:
+    """Mean token cross-entropy over fixed validation batches (no grad).
+    `prefix` = (cache, start) reuses cached hidden states of the frozen prefix."""
+    total, count = 0.0, 0
+    for b in batches:
+        y = mx.array(b[:, 1:])
+        if prefix is not None:
+            cache, start = prefix
+            h = model.hidden(None, start=start, h=cache(model, np.asarray(b[:, :-1]), start))
+            logits = model.lm_head(h).astype(mx.float32)
+        else:
+            logits = model(mx.array(b[:, :-1])).astype(mx.float32)
+        total += float(nn.losses.cross_entropy(logits, y, reduction="sum"))
+        count += y.size
+    return total / max(1, count)
+
+
+def check_finite(loss: float, step: int):
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step}")
+
+
+def split_xy(batch: np.ndarray):
+    b = mx.array(batch)
+    return b[:, :-1], b[:, 1:]

@@ -1,0 +1,211 @@
+"""Growth: schedules, frozen weights, LoRA merge, exact resume, monolithic stream, prefix cache."""
+
+import itertools
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mlx_grow.checkpoint import load_model
+from mlx_grow.config import RunConfig
+from mlx_grow.grow import TrainingDiverged, grow
+from mlx_grow.model import ModelArgs
+from mlx_grow.params import stage_active
+from mlx_grow.schedule import GrowConfig, plan
+from mlx_grow.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from mlx_grow.corpora import BUILTINS
+
+    docs = list(itertools.islice(BUILTINS["kjv"].read(), 120))
+    p = tmp_path_factory.mktemp("corpus") / "kjv.txt"
+    p.write_text("\n\n".join(docs), encoding="utf-8")
+    return str(p)
+
+
+def config(corpus, depth=4, grow=None, train=None, **model):
+    m = dict(vocab_size=65536, hidden_size=32, num_hidden_layers=depth, num_attention_heads=2,
+             max_position_embeddings=32, substrate={"kind": "binary", "bits": 16})
+    m.update(model)
+    g = {"blocks_per_stage": 2, "steps_per_stage": 6}
+    g.update(grow or {})
+    t = {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0,
+         "val_batches": 2, "checkpoint_every": 0, "log_every": 1}
+    t.update(train or {})
+    return RunConfig(model=ModelArgs.from_dict(m), tokenizer="bvv241-2-3", name="t",
+                     data={"sources": [corpus]}, grow=g, train=t)
+
+
+def run(cfg, out, **kw):
+    return grow(cfg, out, progress=False, echo=lambda *a, **k: None, **kw)
+
+
+def weights(path):
+    return {k: np.array(v) for k, v in tree_flatten(load_model(path).parameters())}
+
+
+def test_plan_even_uneven_and_bad_depth():
+    t = TrainConfig()
+    assert [s["new"] for s in plan(GrowConfig(blocks_per_stage=3), 9, t)] == [3, 3, 3]
+    assert [s["new"] for s in plan(GrowConfig(stages=[3, 3, 3, 3, 4]), 16, t)] == [3, 3, 3, 3, 4]
+    assert [s["new"] for s in plan(GrowConfig(blocks_per_stage=4), 9, t)] == [4, 4, 1]
+    with pytest.raises(ValueError, match="add up to 9 blocks but the depth is 16"):
+        plan(GrowConfig(stages=[3, 3, 3]), 16, t)
+    mono = plan(GrowConfig(blocks_per_stage=3, monolithic=True, steps_per_stage=[5, 6, 7]), 9, t)
+    assert len(mono) == 1 and mono[0]["steps"] == 18 and mono[0]["segments"] == [5, 6, 7]
+
+
+def test_growth_freezes_earlier_blocks_and_loss_falls(corpus, tmp_path):
+    cfg = config(corpus, depth=4, grow={"stages": [1, 3], "steps_per_stage": 15},
+                 train={"eval_every": 5, "lr": 1e-2})
+    final, summary = run(cfg, tmp_path / "r")
+    s1, s2 = weights(tmp_path / "r" / "stage-01"), weights(final)
+    assert len(load_model(final).layers) == 4
+    for k, v in s1.items():
+        if k.startswith(("layers.0.", "substrate.")):
+            assert np.array_equal(v, s2[k]), f"{k} moved while frozen"
+        elif k.startswith(("norm.", "lm_head.")):
+            assert not np.array_equal(v, s2[k]), f"{k} should train in every stage"
+    args = ModelArgs.from_dict(cfg.model.to_dict())
+    assert [s["active_params"] for s in summary] == [stage_active(args, 1), stage_active(args, 3)]
+    evals = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in evals if r["event"] == "eval"]
+    assert val[-1] < val[0] - 1.0, val  # validation loss falls on real text
+    assert (tmp_path / "r" / "loss.png").stat().st_size > 1000
+
+
+def test_frozen_head_stage_trains_only_new_blocks(corpus, tmp_path):
+    cfg = config(corpus, depth=2, grow={"blocks_per_stage": 1, "train_head": [True, False]})
+    final, _ = run(cfg, tmp_path / "r")
+    a, b = weights(tmp_path / "r" / "stage-01"), weights(final)
+    for k in a:
+        if not k.startswith("layers.1."):
+            assert np.array_equal(a[k], b[k]), k
+
+
+def test_resume_is_bit_identical_across_growth(corpus, tmp_path):
+    cfg = lambda: config(corpus, depth=4, train={"checkpoint_every": 4})
+    full, _ = run(cfg(), tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def kill_at_9(step, model):  # dies after the step-8 checkpoint, past the growth event at 6
+        if step == 9:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(cfg(), tmp_path / "cut", on_step=kill_at_9)
+    assert not (tmp_path / "cut" / "final").exists()
+    resumed, _ = run(cfg(), tmp_path / "cut", resume=True)
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    steps = [json.loads(x)["global_step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["event"] == "train"]
+    assert steps == sorted(set(steps))  # no duplicated log lines after resume
+
+
+def test_resume_with_other_config_refused(corpus, tmp_path):
+    run(config(corpus, depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 2}), tmp_path / "r")
+    other = config(corpus, depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 3})
+    with pytest.raises(ValueError, match="different config"):
+        run(other, tmp_path / "r", resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(other, tmp_path / "r")
+
+
+def test_monolithic_sees_the_same_tokens(corpus, tmp_path):
+    seen = {}
+
+    def recorder(name):
+        def hook(step, model):
+            pass
+        return hook
+
+    from mlx_grow import grow as G
+
+    original = G.split_xy
+    for mode in ("grow", "mono"):
+        batches = []
+        G.split_xy = lambda b, _rec=batches: (_rec.append(np.array(b)), original(b))[1]
+        try:
+            run(config(corpus, depth=4, grow={"monolithic": mode == "mono"}), tmp_path / mode)
+        finally:
+            G.split_xy = original
+        seen[mode] = batches
+    assert len(seen["grow"]) == len(seen["mono"]) == 12
+    for a, b in zip(seen["grow"], seen["mono"]):
+        assert np.array_equal(a, b)
+    mono = weights(tmp_path / "mono" / "final")
+    assert len([k for k in mono if k.endswith("c_fc.weight")]) == 4
+
+
+def test_lora_stage_and_merge_keeps_logits(corpus, tmp_path):
+    from mlx_grow import lora as L
+    from mlx_grow.grow import build_model
+    from mlx_grow.tokenizer import load_tokenizer
+
+    cfg = config(corpus, depth=2)
+    m = build_model(cfg.model, load_tokenizer("bvv241-2-3"), 2, seed=0)
+    n = L.add_lora(m.layers, 4, 2.0, ["q_proj", "v_proj", "c_fc"], mx.random.key(1))
+    assert n == 2 * 4 * ((32 + 32) * 2 + (32 + 128))
+    for layer in m.layers:  # give the adapters non-zero B so the merge matters
+        layer.self_attn.q_proj.lora_b = 0.1 * mx.random.normal(layer.self_attn.q_proj.lora_b.shape)
+    ids = mx.array([[72, 101, 108, 108, 111]])
+    before = m(ids)
+    assert L.fuse_lora(m.layers) == 6 and not L.has_lora(m)
+    assert mx.allclose(before, m(ids), atol=1e-5).item()
+
+
+def test_lora_phases_train_only_adapters_on_frozen_blocks(corpus, tmp_path):
+    cfg = config(corpus, depth=2, grow={"blocks_per_stage": 1, "lora": {
+        "rank": 2, "targets": ["q_proj", "v_proj"], "from_depth": 2, "final_phase_steps": 3}})
+    final, summary = run(cfg, tmp_path / "r")
+    args = ModelArgs.from_dict(cfg.model.to_dict())
+    adapters = 2 * (32 + 32) * 2  # q and v of one frozen block, rank 2
+    assert summary[1]["active_params"] == stage_active(args, 1) + adapters
+    assert len(summary) == 3  # two stages + the final LoRA phase
+    s1, s3 = weights(tmp_path / "r" / "stage-01"), weights(final)
+    assert not any("lora" in k for k in s3)  # adapters merged before export
+    assert not np.array_equal(s1["layers.0.self_attn.q_proj.weight"], s3["layers.0.self_attn.q_proj.weight"])
+    assert np.array_equal(s1["layers.0.mlp.c_fc.weight"], s3["layers.0.mlp.c_fc.weight"])
+
+
+def test_lora_budget_chooses_rank():
+    from mlx_grow.lora import lora_param_count, rank_for_budget
+
+    args = ModelArgs(hidden_size=64, num_attention_heads=4, vocab_size=1000)
+    base = stage_active(args, 1)
+    r = rank_for_budget(args, 3, ["q_proj", "v_proj"], base + 5000, base)
+    assert lora_param_count(args, 3, r, ["q_proj", "v_proj"]) <= 5000 < lora_param_count(args, 3, r + 1, ["q_proj", "v_proj"])
+    with pytest.raises(ValueError, match="no room"):
+        rank_for_budget(args, 3, ["q_proj"], base, base)
+
+
+def test_prefix_cache_gives_the_same_loss(corpus, tmp_path):
+    a, sa = run(config(corpus, depth=4), tmp_path / "a")
+    b, sb = run(config(corpus, depth=4, grow={"prefix_cache": True}, train={"eval_every": 2}), tmp_path / "b")
+    assert [s["val_loss"] for s in sa] == pytest.approx([s["val_loss"] for s in sb], abs=1e-5)
+    ends = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    ends = [r for r in ends if r.get("stage_end") and r["stage"] == 2]
+    assert ends[0]["prefix_cache_hits"] > 0  # validation batches reuse the cached frozen prefix
+    wa, wb = weights(a), weights(b)
+    for k in wa:
+        assert np.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_nan_loss_stops_at_last_good_checkpoint(corpus, tmp_path):
+    def poison(step, model):
+        pass
+
+    poison.poison = 5
+    with pytest.raises(TrainingDiverged, match="step-000004"):
+        run(config(corpus, depth=2, train={"checkpoint_every": 2}), tmp_path / "r", on_step=poison)
+    ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert ckpts == ["step-000002", "step-000004"]
