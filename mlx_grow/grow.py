@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 from mlx_grow import lora as L
 from mlx_grow.model import BLOCK_INITS, Model, flops_per_token, init_weights, strict_from_dict
 from mlx_grow.params import human, stage_active
+from mlx_grow.faults import armed, maybe_fail
 from mlx_grow.prefix_cache import PrefixCache
 from mlx_grow.train import Stepper, TrainConfig, check_finite, split_xy
 
@@ -165,6 +166,7 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
             final = st.get("final_lora", False)
             if not resumed and k > 0 and st["new"]:
                 model.add_blocks(st["new"], g.block_init, seed=seed * 1000 + k)
+                maybe_fail("grow", k + 1)
                 run.log({"event": "grow", "global_step": g_step, "stage": k + 1, "depth": len(model.layers),
                          "tokens": tokens})
             if not resumed:
@@ -192,13 +194,14 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
                 + (f" (blocks {first + 1}-{len(model.layers)} + head)" if first else ""))
             t0, last_loss = time.perf_counter(), math.nan
             while step < st["steps"]:
+                maybe_fail("step", g_step + 1)
                 x, y = split_xy(batch_of(step, rank, world))
                 if on_step is not None:
                     on_step(g_step, model)
                 if use_cache:
                     x = pcache(model, np.array(x), first)
                 loss, gnorm = stepper.step(x, y)
-                if on_step is not None and getattr(on_step, "poison", None) == g_step:
+                if armed("step", g_step + 1) == "nan" or getattr(on_step, "poison", None) == g_step:
                     loss = math.nan
                 try:
                     check_finite(loss, g_step)

@@ -18,6 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_grow.checkpoint import CheckpointError, check_shapes, load_args, read_meta, read_weights, save_model, verify_files
+from mlx_grow.faults import maybe_fail
 from mlx_grow.io import atomic_path
 from mlx_grow.model import Model
 
@@ -93,6 +94,7 @@ class Run:
 
         def extra(tmp):
             mx.save_safetensors(str(tmp / "optimizer.safetensors"), stepper.state_dict())
+            maybe_fail("checkpoint", state["global_step"])  # test hook: die / disk full mid-write
             (tmp / "trainer.json").write_text(json.dumps(state, indent=2))
 
         save_model(model, out, tokenizer, meta={"lineage": state.get("lineage")}, overwrite=True, extra_writer=extra)

@@ -1,0 +1,486 @@
+"""Reading foreign checkpoints for `convert import`: the tensors (lazily), the
+layout (which names hold which part of our block), the config, and the input
+table.
+
+A layout maps our module names to the source's (`{i}` is the layer index);
+`.weight` and `.bias` are appended, and a name that already is a tensor is
+used as it is. A mapping file (`--map FILE.yaml`) has the same shape; see
+MAP_EXAMPLE.
+"""
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from mlx_grow.substrate import SubstrateArgs, id_bits
+
+MAP_EXAMPLE = """\
+base: nanogpt              # optional: start from a built-in layout
+tensors:                   # ours: theirs ({i} = layer index; .weight/.bias appended)
+  embed: tok_emb           # [V, d], or a narrow [V, w] table (see expansion)
+  layers.{i}.input_layernorm: blocks.{i}.ln1
+  layers.{i}.self_attn.qkv: blocks.{i}.attn.qkv   # or .q_proj / .k_proj / .v_proj
+  layers.{i}.self_attn.o_proj: blocks.{i}.attn.out
+  layers.{i}.post_attention_layernorm: blocks.{i}.ln2
+  layers.{i}.mlp.c_fc: blocks.{i}.ff.up
+  layers.{i}.mlp.c_proj: blocks.{i}.ff.down
+  norm: ln_f
+  lm_head: head
+qkv: concat                # fused rows: concat ([q; k; v]) | per-head ([h][q, k, v], GPT-NeoX)
+ignore: ['\\.attn\\.mask$']  # regexes of buffers to skip
+config:                    # fills in / overrides config.json
+  num_attention_heads: 32
+  rope: rotate-half        # rotate-half | interleaved
+  hidden_act: gelu         # gelu | gelu_tanh
+  norm_eps: 1.0e-5
+  expansion: repeat        # how a [V, w] table widens to d: repeat | tile
+"""
+BLOCK = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+         "post_attention_layernorm", "mlp.c_fc", "mlp.c_proj")
+QKV = "layers.{i}.self_attn.qkv"
+OURS = ("embed", "norm", "lm_head", QKV, *(f"layers.{{i}}.{m}" for m in BLOCK))
+BUFFERS = [r"\.attn\.(masked_)?bias$", r"\.attention\.(masked_)?bias$", r"rotary_emb\.inv_freq$", r"\.rope\.\w+$"]
+WRAPPERS = ("_orig_mod.", "module.")  # torch.compile / DDP prefixes, stripped before matching
+TABLE_FILES = ("embeddings.txt", "normalized_embeddings_weights.pt")
+NOT_WEIGHTS = TABLE_FILES + ("training_args.bin", "optimizer.pt", "scheduler.pt")
+ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
+             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+MAP_HINT = ("describe the layout in a mapping file and pass it with --map FILE.yaml "
+            "(`mlx-grow convert inspect PATH` prints an example)")
+
+
+def _block(prefix, names, qkv=None):
+    out = {f"layers.{{i}}.{ours}": f"{prefix}.{theirs}" for ours, theirs in zip(BLOCK, names) if theirs}
+    return {**out, QKV: f"{prefix}.{qkv}"} if qkv else out
+
+
+NO_QKV = ("input_layernorm", None, None, None)
+LAYOUTS = {
+    "mlx_grow": dict(model_types=["mlx_grow"], tensors={
+        "embed": "substrate.table", "norm": "norm", "lm_head": "lm_head", **_block("layers.{i}", BLOCK)}),
+    "starcoder2": dict(model_types=["starcoder2"], tie=True, tensors={
+        "embed": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head",
+        **_block("model.layers.{i}", BLOCK)}),
+    "gpt-neox": dict(model_types=["gpt_neox"], qkv="per-head", tensors={
+        "embed": "gpt_neox.embed_in", "norm": "gpt_neox.final_layer_norm", "lm_head": "embed_out",
+        **_block("gpt_neox.layers.{i}", (*NO_QKV, "attention.dense", "post_attention_layernorm",
+                                        "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), "attention.query_key_value")}),
+    "nanogpt": dict(qkv="concat", tensors={
+        "embed": "transformer.wte", "norm": "transformer.ln_f", "lm_head": "lm_head",
+        **_block("transformer.h.{i}", ("ln_1", None, None, None, "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"),
+                 "attn.c_attn")}),
+    "nanogpt-split": dict(tensors={
+        "embed": "transformer.wte", "norm": "transformer.ln_f", "lm_head": "lm_head",
+        **_block("transformer.h.{i}", ("ln_1", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.c_proj",
+                                      "ln_2", "mlp.c_fc", "mlp.c_proj"))}),
+}
+
+
+def load_mapping(path) -> dict:
+    """A --map YAML file as a layout, every key checked."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mapping file {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"mapping file {path} is not valid YAML: {e}") from None
+    unknown = sorted(set(spec) - {"base", "tensors", "qkv", "ignore", "config"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: base, tensors, qkv, ignore, config")
+    base = spec.get("base")
+    if base is not None and base not in LAYOUTS:
+        raise ValueError(f"{path}: base {base!r} is not a built-in layout; use one of {', '.join(LAYOUTS)}")
+    tensors = dict(spec.get("tensors") or {})
+    bad = sorted(set(tensors) - set(OURS))
+    if bad:
+        raise ValueError(f"{path}: unknown tensor name(s) {', '.join(bad)}; ours are {', '.join(OURS)}")
+    layout = dict(LAYOUTS.get(base, {}), name=f"map:{path.name}", model_types=[])
+    inherited = dict(layout.get("tensors", {}))
+    if QKV in tensors or any(k.endswith(("q_proj", "k_proj", "v_proj")) for k in tensors):
+        inherited = {k: v for k, v in inherited.items() if k != QKV and not k.endswith(("q_proj", "k_proj", "v_proj"))}
+    layout["tensors"] = {**inherited, **tensors}
+    if spec.get("qkv") not in (None, "concat", "per-head"):
+        raise ValueError(f"{path}: qkv must be 'concat' or 'per-head', got {spec['qkv']!r}")
+    layout.update({k: spec[k] for k in ("qkv", "ignore", "config") if spec.get(k) is not None})
+    return layout
+
+
+def claim(layout: dict, keys) -> dict:
+    """Which keys the layout places ({ours: {layer: [keys]}}), the layer
+    count, and the keys that neither a template nor an ignore rule claims."""
+    pats = {ours: re.compile(re.escape(t).replace(r"\{i\}", r"(\d+)") + r"(?:\.(weight|bias|table))?$")
+            for ours, t in layout["tensors"].items()}
+    ignore = [re.compile(p) for p in BUFFERS + list(layout.get("ignore") or [])]
+    placed, free, layers = {}, [], set()
+    for k in keys:
+        ours, m = next(((o, p.match(k)) for o, p in pats.items() if p.match(k)), (None, None))
+        if ours is None:
+            if not any(p.search(k) for p in ignore):
+                free.append(k)
+            continue
+        i = int(m.group(1)) if "{i}" in ours else None
+        placed.setdefault(ours, {}).setdefault(i, []).append(k)
+        layers.add(i)
+    layers.discard(None)
+    return {"placed": placed, "layers": max(layers) + 1 if layers else 0, "unplaced": free}
+
+
+def required(layout: dict) -> list:
+    attn = [QKV] if QKV in layout["tensors"] else [f"layers.{{i}}.self_attn.{p}_proj" for p in "qkv"]
+    need = ["norm", *attn, *(f"layers.{{i}}.{m}" for m in BLOCK if "self_attn" not in m or "o_proj" in m)]
+    tied = layout.get("tie") or (layout.get("config") or {}).get("tie_word_embeddings")
+    return need + ([] if tied else ["lm_head"])
+
+
+def detect(keys, model_type=None, mapping=None, strict=True):
+    """The layout that places every tensor (strict=False: that places our
+    whole block, the rest returned as unplaced). Layouts named by the config's
+    model_type are tried first. No fit is an error listing the keys that did
+    not match."""
+    candidates = [mapping] if mapping is not None else sorted(
+        (dict(v, name=k) for k, v in LAYOUTS.items()), key=lambda v: model_type not in v.get("model_types", []))
+    best = None
+    for layout in candidates:
+        c = claim(layout, keys)
+        missing = [r for r in required(layout) if r not in c["placed"]]
+        if best is None or (len(missing), len(c["unplaced"])) < (len(best[2]), len(best[1]["unplaced"])):
+            best = (layout, c, missing)
+    layout, c, missing = best
+    if missing or (c["unplaced"] and strict):
+        what = f"the {layout['name']} layout" if mapping is not None else "any known layout"
+        parts = [f"nothing for our {', '.join(missing)}"] if missing else []
+        if "lm_head" in missing:
+            parts.append("for a head tied to the embedding set tie_word_embeddings: true under config:")
+        if c["unplaced"]:
+            parts.append(f"keys that did not match: {', '.join(compact(c['unplaced'])[:12])}")
+        raise ValueError(f"tensors do not fit {what} ({'; '.join(parts)}); {MAP_HINT}")
+    return layout, c
+
+
+def expert_prefixes(keys, mapping=None) -> list:
+    """Prefixes under which whole models sit in one checkpoint (`experts.0.`):
+    each key that ends in a layout's layer-0 input norm marks one."""
+    tails = sorted({v["tensors"]["layers.{i}.input_layernorm"].replace("{i}", "0") + ".weight"
+                    for v in [*LAYOUTS.values(), *([mapping] if mapping else [])]
+                    if "layers.{i}.input_layernorm" in v["tensors"]}, key=len, reverse=True)
+    found = set()
+    for k in keys:
+        tail = next((t for t in tails if k.endswith("." + t)), None)  # the most specific layout
+        if tail:
+            found.add(k[: -len(tail)])
+    return sorted(found)
+
+
+EMBED_NAME = re.compile(r"(wte|embed\w*|tok\w*emb\w*|substrate\.table)(\.weight)?$")
+
+
+def compact(keys) -> list:
+    """Key patterns with layer numbers folded: blocks.{i}.ln1.weight."""
+    return sorted({re.sub(r"\.\d+(?=\.)", ".{i}", k) for k in keys})
+
+
+# --- config ---
+
+SYNONYMS = {
+    "vocab_size": ("vocab_size", "n_vocab", "padded_vocab_size"),
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "dim", "model_dim"),
+    "num_hidden_layers": ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
+    "num_attention_heads": ("num_attention_heads", "n_head", "n_heads", "num_heads"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size"),
+    "max_position_embeddings": ("max_position_embeddings", "n_positions", "block_size", "n_ctx", "max_seq_len",
+                                "context_length"),
+    "rope_theta": ("rope_theta", "rotary_emb_base", "rope_base", "rotary_base"),
+    "norm_eps": ("norm_eps", "norm_epsilon", "layer_norm_eps", "layer_norm_epsilon", "ln_eps"),
+    "hidden_act": ("hidden_act", "activation_function", "activation"),
+}
+ACTS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+        "gelu_fast": "gelu_tanh", "gelu_approx": "gelu_tanh"}
+MAP_CONFIG = set(SYNONYMS) | {"rope", "expansion", "substrate", "trainable", "tie_word_embeddings"}
+NAME_HINT = re.compile(r"n_embed_(\d+)_([a-z]+)_n_layer_(\d+)")  # e.g. model_n_embed_16_binary_n_layer_32
+
+
+def read_config(config: dict, layout: dict, found: dict, where: str) -> dict:
+    """ModelArgs fields from a foreign config; the mapping's `config:` wins.
+    `found` is what the weights say ({field: (value, evidence)}): a config
+    that disagrees is an error."""
+    over = dict(layout.get("config") or {})
+    bad = sorted(set(over) - MAP_CONFIG)
+    if bad:
+        raise ValueError(f"unknown key(s) {', '.join(bad)} under config: in the mapping; "
+                         f"valid: {', '.join(sorted(MAP_CONFIG))}")
+    rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
+    merged = {**config, **({"rope_theta": rope["rope_theta"]} if "rope_theta" in rope else {})}
+    args = {}
+    for ours, names in SYNONYMS.items():
+        key, val = (ours, over[ours]) if ours in over else next(
+            ((n, merged[n]) for n in names if merged.get(n) is not None), (None, None))
+        if ours in found:
+            value, evidence = found[ours]
+            if val is not None and int(val) != value:
+                raise ValueError(f"{where}: {key}={val} but {evidence} says {value}: "
+                                 "the config does not match the weights")
+            val = value
+        if val is not None:
+            args[ours] = val
+    if "num_attention_heads" not in args:
+        raise ValueError(f"{where} gives no number of attention heads; set num_attention_heads under "
+                         "config: in a --map file")
+    act = str(args.get("hidden_act", "gelu"))
+    if act not in ACTS:
+        raise ValueError(f"{where}: hidden_act {act!r} is not a GELU; mlx-grow blocks use gelu or gelu_tanh")
+    args["hidden_act"] = ACTS[act]
+    neox = "gpt_neox" in layout.get("model_types", [])
+    pct = rope.get("partial_rotary_factor", config.get("partial_rotary_factor",
+                                                       config.get("rotary_pct", 0.25 if neox else 1.0)))
+    if float(pct) != 1.0:
+        raise ValueError(f"{where}: rotary_pct / partial_rotary_factor is {pct}; only full rotary (1.0) imports")
+    if config.get("use_parallel_residual", neox):
+        raise ValueError(f"{where}: use_parallel_residual is true (the GPT-NeoX default); mlx-grow's block is "
+                         "sequential, so only use_parallel_residual: false imports")
+    kv = config.get("num_key_value_heads")
+    if kv is not None and int(kv) != int(args["num_attention_heads"]):
+        raise ValueError(f"{where}: num_key_value_heads={kv} differs from num_attention_heads; "
+                         "grouped-query attention does not import")
+    style = over.get("rope") or ("interleaved" if any(config.get(k) for k in (
+        "rope_traditional", "rotary_interleaved", "rope_interleaved")) else "rotate-half")
+    if style not in ("rotate-half", "interleaved"):
+        raise ValueError(f"rope must be 'rotate-half' or 'interleaved', got {style!r}")
+    args["rope_traditional"] = style == "interleaved"
+    tie = over.get("tie_word_embeddings", config.get("tie_word_embeddings", layout.get("tie", False)))
+    return {"args": args, "tie": bool(tie), "expansion": over.get("expansion"), "kind": over.get("substrate"),
+            "trainable": over.get("trainable")}
+
+
+def name_hints(config: dict) -> dict:
+    """Substrate hints from names such as model_n_embed_16_binary_n_layer_32."""
+    text = " ".join(str(config.get(k, "")) for k in ("model_type", "_name_or_path", "name")).lower()
+    hints = {}
+    m = NAME_HINT.search(text)
+    if m:
+        hints.update(width=int(m.group(1)), layers=int(m.group(3)))
+        text += " " + m.group(2)
+    for word, kind in (("glyph", "glyph"), ("float", "float"), ("unfrozen", "trainable"), ("bin", "binary"),
+                       ("bit", "binary")):
+        if word in text:
+            hints["kind"] = kind
+            break
+    if isinstance(config.get("n_embed"), int):
+        hints.setdefault("width", config["n_embed"])
+    return hints
+
+
+# --- the input table ---
+
+
+def expand(table: np.ndarray, d: int, expansion: str) -> np.ndarray:
+    r = d // table.shape[1]
+    if r == 1:
+        return table
+    return np.repeat(table, r, axis=1) if expansion == "repeat" else np.tile(table, (1, r))
+
+
+def narrowest(e: np.ndarray, d: int, expansion=None, width=None):
+    """The narrowest [V, w] table whose expansion to d is exactly `e` (a wide
+    embedding that is really a repeated small table), and its expansion."""
+    if e.shape[1] < d:
+        return e, expansion or "repeat"
+    for w in [width] if width and width < d else [w for w in range(1, d) if d % w == 0]:
+        for exp in [expansion] if expansion else ["repeat", "tile"]:
+            t = e[:, :: d // w] if exp == "repeat" else e[:, :w]
+            if np.array_equal(expand(t[:64], d, exp), e[:64]) and np.array_equal(expand(t, d, exp), e):
+                return np.ascontiguousarray(t), exp
+    return e, expansion or "repeat"
+
+
+def classify(table: np.ndarray, kind=None, trainable=None) -> SubstrateArgs:
+    """The recipe of an imported table: the token ids in binary (bit order
+    found by comparing rows with the ids), another 0/1 code, a unit-norm float
+    table, or an ordinary embedding. A kind hint the values contradict is dropped."""
+    v, w = table.shape
+    binary = bool(np.all((table == 0) | (table == 1)))
+    order = next((o for o in ("msb", "lsb") if np.array_equal(table, id_bits(v, w, o))), None) \
+        if binary and v <= 2**w else None
+    if kind in ("binary", "random", "gf2") and not binary:
+        kind = None
+    if kind is None:
+        unit = bool(np.allclose(np.linalg.norm(table.astype(np.float64), axis=1), 1.0, atol=1e-3))
+        kind = "binary" if binary else ("float" if unit else "trainable")
+    if kind == "binary" and order is None:
+        kind = "random"  # 0/1 but not the ids: a code we can only store
+    train = kind == "trainable" if trainable is None else bool(trainable)
+    return SubstrateArgs(kind=kind, bits=w if kind in ("binary", "random", "float", "gf2") else 16,
+                         order=order or "msb", trainable=train)
+
+
+def read_embeddings_txt(path) -> np.ndarray:
+    """A table from text: `idx` / `[b0, b1, ...]` line pairs (as the bvv241
+    notebooks write them), `idx [..]` or `idx 0101..` lines, or one row per
+    line (numbers, or a 0/1 string). Indexed rows are put in index order."""
+    lines = [s.strip() for s in Path(path).read_text(encoding="utf-8").splitlines() if s.strip()]
+    pair = len(lines) > 1 and re.fullmatch(r"\d+", lines[0]) and ("[" in lines[1] or len(lines[1].split()) > 1)
+    rows, idx = [], []
+    for n in range(0, len(lines), 2 if pair else 1):
+        line = f"{lines[n]} {lines[n + 1] if n + 1 < len(lines) else ''}" if pair else lines[n]
+        m = re.fullmatch(r"(\d+)[\s:,]+(\[.*\]|[01]{2,})", line)
+        if m:
+            idx.append(int(m.group(1)))
+            line = m.group(2)
+        try:
+            rows.append([float(c) for c in line] if re.fullmatch(r"[01]{2,}", line)
+                        else [float(x) for x in re.split(r"[\s,]+", line.strip("[] "))])
+        except ValueError:
+            raise ValueError(f"{path}: line {n + 1} is not a row of numbers: {line[:60]!r}") from None
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError(f"{path}: rows have different lengths ({sorted({len(r) for r in rows})[:4]})")
+    table = np.asarray(rows, np.float32)
+    if idx:
+        if len(idx) != len(rows) or sorted(idx) != list(range(len(rows))):
+            raise ValueError(f"{path}: the token indices are not exactly 0..{len(rows) - 1}")
+        table = table[np.argsort(idx)]
+    return table
+
+
+# --- reading tensors ---
+
+
+class SafetensorsFile:
+    """A .safetensors header, checked against the file size; tensors are read
+    on demand with plain file reads (no full load, no mmap)."""
+
+    def __init__(self, path: Path):
+        self.path, size = path, path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if n < 2 or n > size - 8:
+                raise ValueError(f"{path} is truncated or not a safetensors file (bad header length)")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as e:
+                raise ValueError(f"{path} has a corrupt safetensors header ({e})") from None
+        header.pop("__metadata__", None)
+        self.base, self.tensors = 8 + n, {}
+        for name, t in header.items():
+            try:
+                dt, shape, (start, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
+                want = int(np.prod(shape, dtype=np.int64)) * np.dtype(ST_DTYPES[dt]).itemsize
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"tensor {name} in {path} has a corrupt or unsupported header entry") from None
+            if end - start != want:
+                raise ValueError(f"tensor {name} in {path} is corrupt: {end - start} bytes for shape {list(shape)}")
+            if self.base + end > size:
+                raise ValueError(f"{path} is truncated: tensor {name} needs {self.base + end} bytes, "
+                                 f"the file has {size}")
+            self.tensors[name] = (dt, shape, start)
+
+    def get(self, name) -> np.ndarray:
+        dt, shape, start = self.tensors[name]
+        arr = np.fromfile(self.path, ST_DTYPES[dt], int(np.prod(shape, dtype=np.int64)), offset=self.base + start)
+        arr = arr.reshape(shape)
+        return (arr.astype(np.uint32) << 16).view(np.float32) if dt == "BF16" else arr
+
+
+class Arrays:
+    """Tensors already in memory (a PyTorch file, a table) behind the same interface."""
+
+    def __init__(self, arrays: dict):
+        self.arrays = arrays
+        self.tensors = {k: (str(v.dtype), tuple(v.shape), None) for k, v in arrays.items()}
+
+    def get(self, name):
+        return self.arrays[name]
+
+
+class Source:
+    """Every tensor of a checkpoint (safetensors, sharded or not, or PyTorch
+    .bin / .pt through the allow-listed unpickler), keyed with torch.compile /
+    DDP wrappers stripped. `config` is config.json (or a nanoGPT .pt's model_args)."""
+
+    def __init__(self, path):
+        self.path = path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        self.root = path if path.is_dir() else path.parent
+        self.config, self.prefix, readers, self._last = {}, "", {}, (None, None)
+        cfg = self.root / "config.json"
+        if cfg.is_file():
+            try:
+                self.config = json.loads(cfg.read_text())
+            except ValueError as e:
+                raise ValueError(f"{cfg} is not valid JSON ({e})") from None
+        for f in [path] if path.is_file() else self._weight_files(path):
+            r = SafetensorsFile(f) if f.suffix == ".safetensors" else self._read_torch(f)
+            readers.update({k: r for k in r.tensors})
+        self.names = {}  # our key -> (reader, the file's key)
+        for k, r in readers.items():
+            s = k
+            while s.startswith(WRAPPERS):
+                s = s.split(".", 1)[1]
+            self.names[s] = (r, k)
+
+    @staticmethod
+    def _weight_files(d: Path):
+        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            if (d / index).is_file():
+                try:
+                    files = [d / n for n in sorted(set(json.loads((d / index).read_text())["weight_map"].values()))]
+                except (ValueError, KeyError, AttributeError) as e:
+                    raise ValueError(f"{d / index} is not a valid shard index ({e})") from None
+                lost = [f.name for f in files if not f.is_file()]
+                if lost:
+                    raise FileNotFoundError(f"{d / index} lists missing shard(s) {', '.join(lost)}")
+                return files
+        files = sorted(d.glob("*.safetensors")) or sorted(
+            f for f in (*d.glob("*.bin"), *d.glob("*.pt"), *d.glob("*.pth")) if f.name not in NOT_WEIGHTS)
+        if not files and not (d / "experts").is_dir():  # a merge's weights sit in experts/N
+            raise FileNotFoundError(f"{d} holds no *.safetensors, *.bin or *.pt weights")
+        return files
+
+    def _read_torch(self, f: Path) -> Arrays:
+        from mlx_grow.safe_pickle import load_torch_file
+
+        try:
+            obj = load_torch_file(f)
+        except Exception as e:  # UnsafePickleError, zip and pickle errors
+            raise ValueError(f"cannot read {f}: {e}") from None
+        if isinstance(obj, dict):
+            cfg = next((obj[k] for k in ("model_args", "config") if isinstance(obj.get(k), dict)), None)
+            self.config = self.config or dict(cfg or {})
+            obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), dict)), obj)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{f} holds a {type(obj).__name__}, not a state dict")
+        return Arrays({str(k): v for k, v in obj.items() if isinstance(v, np.ndarray)})
+
+    def view(self, prefix: str):
+        """The tensors under `prefix`, with it stripped (one expert of a merge)."""
+        v = object.__new__(Source)
+        v.__dict__.update(self.__dict__, path=Path(f"{self.path}:{prefix}"), prefix=prefix, _last=(None, None),
+                          names={k[len(prefix):]: r for k, r in self.names.items() if k.startswith(prefix)})
+        return v
+
+    def add(self, key, array):
+        self.names[key] = (Arrays({key: array}), key)
+
+    def keys(self):
+        return list(self.names)
+
+    def shape(self, key):
+        r, k = self.names[key]
+        return r.tensors[k][1]
+
+    def dtype(self, key):
+        r, k = self.names[key]
+        return r.tensors[k][0]
+
+    def get(self, key) -> np.ndarray:
+        """The tensor as float32 (the last one is kept: a fused qkv is read once)."""
+        if self._last[0] != key:
+            r, k = self.names[key]
+            self._last = (key, np.asarray(r.get(k), dtype=np.float32))
+        return self._last[1]
