@@ -1,7 +1,8 @@
 """Convert checkpoints: PyTorch / Hugging Face <-> mlx-grow model directories.
 
-Import finds a checkpoint's layout (layouts.py), rebuilds the substrate
-table, and writes a mlx-grow model directory (or a merge, for experts).
+Import reads a checkpoint's tensors lazily (tensorio.py), finds its layout
+(layouts.py), rebuilds the substrate table, and writes a mlx-grow model
+directory (or a merge, for experts).
 Export writes a Hugging Face directory that transformers and mlx-lm load with
 no custom code (Starcoder2, or GPT-NeoX) plus `mlx_grow_export.json`, so a
 re-import restores the substrate recipe and fingerprint exactly. Tensors are
@@ -10,7 +11,6 @@ streamed one at a time, and every output goes to a temp dir renamed on success.
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from mlx_grow.checkpoint import FORMAT_VERSION, META, SHARD_BYTES, load_args, re
 from mlx_grow.io import atomic_dir, sha256_file
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate import fingerprint, load_table_file
+from mlx_grow.tensorio import TABLE_FILES, Source, write_weights
 
 EXPORT_META = "mlx_grow_export.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -30,54 +31,7 @@ NEOX = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_
         "self_attn.o_proj": "attention.dense", "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
 
 
-# --- writing ---
-
-
-def to_dtype(arr: np.ndarray, st: str) -> np.ndarray:
-    if st != "BF16":
-        return np.ascontiguousarray(arr, np.float32 if st == "F32" else np.float16)
-    bits = np.ascontiguousarray(arr, np.float32).view(np.uint32)  # round to nearest even
-    return np.where(np.isnan(arr), np.uint16(0x7FC0), ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16))
-
-
-def nbytes(entry) -> int:
-    return int(np.prod(entry[1], dtype=np.int64)) * np.dtype(L.ST_DTYPES[entry[2]]).itemsize
-
-
-def write_safetensors(path: Path, plan, metadata: dict):
-    """Stream a plan [(name, shape, dtype, make)] into one safetensors file,
-    making one tensor at a time."""
-    header, off = {}, 0
-    for entry in plan:
-        header[entry[0]] = {"dtype": entry[2], "shape": list(entry[1]), "data_offsets": [off, off + nbytes(entry)]}
-        off += nbytes(entry)
-    raw = json.dumps({**header, "__metadata__": metadata}, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape, dt, make in plan:
-            arr = make()
-            if tuple(arr.shape) != tuple(shape):
-                raise ValueError(f"tensor {name} came out {list(arr.shape)}, expected {list(shape)}")
-            f.write(memoryview(to_dtype(arr, dt)).cast("B"))
-
-
-def write_weights(out: Path, plan, metadata: dict, shard_bytes: int = SHARD_BYTES):
-    """model.safetensors, or shards plus model.safetensors.index.json."""
-    shards = [[]]
-    for entry in plan:
-        if shards[-1] and sum(map(nbytes, shards[-1])) + nbytes(entry) > shard_bytes:
-            shards.append([])
-        shards[-1].append(entry)
-    if len(shards) == 1:
-        return write_safetensors(out / "model.safetensors", plan, metadata)
-    index = {}
-    for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(out / name, shard, metadata)
-        index.update({e[0]: name for e in shard})
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": sum(map(nbytes, plan))}, "weight_map": index}, indent=1))
+# --- shared by import and export ---
 
 
 def copy_tokenizer(src: Path, dst: Path) -> bool:
@@ -153,7 +107,7 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
         r = L.read_config(cfg, layout, found, where)
         tie, src_trad = r["tie"], r["args"]["rope_traditional"]
         e = source.get(emb) if emb else None
-        auto = next((source.root / f for f in L.TABLE_FILES if (source.root / f).is_file()), None)
+        auto = next((source.root / f for f in TABLE_FILES if (source.root / f).is_file()), None)
         ext, ext_kind = (table, None) if isinstance(table, np.ndarray) else \
             read_table(table or auto) if table or (e is None and auto) else (None, None)
         if e is None and ext is None:
@@ -272,7 +226,7 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
 
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
-    source = L.Source(src)
+    source = Source(src)
     if mapping is not None and not isinstance(mapping, dict):
         mapping = L.load_mapping(mapping)
     opts = dict(mapping=mapping, expansion=expansion, kind=kind, rope=rope, output_rope=output_rope, dtype=dtype)
@@ -324,7 +278,7 @@ def split_experts(source, mapping=None):
     or one checkpoint with whole models under prefixes such as `experts.0.`."""
     record = read_export_meta(source.root).get("merge") if source.path.is_dir() else None
     if record:
-        subs = [L.Source(source.root / e["dir"]) for e in record["experts"]]
+        subs = [Source(source.root / e["dir"]) for e in record["experts"]]
         for s, e in zip(subs, record["experts"]):
             s.prefix = e["dir"] + "/"
         return subs, [], None, record
@@ -462,7 +416,7 @@ def export_model(model_dir, out, to="starcoder2", dtype="float32", overwrite=Fal
 def export_one(model_dir: Path, meta: dict, tmp: Path, to, dtype, shard_bytes, table=None, tok_dir=None) -> list:
     from mlx_grow.tokenizer import load_tokenizer
 
-    args, src = load_args(model_dir), L.Source(model_dir)
+    args, src = load_args(model_dir), Source(model_dir)
     if table is not None:  # a merge's expert: the shared table is stored beside the experts
         src.add("substrate.table", table)
     plan, table = plan_export(src, args, to, OUT_DTYPES[dtype])
@@ -514,7 +468,7 @@ def export_merged(model_dir: Path, meta: dict, tmp: Path, to, dtype, shard_bytes
 def inspect(path, mapping=None) -> dict:
     """Every tensor's name, shape and dtype, the config, and the layout that
     matched (or why none did)."""
-    source = L.Source(path)
+    source = Source(path)
     if mapping is not None and not isinstance(mapping, dict):
         mapping = L.load_mapping(mapping)
     out = {"path": str(source.path), "config": source.config,

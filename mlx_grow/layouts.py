@@ -1,6 +1,6 @@
-"""Reading foreign checkpoints for `convert import`: the tensors (lazily), the
-layout (which names hold which part of our block), the config, and the input
-table.
+"""Understanding foreign checkpoints for `convert import`: the layout (which
+names hold which part of our block), the config, and the input table. The
+tensors themselves are read by tensorio.py.
 
 A layout maps our module names to the source's (`{i}` is the layer index);
 `.weight` and `.bias` are appended, and a name that already is a tensor is
@@ -8,9 +8,7 @@ used as it is. A mapping file (`--map FILE.yaml`) has the same shape; see
 MAP_EXAMPLE.
 """
 
-import json
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +41,6 @@ BLOCK = ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v
 QKV = "layers.{i}.self_attn.qkv"
 OURS = ("embed", "norm", "lm_head", QKV, *(f"layers.{{i}}.{m}" for m in BLOCK))
 BUFFERS = [r"\.attn\.(masked_)?bias$", r"\.attention\.(masked_)?bias$", r"rotary_emb\.inv_freq$", r"\.rope\.\w+$"]
-WRAPPERS = ("_orig_mod.", "module.")  # torch.compile / DDP prefixes, stripped before matching
-TABLE_FILES = ("embeddings.txt", "normalized_embeddings_weights.pt")
-NOT_WEIGHTS = TABLE_FILES + ("training_args.bin", "optimizer.pt", "scheduler.pt")
-ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
-             "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 MAP_HINT = ("describe the layout in a mapping file and pass it with --map FILE.yaml "
             "(`mlx-grow convert inspect PATH` prints an example)")
 
@@ -344,143 +337,3 @@ def read_embeddings_txt(path) -> np.ndarray:
             raise ValueError(f"{path}: the token indices are not exactly 0..{len(rows) - 1}")
         table = table[np.argsort(idx)]
     return table
-
-
-# --- reading tensors ---
-
-
-class SafetensorsFile:
-    """A .safetensors header, checked against the file size; tensors are read
-    on demand with plain file reads (no full load, no mmap)."""
-
-    def __init__(self, path: Path):
-        self.path, size = path, path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            if n < 2 or n > size - 8:
-                raise ValueError(f"{path} is truncated or not a safetensors file (bad header length)")
-            try:
-                header = json.loads(f.read(n))
-            except ValueError as e:
-                raise ValueError(f"{path} has a corrupt safetensors header ({e})") from None
-        header.pop("__metadata__", None)
-        self.base, self.tensors = 8 + n, {}
-        for name, t in header.items():
-            try:
-                dt, shape, (start, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
-                want = int(np.prod(shape, dtype=np.int64)) * np.dtype(ST_DTYPES[dt]).itemsize
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"tensor {name} in {path} has a corrupt or unsupported header entry") from None
-            if end - start != want:
-                raise ValueError(f"tensor {name} in {path} is corrupt: {end - start} bytes for shape {list(shape)}")
-            if self.base + end > size:
-                raise ValueError(f"{path} is truncated: tensor {name} needs {self.base + end} bytes, "
-                                 f"the file has {size}")
-            self.tensors[name] = (dt, shape, start)
-
-    def get(self, name) -> np.ndarray:
-        dt, shape, start = self.tensors[name]
-        arr = np.fromfile(self.path, ST_DTYPES[dt], int(np.prod(shape, dtype=np.int64)), offset=self.base + start)
-        arr = arr.reshape(shape)
-        return (arr.astype(np.uint32) << 16).view(np.float32) if dt == "BF16" else arr
-
-
-class Arrays:
-    """Tensors already in memory (a PyTorch file, a table) behind the same interface."""
-
-    def __init__(self, arrays: dict):
-        self.arrays = arrays
-        self.tensors = {k: (str(v.dtype), tuple(v.shape), None) for k, v in arrays.items()}
-
-    def get(self, name):
-        return self.arrays[name]
-
-
-class Source:
-    """Every tensor of a checkpoint (safetensors, sharded or not, or PyTorch
-    .bin / .pt through the allow-listed unpickler), keyed with torch.compile /
-    DDP wrappers stripped. `config` is config.json (or a nanoGPT .pt's model_args)."""
-
-    def __init__(self, path):
-        self.path = path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        self.root = path if path.is_dir() else path.parent
-        self.config, self.prefix, readers, self._last = {}, "", {}, (None, None)
-        cfg = self.root / "config.json"
-        if cfg.is_file():
-            try:
-                self.config = json.loads(cfg.read_text())
-            except ValueError as e:
-                raise ValueError(f"{cfg} is not valid JSON ({e})") from None
-        for f in [path] if path.is_file() else self._weight_files(path):
-            r = SafetensorsFile(f) if f.suffix == ".safetensors" else self._read_torch(f)
-            readers.update({k: r for k in r.tensors})
-        self.names = {}  # our key -> (reader, the file's key)
-        for k, r in readers.items():
-            s = k
-            while s.startswith(WRAPPERS):
-                s = s.split(".", 1)[1]
-            self.names[s] = (r, k)
-
-    @staticmethod
-    def _weight_files(d: Path):
-        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-            if (d / index).is_file():
-                try:
-                    files = [d / n for n in sorted(set(json.loads((d / index).read_text())["weight_map"].values()))]
-                except (ValueError, KeyError, AttributeError) as e:
-                    raise ValueError(f"{d / index} is not a valid shard index ({e})") from None
-                lost = [f.name for f in files if not f.is_file()]
-                if lost:
-                    raise FileNotFoundError(f"{d / index} lists missing shard(s) {', '.join(lost)}")
-                return files
-        files = sorted(d.glob("*.safetensors")) or sorted(
-            f for f in (*d.glob("*.bin"), *d.glob("*.pt"), *d.glob("*.pth")) if f.name not in NOT_WEIGHTS)
-        if not files and not (d / "experts").is_dir():  # a merge's weights sit in experts/N
-            raise FileNotFoundError(f"{d} holds no *.safetensors, *.bin or *.pt weights")
-        return files
-
-    def _read_torch(self, f: Path) -> Arrays:
-        from mlx_grow.safe_pickle import load_torch_file
-
-        try:
-            obj = load_torch_file(f)
-        except Exception as e:  # UnsafePickleError, zip and pickle errors
-            raise ValueError(f"cannot read {f}: {e}") from None
-        if isinstance(obj, dict):
-            cfg = next((obj[k] for k in ("model_args", "config") if isinstance(obj.get(k), dict)), None)
-            self.config = self.config or dict(cfg or {})
-            obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), dict)), obj)
-        if not isinstance(obj, dict):
-            raise ValueError(f"{f} holds a {type(obj).__name__}, not a state dict")
-        return Arrays({str(k): v for k, v in obj.items() if isinstance(v, np.ndarray)})
-
-    def view(self, prefix: str):
-        """The tensors under `prefix`, with it stripped (one expert of a merge)."""
-        v = object.__new__(Source)
-        v.__dict__.update(self.__dict__, path=Path(f"{self.path}:{prefix}"), prefix=prefix, _last=(None, None),
-                          names={k[len(prefix):]: r for k, r in self.names.items() if k.startswith(prefix)})
-        return v
-
-    def add(self, key, array):
-        self.names[key] = (Arrays({key: array}), key)
-
-    def keys(self):
-        return list(self.names)
-
-    def shape(self, key):
-        r, k = self.names[key]
-        return r.tensors[k][1]
-
-    def dtype(self, key):
-        r, k = self.names[key]
-        return r.tensors[k][0]
-
-    def get(self, key) -> np.ndarray:
-        """The tensor as float32 (the last one is kept: a fused qkv is read once)."""
-        if self._last[0] != key:
-            r, k = self.names[key]
-            self._last = (key, np.asarray(r.get(k), dtype=np.float32))
-        return self._last[1]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlx_grow import corpora, data
+from mlx_grow.contamination import contamination
 from mlx_grow.data import DataConfig, Shard, open_stream, prepare
 
 
@@ -302,7 +303,7 @@ def test_contamination_finds_planted_item_only(tok, small, tmp_path):
                                   "heavy quark potentials at finite temperature?", "choices": ["x"], "answer": "A"})
                     + "\n")
     (shard,) = prepare([str(path)], tok, progress=False, val_fraction=0)
-    rep = data.contamination([shard.path], task, n=13, tokenizer=tok)
+    rep = contamination([shard.path], task, n=13, tokenizer=tok)
     assert rep["items"] == 2 and rep["contaminated"] == 1
     assert rep["per_item"][0]["question"] and not rep["per_item"][1]["question"]
     assert rep["per_item"][0]["answer"] is None  # a one-word answer is not checked

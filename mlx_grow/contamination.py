@@ -1,0 +1,127 @@
+"""What prepared shards hold: per-source statistics (`mlx-grow data info`) and
+which task items occur in the training text (`data info --against TASK`).
+
+The contamination check compares word n-grams: words are lower-cased
+letter/digit runs (each CJK character is one word), hashed per n-gram, and
+n-grams never cross documents.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from mlx_grow.data import Shard, Stream, _checked, _tokenizer, prepare
+
+
+def _shards(items, tokenizer="bvv241-2-3", **kw) -> list:
+    """Shards from shard folders, a Stream, or source specs (prepared or cached)."""
+    if isinstance(items, Stream):
+        return items.shards
+    items = [items] if isinstance(items, (str, Path, Shard)) else list(items or ["builtin:default"])
+    out = []
+    for it in items:
+        if isinstance(it, Shard):
+            out.append(it)
+        elif (Path(str(it)).expanduser() / "meta.json").exists():
+            out.append(_checked(Shard(Path(str(it)).expanduser())))
+        else:
+            out += prepare([it], tokenizer, **kw)
+    return out
+
+
+def info(items=None, tokenizer="bvv241-2-3", **prepare_kw) -> list:
+    """Per source: documents, characters, tokens, characters per token, <unk> share."""
+    rows = []
+    for s in _shards(items, tokenizer, **prepare_kw):
+        m = s.meta
+        tot = {k: sum(m[k].values()) for k in ("documents", "characters", "tokens", "unk")}
+        rows.append(dict(source=m["source"], **tot, chars_per_token=tot["characters"] / max(tot["tokens"], 1),
+                         unk_share=tot["unk"] / max(tot["tokens"], 1), train_tokens=m["tokens"]["train"],
+                         val_tokens=m["tokens"]["val"], path=str(s.path)))
+    return rows
+
+
+def info_table(rows):
+    from rich.table import Table
+
+    t = Table("source", "documents", "characters", "tokens", "chars/token", "<unk>", "train / val tokens")
+    for r in rows:
+        t.add_row(r["source"], f"{r['documents']:,}", f"{r['characters']:,}", f"{r['tokens']:,}",
+                  f"{r['chars_per_token']:.2f}", f"{r['unk_share']:.2%}",
+                  f"{r['train_tokens']:,} / {r['val_tokens']:,}")
+    return t
+
+
+def _words(text: str) -> list:
+    # Lower-cased words; each CJK character counts as a word.
+    return re.findall(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", text.lower())
+
+
+def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    h = np.zeros(len(ids) - n + 1, np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(n):
+            h = h * np.uint64(0x100000001B3) + ids[i : len(ids) - n + 1 + i].astype(np.uint64)
+    return h
+
+
+def _task_items(path) -> list:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    items = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("question"), str):
+            raise ValueError(f"{path} item {i} has no question: items need question, choices and answer fields")
+        a, choices = r.get("answer"), r.get("choices") or []
+        if isinstance(a, str) and len(a) == 1 and a.isalpha() and choices:
+            a = ord(a.upper()) - ord("A")
+        gold = choices[a] if isinstance(a, int) and 0 <= a < len(choices) else a if isinstance(a, str) else ""
+        items.append((r["question"], str(gold)))
+    return items
+
+
+def contamination(shards_or_stream, task_file, n: int = 13, tokenizer=None) -> dict:
+    """Which task items have a question or gold-answer word n-gram in the training
+    shards. Words are lower-cased letter/digit runs (each CJK character is one
+    word); n-grams never cross documents. A question shorter than n words is
+    looked up whole; an answer shorter than n words is not checked (None)."""
+    shards, items, vocab = _shards(shards_or_stream), _task_items(task_file), {}
+
+    def wids(text):
+        return np.array([vocab.setdefault(w, len(vocab)) for w in _words(text)], np.int64)
+
+    probes = {}  # n-gram length -> {hash: [(item, "question"|"answer")]}
+    for i, (q, a) in enumerate(items):
+        for kind, text, min_len in (("question", q, 1), ("answer", a, n)):
+            w = wids(text)
+            if len(w) >= min_len:
+                for h in set(_ngram_hashes(w, min(n, len(w))).tolist()):
+                    probes.setdefault(min(n, len(w)), {}).setdefault(h, []).append((i, kind))
+    keys = {k: np.fromiter(t, np.uint64, len(t)) for k, t in probes.items()}
+    hit = set()
+    for s in shards:
+        tok = _tokenizer(tokenizer or s.meta["tokenizer"])
+        if tok.fingerprint != s.meta["tokenizer_fingerprint"]:
+            raise ValueError(f"{s.path} was made with another tokenizer than {getattr(tok, 'name', '?')}; "
+                             "pass the tokenizer it was prepared with")
+        toks, starts = s.tokens("train"), s.doc_starts("train")
+        ends = np.append(starts[1:], len(toks))
+        for b in range(0, len(starts), 256):
+            seqs = [toks[st:en].tolist() for st, en in zip(starts[b : b + 256], ends[b : b + 256])]
+            for text in tok.backend.decode_batch(seqs, skip_special_tokens=True):
+                w = wids(text)
+                for k, table in probes.items():
+                    if len(w) >= k:
+                        h = _ngram_hashes(w, k)
+                        for x in h[np.isin(h, keys[k])].tolist():
+                            hit.update(table[x])
+    per_item = [dict(index=i, question=(i, "question") in hit,
+                     answer=((i, "answer") in hit) if len(_words(a)) >= n else None)
+                for i, (_, a) in enumerate(items)]
+    return dict(items=len(items), contaminated=sum(1 for r in per_item if r["question"] or r["answer"]), n=n,
+                unit="words", per_item=per_item, shards=[str(s.path) for s in shards])
