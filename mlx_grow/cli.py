@@ -177,10 +177,11 @@ def data_prepare(
 ):
     """Tokenize sources into packed token shards (cached; reused when unchanged)."""
     from mlx_grow import data
+    from mlx_grow.contamination import info, info_table
 
     shards = data.prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
                           field=field, skip_bad_files=skip_bad)
-    console.print(data.info_table(data.info(shards)))
+    console.print(info_table(info(shards)))
     for s in shards:
         console.print(f"{s.meta['source']}: {s.path}", highlight=False)
 
@@ -196,12 +197,12 @@ def data_info(
     field: Optional[str] = typer.Option(None, help="Text field of jsonl / parquet / dataset rows (default text)"),
 ):
     """Documents, characters, tokens, characters per token and <unk> share per source."""
-    from mlx_grow import data
+    from mlx_grow.contamination import contamination, info, info_table
 
-    rows = data.info(sources, tokenizer, field=field)
-    console.print(data.info_table(rows))
+    rows = info(sources, tokenizer, field=field)
+    console.print(info_table(rows))
     if against is not None:
-        rep = data.contamination([r["path"] for r in rows], against, n=n)
+        rep = contamination([r["path"] for r in rows], against, n=n)
         hits = [r["index"] for r in rep["per_item"] if r["question"] or r["answer"]]
         console.print(f"contamination ({n}-word n-grams): {rep['contaminated']} of {rep['items']} items of "
                       f"{against} occur in the training shards" + (f"; items {hits[:20]}" if hits else ""),
@@ -286,7 +287,154 @@ def plot(run_dir: Path = typer.Argument(..., help="A grow run directory")):
 
 # --- merge/generate commands ---
 
+
+@app.command("merge")
+@guarded
+def merge_cmd(
+    experts: List[Path] = typer.Argument(..., help="Two or more expert model directories"),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged model directory"),
+    combiner: str = typer.Option("mean-logits", help="mean-logits | weighted | mixture | average (weights)"),
+    weights: Optional[str] = typer.Option(None, help="Expert weights, e.g. 0.7,0.3 (weighted, mixture, average)"),
+    temperature: Optional[str] = typer.Option(None, help="A temperature for all experts, or one per expert"),
+    router: bool = typer.Option(False, "--router", help="Weight experts per sequence by how well each "
+                                "predicted it so far"),
+    adapter: str = typer.Option("none", help="Fusion adapter: none | token | lowrank | gate"),
+    rank: int = typer.Option(8, help="Rank of the lowrank adapter"),
+    tune: bool = typer.Option(False, "--tune", help="Fine-tune the adapter and/or heads, experts frozen"),
+    tune_part: str = typer.Option("adapter", "--tune-part", help="adapter | heads | both"),
+    tune_data: Optional[List[str]] = typer.Option(None, "--tune-data", help="Data source (repeatable; "
+                                                  "default: the experts' own sources)"),
+    tune_steps: int = typer.Option(100, "--tune-steps"),
+    tune_lr: float = typer.Option(3e-3, "--tune-lr"),
+    tune_batch_size: int = typer.Option(8, "--tune-batch-size"),
+    tune_seq_len: Optional[int] = typer.Option(None, "--tune-seq-len"),
+    seed: int = typer.Option(0, help="Seed of the tuning data order"),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out directory"),
+):
+    """Merge experts trained on the same substrate and tokenizer into one model directory."""
+    from mlx_grow.merge import merge
+
+    opts = None
+    if tune:
+        opts = dict(part=tune_part, data=tune_data, steps=tune_steps, lr=tune_lr, batch_size=tune_batch_size,
+                    seq_len=tune_seq_len, seed=seed)
+    path = merge(experts, out, combiner, weights, temperature, router, adapter, rank, tune=opts,
+                 overwrite=overwrite, echo=console.print)
+    how = [combiner] + (["router"] if router else []) + ([f"{adapter} adapter"] if adapter != "none" else [])
+    console.print(f"merged {len(experts)} experts ({', '.join(how)}{', tuned' if tune else ''}) into", highlight=False)
+    print(path)
+
+
+@app.command("compare")
+@guarded
+def compare_cmd(
+    experts: List[Path] = typer.Argument(..., help="Two or more expert model directories"),
+    data: List[str] = typer.Option(..., "--data", help="Source whose validation text is scored (repeatable)"),
+    merged: Optional[List[Path]] = typer.Option(None, "--merged", help="Also score this merged directory"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    batches: int = typer.Option(4, help="Validation batches per source"),
+):
+    """Validation loss of each expert and each training-free combiner, per source and on their union."""
+    from rich.table import Table
+
+    from mlx_grow.merge import compare
+
+    result = compare(experts, data, merged or (), seq_len=seq_len, batches=batches)
+    table = Table(title="validation loss (nats/token, lower is better)")
+    cols = list(next(iter(result.values())))
+    table.add_column("model")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, row in result.items():
+        table.add_row(name, *[f"{row[c]:.4f}" for c in cols])
+    console.print(table)
+
+
+@app.command("generate")
+@guarded
+def generate_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Model or merged model directory"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text; '-' reads stdin"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="One prompt per line, run as a batch"),
+    max_tokens: int = typer.Option(100, "--max-tokens", "-n"),
+    temp: float = typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy"),
+    top_k: int = typer.Option(0, "--top-k"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    min_p: float = typer.Option(0.0, "--min-p"),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable); </s> always stops"),
+    instruct: bool = typer.Option(False, "--instruct", help="Wrap the prompt as [INST] … [/INST]"),
+):
+    """Generate text from a model or a merge (streamed; tokens/s at the end, on stderr)."""
+    import sys
+
+    from mlx_grow import load
+    from mlx_grow.generate import batch_generate, print_stats, stream_generate
+
+    if (prompt is None) == (prompt_file is None):
+        raise ValueError("give exactly one of --prompt TEXT (or --prompt - for stdin) and --prompt-file FILE")
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise FileNotFoundError(f"prompt file {prompt_file} does not exist")
+        prompts = [line for line in prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompt file {prompt_file} has no non-empty line")
+    else:
+        prompts = [sys.stdin.read().rstrip("\n") if prompt == "-" else prompt]
+    m, tok = load(model)
+    opts = dict(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                repetition_penalty=repetition_penalty, seed=seed, stop=stop, instruct=instruct)
+    if prompt_file is not None:
+        stats = {}
+        for i, text in enumerate(batch_generate(m, tok, prompts, stats=stats, **opts)):
+            print(f"--- {i + 1}: {prompts[i]}\n{text}", flush=True)
+        print_stats(stats, file=sys.stderr)
+        return
+    last = None
+    for last in stream_generate(m, tok, prompts[0], **opts):
+        print(last.text, end="", flush=True)
+    print()
+    print_stats(last, file=sys.stderr)
+
 # --- eval commands ---
+
+
+@app.command("eval")
+@guarded
+def eval_cmd(
+    model: List[str] = typer.Option(..., "--model", help="Model directory, or a grow run directory (every "
+                                    "stage-NN/ checkpoint and final/); repeatable"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="mmlu | arc_easy | arc_challenge | "
+                                             "commonsense_qa | squad | a .json/.jsonl task file; repeatable"),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help="Held-out text (.txt, or .jsonl with 'text') "
+                                              "for perplexity and bits per byte; repeatable"),
+    protocol: str = typer.Option("loglik", help="loglik (as lm-evaluation-harness) | paper (the papers' "
+                                 "generative first-letter protocol)"),
+    limit: Optional[int] = typer.Option(None, help="Score a fixed random subset of N items per task"),
+    runs: int = typer.Option(10, help="Sampled runs of the paper protocol: mean ± 1.96·σ/√n (σ with ddof=1)"),
+    temp: float = typer.Option(1.0, help="Sampling temperature of the paper protocol (a greedy run is added)"),
+    top_k: int = typer.Option(0, "--top-k", help="Top-k of the paper protocol's sampling (0: off)"),
+    seed: int = typer.Option(0, help="Seed of the paper protocol's sampling"),
+    batch_tokens: int = typer.Option(8192, "--batch-tokens", help="Tokens per scoring batch (memory vs speed)"),
+    hub: bool = typer.Option(False, help="Without local data, load built-in tasks through datasets.load_dataset "
+                             "(needs network)"),
+    out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Report directory: report.json, report.md, "
+                             "PNG plots (existing report files are replaced)"),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+):
+    """Score models on benchmarks and held-out text; write JSON, markdown and plots."""
+    from mlx_grow.evaluate import evaluate
+    from mlx_grow.report import markdown, write
+
+    report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
+                      top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress,
+                      echo=lambda s: console.print(s, highlight=False))
+    paths = write(report, out)
+    console.print(markdown(report), highlight=False, markup=False, soft_wrap=True)
+    for p in paths:
+        console.print(str(p), highlight=False)
+
 
 # --- convert commands ---
 

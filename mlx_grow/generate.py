@@ -1,0 +1,268 @@
+"""Generate text from a single or a merged model.
+
+One KV cache per model (a merge holds one per expert and combines the experts'
+next-token scores at every step), greedy or sampled decoding, stop at `</s>`
+or user stop strings, streaming, and batched prompts with left padding.
+
+A text prompt starts after the document separator `</s>`, as every training
+document does; with `instruct` it is wrapped as `[INST] prompt [/INST]`, the
+layout of the instruction data. A list of ids is used exactly as given.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Optional
+
+import mlx.core as mx
+
+from mlx_grow.sample import check_options, make_sampler, repetition_penalty
+
+log = logging.getLogger("mlx_grow.generate")
+
+PREFILL_STEP = 512  # prompt tokens per forward pass while filling the cache
+PENALTY_CONTEXT = 20  # recent tokens the repetition penalty looks at (as mlx-lm)
+generation_stream = mx.new_stream(mx.default_device())
+
+
+@dataclass
+class GenerationResponse:
+    text: str  # the new piece of text (may be empty)
+    token: int
+    logprobs: mx.array
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float  # GB
+    finish_reason: Optional[str] = None  # "stop", "length" or None while going
+
+
+def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the prompt") -> List[int]:
+    """Token ids of a prompt; warns when characters fall outside the vocabulary."""
+    if not isinstance(prompt, str):
+        ids = [int(i) for i in prompt]
+        if not ids:
+            raise ValueError(f"{where} is empty: give at least one token id")
+        return ids
+    if not prompt.strip():
+        raise ValueError(f"{where} is empty: give some text (--prompt TEXT, --prompt-file FILE or --prompt -)")
+    body = tokenizer.encode(f" {prompt} " if instruct else prompt)
+    unk = tokenizer.unk_id
+    n_unk = sum(1 for i in body if i == unk) if unk is not None else 0
+    if n_unk:
+        log.warning(f"{where} has {n_unk} <unk> token(s): characters outside the tokenizer's vocabulary, "
+                    "which the model cannot read")
+    if instruct:
+        if tokenizer.inst_ids is None:
+            raise ValueError("this tokenizer has no [INST] / [/INST] tokens, so --instruct cannot be used")
+        a, b = tokenizer.inst_ids
+        body = [a, *body, b]
+    start = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    return start + body
+
+
+def cache_offset(cache) -> int:
+    first = cache[0]
+    return (first[0] if isinstance(first, list) else first).offset
+
+
+def cache_arrays(cache):
+    """Everything a cache holds, for mx.eval (a merge's cache adds router state)."""
+    if hasattr(cache, "arrays"):
+        return cache.arrays()
+    return [c.state for c in cache]
+
+
+def pad_mask(pad, offset: int, n: int):
+    """Attention mask [B, 1, n, offset + n] for left-padded rows: causal, no key
+    before a row's first real token (a pad query sees itself, to stay finite)."""
+    q = mx.arange(offset, offset + n)[:, None]
+    k = mx.arange(offset + n)[None, :]
+    real = k[None] >= pad[:, None, None]
+    return ((k <= q)[None] & (real | (k == q)[None]))[:, None]
+
+
+def generate_step(model, prompt, max_tokens: int, sampler, penalty: float = 1.0, pad=None) -> Iterator:
+    """Yield (tokens [B], logprobs [B, V]) per step for prompts [B, L].
+
+    The next step is queued (async_eval) before the current token is handed
+    out, so Python work overlaps the model's, as in mlx-lm."""
+    cache = model.make_cache()
+    if pad is not None and hasattr(cache, "pad"):
+        cache.pad = pad
+    history = prompt
+    if pad is not None:  # pad slots repeat the row's first real token (harmless to the penalty)
+        first = mx.take_along_axis(prompt, pad[:, None], axis=1)
+        history = mx.where(mx.arange(prompt.shape[1])[None] < pad[:, None], first, prompt)
+
+    def forward(x):
+        mask = None if pad is None else pad_mask(pad, cache_offset(cache), x.shape[1])
+        return model(x, mask=mask, cache=cache)
+
+    def step(x):
+        nonlocal history
+        logits = forward(x)[:, -1, :].astype(mx.float32)
+        if penalty != 1.0:
+            logits = repetition_penalty(logits, history[:, -PENALTY_CONTEXT:], penalty)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        y = sampler(logprobs)
+        if penalty != 1.0:
+            history = mx.concatenate([history, y[:, None].astype(history.dtype)], axis=1)
+        return y, logprobs
+
+    with mx.stream(generation_stream):
+        while prompt.shape[1] > 1:
+            n = min(PREFILL_STEP, prompt.shape[1] - 1)
+            forward(prompt[:, :n])
+            mx.eval(cache_arrays(cache))
+            prompt = prompt[:, n:]
+        y, logprobs = step(prompt)
+        mx.async_eval(y, logprobs)
+        for n in range(max_tokens):
+            if n + 1 < max_tokens:
+                nxt = step(y[:, None])
+                mx.async_eval(*nxt)
+            yield y, logprobs
+            if n % 256 == 255:
+                mx.clear_cache()
+            if n + 1 < max_tokens:
+                y, logprobs = nxt
+
+
+class TextStream:
+    """The decoded text of one row, handed out in pieces that cannot be the
+    start of a stop string (nor a half-decoded character)."""
+
+    def __init__(self, tokenizer, stop=()):
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.ids, self.text, self.sent, self.done = [], "", 0, False
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        hits = [i for s in self.stop if (i := text.find(s, max(0, self.sent - len(s)))) >= 0]
+        if hits:
+            self.text, self.done = text[: min(hits)], True
+            return self._emit(len(self.text))
+        self.text = text
+        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        end = len(text) - hold
+        while end > self.sent and text[end - 1] == "\ufffd":
+            end -= 1
+        return self._emit(end)
+
+    def finish(self) -> str:
+        return self._emit(len(self.text))
+
+    def _emit(self, end: int) -> str:
+        piece, self.sent = self.text[self.sent:end], max(self.sent, end)
+        return piece
+
+
+def _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop):
+    check_options(max_tokens, temp, top_k, top_p, min_p, repetition_penalty)
+    if isinstance(stop, str):
+        stop = [stop]
+    if seed is not None:
+        mx.random.seed(int(seed))
+    return make_sampler(model.args.vocab_size, temp, top_k, top_p, min_p), list(stop or [])
+
+
+def stream_generate(model, tokenizer, prompt, max_tokens=256, temp=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                    repetition_penalty=1.0, seed=None, stop=None, instruct=False) -> Iterator[GenerationResponse]:
+    """Yield a GenerationResponse per generated token; the last one carries
+    finish_reason ("stop" at `</s>` or a stop string, else "length")."""
+    sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop)
+    ids = encode_prompt(tokenizer, prompt, instruct)
+    eos = tokenizer.eos_id
+    text = TextStream(tokenizer, stop)
+    tic = time.perf_counter()
+    steps = generate_step(model, mx.array([ids]), max_tokens, sampler, repetition_penalty)
+    prompt_tps = 0.0
+    for n, (y, logprobs) in enumerate(steps):
+        token = y.item()
+        if n == 0:
+            prompt_tps = len(ids) / (time.perf_counter() - tic)
+            tic = time.perf_counter()
+        finish = "stop" if token == eos else None
+        piece = "" if finish else text.add(token)
+        if text.done:
+            finish = "stop"
+        elif finish is None and n + 1 == max_tokens:
+            finish = "length"
+        if finish:
+            piece += text.finish()
+        yield GenerationResponse(piece, token, logprobs[0], len(ids), prompt_tps, n + 1,
+                                 (n + 1) / max(time.perf_counter() - tic, 1e-9), mx.get_peak_memory() / 1e9,
+                                 finish)
+        if finish:
+            steps.close()
+            return
+
+
+def generate(model, tokenizer, prompt, max_tokens=256, verbose=False, **kw) -> str:
+    """The whole generated text; `verbose` streams it and prints tokens/s like mlx-lm."""
+    out, last = [], None
+    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, **kw):
+        out.append(last.text)
+        if verbose:
+            print(last.text, end="", flush=True)
+    if verbose:
+        print()
+        print_stats(last)
+    return "".join(out)
+
+
+def print_stats(r, file=None):
+    """Token counts and tokens/s of a GenerationResponse (or a batch's stats dict), like mlx-lm."""
+    if r is None:
+        return
+    r = r if isinstance(r, dict) else vars(r)
+    print("=" * 10, file=file)
+    print(f"Prompt: {r['prompt_tokens']} tokens, {r['prompt_tps']:.3f} tokens-per-sec", file=file)
+    print(f"Generation: {r['generation_tokens']} tokens, {r['generation_tps']:.3f} tokens-per-sec", file=file)
+    print(f"Peak memory: {r['peak_memory']:.3f} GB", file=file)
+
+
+def batch_generate(model, tokenizer, prompts: List[str], max_tokens=256, verbose=False, temp=0.0, top_k=0,
+                   top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None, stop=None, instruct=False,
+                   stats: Optional[dict] = None) -> List[str]:
+    """Generate for several prompts at once (left padding + attention mask);
+    each row stops on its own. `stats`, when given, receives the timings."""
+    sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop)
+    if isinstance(prompts, str) or not len(prompts):
+        raise ValueError("batch_generate takes a non-empty list of prompts")
+    rows = [encode_prompt(tokenizer, p, instruct, where=f"prompt {i + 1}") for i, p in enumerate(prompts)]
+    width = max(len(r) for r in rows)
+    fill = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
+    pad = mx.array([width - len(r) for r in rows])
+    ids = mx.array([[fill] * (width - len(r)) + r for r in rows])
+    texts = [TextStream(tokenizer, stop) for _ in rows]
+    eos, n_tokens = tokenizer.eos_id, 0
+    tic = time.perf_counter()
+    prompt_tps = 0.0
+    steps = generate_step(model, ids, max_tokens, sampler, repetition_penalty, pad=pad)
+    for n, (y, _) in enumerate(steps):
+        tokens = y.tolist()
+        if n == 0:
+            prompt_tps = sum(map(len, rows)) / (time.perf_counter() - tic)
+            tic = time.perf_counter()
+        for t, token in zip(texts, tokens):
+            if not t.done:
+                n_tokens += 1
+                if token == eos:
+                    t.done = True
+                else:
+                    t.add(token)
+        if all(t.done for t in texts):
+            steps.close()
+            break
+    gen_tps = n_tokens / max(time.perf_counter() - tic, 1e-9)
+    info = dict(prompt_tokens=sum(map(len, rows)), prompt_tps=prompt_tps, generation_tokens=n_tokens,
+                generation_tps=gen_tps, peak_memory=mx.get_peak_memory() / 1e9)
+    if stats is not None:
+        stats.update(info)
+    if verbose:
+        print_stats(info)
+    return [t.text for t in texts]

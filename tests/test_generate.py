@@ -1,0 +1,186 @@
+import logging
+import string
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from conftest import tiny_args
+
+from mlx_grow.generate import batch_generate, encode_prompt, generate, stream_generate
+from mlx_grow.merge import MergedModel, make_combiner
+from mlx_grow.model import Model, init_weights
+from mlx_grow.sample import repetition_penalty
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]"]
+
+
+def char_tokenizer(out, chars=string.printable):
+    """A tiny character-level HF tokenizer folder with the specials the data module needs."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    from mlx_grow.tokenizer import load_tokenizer
+
+    vocab = {s: i for i, s in enumerate(SPECIALS)}
+    for c in sorted(set(chars)):
+        vocab.setdefault(c, len(vocab))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tk.decoder = decoders.Fuse()
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    out.mkdir(parents=True, exist_ok=True)
+    tk.save(str(out / "tokenizer.json"))
+    return load_tokenizer(out)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return char_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def tiny(tok, seed=0, **kw):
+    m = Model(tiny_args(vocab_size=tok.vocab_size, substrate={"kind": "binary", "bits": 8}, **kw))
+    init_weights(m, seed)
+    return m
+
+
+def full_logprobs(model, ids):
+    logits = model(mx.array([ids])).astype(mx.float32)[0]
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_cached_decoding_equals_full_forward(tok, merged):
+    model = tiny(tok)
+    if merged:
+        model = MergedModel([model, tiny(tok, seed=1)], make_combiner(2, "mixture", router=True))
+    prompt = encode_prompt(tok, "The quick brown fox")
+    steps = list(stream_generate(model, tok, prompt, max_tokens=12))
+    gen = [r.token for r in steps]
+    full = full_logprobs(model, prompt + gen)
+    for i, r in enumerate(steps):
+        ref = full[len(prompt) - 1 + i]
+        assert mx.allclose(r.logprobs, ref, atol=1e-4).item(), f"step {i}"
+        assert r.token == int(mx.argmax(ref).item())  # greedy
+
+
+def test_long_prompt_prefill_in_chunks(tok, monkeypatch):
+    import mlx_grow.generate as G
+
+    monkeypatch.setattr(G, "PREFILL_STEP", 3)
+    model = tiny(tok)
+    prompt = encode_prompt(tok, "a longer prompt, filled in chunks of three")
+    r = next(iter(stream_generate(model, tok, prompt, max_tokens=1)))
+    assert mx.allclose(r.logprobs, full_logprobs(model, prompt)[-1], atol=1e-4).item()
+
+
+def test_seed_reproduces_sample(tok):
+    model = tiny(tok)
+    kw = dict(max_tokens=30, temp=1.0, top_k=40, top_p=0.95)
+    a = generate(model, tok, "Hello", seed=7, **kw)
+    b = generate(model, tok, "Hello", seed=7, **kw)
+    c = generate(model, tok, "Hello", seed=8, **kw)
+    assert a == b and len(a) > 0
+    assert a != c
+
+
+def test_batch_matches_one_by_one(tok):
+    model = tiny(tok)
+    prompts = ["Hi", "The quick brown fox jumps", "x"]
+    single = [generate(model, tok, p, max_tokens=15) for p in prompts]
+    assert batch_generate(model, tok, prompts, max_tokens=15) == single
+
+
+def test_batch_with_router_matches_one_by_one(tok):
+    merged = MergedModel([tiny(tok), tiny(tok, seed=1)], make_combiner(2, router=True))
+    prompts = ["abc", "a much longer prompt here"]
+    single = [generate(merged, tok, p, max_tokens=10) for p in prompts]
+    assert batch_generate(merged, tok, prompts, max_tokens=10) == single
+
+
+def test_stop_string_and_streaming(tok):
+    model = tiny(tok)
+    text = generate(model, tok, "Hello", max_tokens=40)
+    stop = text[10:13]
+    pieces = list(stream_generate(model, tok, "Hello", max_tokens=40, stop=[stop]))
+    out = "".join(p.text for p in pieces)
+    assert out == text[: text.find(stop)]
+    assert pieces[-1].finish_reason == "stop"
+    assert batch_generate(model, tok, ["Hello"], max_tokens=40, stop=[stop]) == [out]
+
+
+def test_stops_at_eos(tok):
+    model = tiny(tok)
+    # A LayerNorm bias of ones makes h . ones large, so the eos row wins every step.
+    model.norm.bias = mx.ones_like(model.norm.bias)
+    w = np.zeros(model.lm_head.weight.shape, np.float32)
+    w[tok.eos_id] = 1.0
+    model.lm_head.weight = mx.array(w)
+    last = list(stream_generate(model, tok, "Hello", max_tokens=10))[-1]
+    assert last.finish_reason == "stop" and last.token == tok.eos_id and last.generation_tokens == 1
+    assert generate(model, tok, "Hello", max_tokens=10) == ""
+
+
+def test_length_finish_and_stats(tok):
+    rs = list(stream_generate(tiny(tok), tok, "Hello", max_tokens=5))
+    assert len(rs) == 5 and rs[-1].finish_reason == "length" and rs[-1].generation_tokens == 5
+    assert rs[-1].prompt_tokens == len(encode_prompt(tok, "Hello"))
+    assert rs[-1].prompt_tps > 0 and rs[-1].generation_tps > 0
+
+
+def test_prompt_layout(tok):
+    assert encode_prompt(tok, "ab") == [tok.eos_id, *tok.encode("ab")]
+    a, b = tok.inst_ids
+    assert encode_prompt(tok, "ab", instruct=True) == [tok.eos_id, a, *tok.encode(" ab "), b]
+    assert encode_prompt(tok, [5, 6]) == [5, 6]
+
+
+def test_bad_prompts(tok, caplog):
+    model = tiny(tok)
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, tok, "   ")
+    with pytest.raises(ValueError, match="prompt 2 is empty"):
+        batch_generate(model, tok, ["ok", ""], max_tokens=2)
+    with caplog.at_level(logging.WARNING, logger="mlx_grow.generate"):
+        generate(model, tok, "caf\u00e9 \u00fc", max_tokens=1)
+    assert "2 <unk> token" in caplog.text
+
+
+@pytest.mark.parametrize("kw, msg", [({"temp": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
+                                     ({"min_p": 2.0}, "min_p"), ({"top_k": -3}, "top_k"),
+                                     ({"max_tokens": 0}, "max_tokens"), ({"repetition_penalty": 0.0}, "penalty")])
+def test_bad_options(tok, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        generate(tiny(tok), tok, "Hello", **{"max_tokens": 3, **kw})
+
+
+def test_repetition_penalty_matches_numpy():
+    logits = np.array([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, -2.0, 0.0]], np.float32)
+    hist = np.array([[0, 1, 1], [2, 2, 2]])
+    got = np.array(repetition_penalty(mx.array(logits), mx.array(hist), 2.0))
+    want = logits.copy()
+    for b in range(2):
+        for t in set(hist[b]):
+            want[b, t] = want[b, t] / 2 if want[b, t] > 0 else want[b, t] * 2
+    np.testing.assert_allclose(got, want)
+
+
+def test_cli_generate(tok, tmp_path):
+    from typer.testing import CliRunner
+
+    from mlx_grow.checkpoint import save_model
+    from mlx_grow.cli import app
+
+    save_model(tiny(tok), tmp_path / "m", tok)
+    want = generate(tiny(tok), tok, "Hello", max_tokens=8)
+    run = CliRunner().invoke(app, ["generate", "--model", str(tmp_path / "m"), "--prompt", "Hello",
+                                   "--max-tokens", "8"])
+    assert run.exit_code == 0, run.output
+    assert want in run.output and "tokens-per-sec" in run.output
+    run = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "--prompt", "-", "-n", "8"],
+                             input="Hello")
+    assert run.exit_code == 0 and want in run.output
+    (tmp_path / "p.txt").write_text("Hello\n\nThe fox\n")
+    run = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "--prompt-file", str(tmp_path / "p.txt"),
+                                   "-n", "8"])
+    assert run.exit_code == 0 and want in run.output and "--- 2: The fox" in run.output
+    run = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "--prompt", ""])
+    assert run.exit_code == 2 and "empty" in run.output
