@@ -1,0 +1,429 @@
+"""Run evaluations (each task on each model; a grow run directory expands to its
+stage checkpoints and final model) and write the report: JSON, a markdown table
+and PNG plots (scores per task; score vs depth across stage checkpoints; experts
+vs their merge; grown vs monolithic), with the papers' published figures as
+reference rows where the task matches (generative protocol only)."""
+
+import json
+import math
+from pathlib import Path
+
+from mlx_grow import tasks as T
+
+PROTOCOLS = ("loglik", "paper")
+
+# Published figures (%, BLEU for translation): the papers' generative protocol, mean of 10 runs.
+REF_TASKS = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "squad", "en-ru", "ru-en", "en-zh", "zh-en")
+PAPER_MODELS = {  # name: (params, values in REF_TASKS order)
+    "best_bvv_ru (frozen)": ("0.5B", 22.29, 23.04, 24.62, 20.13, 14.84, 6.44, 8.80, 0.95, 0.74),
+    "best_bvv_unfrozen_ru": ("0.5B", 11.37, 20.56, 24.18, 18.79, 13.55, 8.40, 7.96, 0.77, 1.09),
+    "best_bvv_zh (frozen)": ("0.5B", 19.42, 19.51, 21.94, 19.62, 15.12, 3.15, 3.04, 1.41, 7.78),
+    "best_bvv_unfrozen_zh": ("0.5B", 14.03, 19.74, 25.02, 18.98, 13.52, 4.29, 2.90, 1.65, 5.93),
+    "best_bvv_moe (merge)": ("0.9B", 23.44, 23.74, 25.28, 19.69, 19.73, 6.52, 6.22, 2.93, 4.95),
+    "max_bvv_ru": ("0.4B", 23.58, 21.65, 24.78, 19.65, 18.95, 8.65, 8.77, 0.52, 0.81),
+    "max_bvv_zh": ("0.4B", 24.72, 21.93, 26.49, 20.21, 17.66, 1.28, 3.47, 2.36, 7.44),
+    "max_bvv_moe (merge)": ("0.8B", 22.37, 21.39, 25.05, 20.12, 18.40, 5.02, 5.04, 1.34, 3.35),
+    "nemo_bvv_ru": ("0.4B", 8.80, 19.53, 21.34, 19.51, 6.80, 4.68, 5.71, 0.67, 0.89),
+    "nemo_bvv_zh": ("0.4B", 6.62, 23.53, 24.48, 19.27, 6.05, 2.05, 2.31, 0.87, 4.05),
+    "nemo_bvv_moe (merge)": ("0.8B", 8.99, 22.44, 23.75, 19.90, 7.70, 4.13, 3.37, 0.88, 2.26),
+    "pro_bvv_en": ("0.2B", 23.68, 23.51, 23.98, 19.54, 9.61, 0.37, 0.45, 0.28, 0.06),
+    "pro_bvv_ru": ("0.2B", 22.63, 23.63, 22.91, 20.26, 10.94, 6.14, 8.07, 0.68, 1.07),
+    "pro_bvv_zh": ("0.2B", 17.96, 21.74, 22.24, 18.51, 5.59, 2.82, 2.26, 1.32, 4.65),
+    "pro_bvv_unfrozen": ("0.2B", 14.00, 24.09, 22.24, 19.76, 13.28, 0.68, 0.81, 0.16, 0.42),
+}
+PAPER_DEPTH = {  # abs-bvv-N, grown one layer at a time, d_model 4096: (params, mmlu, arc_e, arc_c, csqa, squad)
+    1: ("1.3B", 18.08, 19.21, 19.83, 19.36, 1.21), 2: ("1.5B", 19.43, 21.04, 21.71, 19.66, 0.82),
+    3: ("1.7B", 20.63, 21.81, 24.78, 19.50, 3.75), 4: ("1.9B", 21.03, 21.14, 24.78, 19.99, 3.16),
+    5: ("2.1B", 20.33, 20.42, 23.24, 19.80, 2.30), 6: ("2.3B", 21.63, 23.42, 25.62, 19.51, 5.55),
+}
+MERGE_REFS = ("best_bvv_ru (frozen)", "best_bvv_zh (frozen)", "best_bvv_moe (merge)")
+
+
+def ref_key(label: str):
+    """The reference column of a result label: a built-in task name, or a translation direction."""
+    if label in REF_TASKS[:5]:
+        return label
+    d = label.rsplit(":", 1)[-1]
+    return d if ":" in label and d in REF_TASKS[5:] else None
+
+
+def reference(key, rows=PAPER_MODELS) -> dict:
+    return {name: vals[1 + REF_TASKS.index(key)] for name, vals in rows.items()}
+
+
+def depth_reference(key) -> dict:
+    i = REF_TASKS.index(key) if key in REF_TASKS[:5] else None
+    return {} if i is None else {d: v[1 + i] for d, v in PAPER_DEPTH.items()}
+
+
+# --- one task on one model ---
+
+
+def outputs_from_generate(generate_fn, runs: int, temp: float, top_k: int, seed: int):
+    """Adapt `generate_fn(prompts, max_tokens, temp, top_k, seed) -> [continuation text]`: run r uses
+    seed + r; one more call at temperature 0 is the greedy run."""
+    def fn(prompts, max_new, progress=None):
+        sampled = [list(generate_fn(prompts, max_new, temp, top_k, seed + r)) for r in range(runs)]
+        return sampled, list(generate_fn(prompts, max_new, 0.0, 0, seed))
+    return fn
+
+
+def loglik_eval(scorer, task: T.Task, progress=None) -> list:
+    """[(label, metrics)] of a task under the log-likelihood protocol."""
+    reqs, owner = [], []
+    for j, it in enumerate(task.items):
+        ctx, conts = T.loglik_requests(task, it)
+        for c in conts:
+            reqs.append(scorer.encode_pair(ctx, c, it.where))
+            owner.append(j)
+    res = scorer.loglikelihood(reqs, progress=progress)
+    scores = [[] for _ in task.items]
+    for j, (lp, _) in zip(owner, res):
+        scores[j].append(lp)
+    if task.kind == "choice":
+        m = T.choice_metrics(task.items, scores)
+        subjects = T.group_by(task.items, lambda it: it.subject)
+        if len(subjects) > 1 or None not in subjects:
+            m["subjects"] = {s: {"acc": sum(m["hits"][j] for j in js) / len(js),
+                                 "acc_norm": sum(m["norm_hits"][j] for j in js) / len(js), "n": len(js)}
+                             for s, js in sorted(subjects.items(), key=lambda kv: str(kv[0]))}
+        del m["hits"], m["norm_hits"]
+        return [(task.name, m)]
+    out = []
+    groups = (T.group_by(task.items, lambda it: it.direction) if task.kind == "translation"
+              else {None: range(len(task.items))})
+    for d, js in groups.items():
+        nll = -sum(scores[j][0] for j in js)
+        n_bytes = sum(len((" " + (task.items[j].target or task.items[j].answers[0])).encode()) for j in js)
+        out.append((task.name if d is None else f"{task.name}:{d}",
+                    {"answer_bpb": nll / math.log(2) / n_bytes, "answer_nll": nll / len(js), "n": len(js)}))
+    return out
+
+
+def paper_eval(task: T.Task, outputs_fn, progress=None) -> list:
+    """[(label, metrics)] of a task under the papers' generative protocol; `outputs_fn(prompts,
+    max_new)` returns (sampled outputs [run][item], greedy outputs [item])."""
+    prompts = [T.paper_prompt(task, it) for it in task.items]
+    max_new = [T.paper_max_tokens(task, it) for it in task.items]
+    sampled, greedy = outputs_fn(prompts, max_new, progress=progress)
+    return T.paper_metrics(task, prompts, sampled, greedy)
+
+
+def text_metrics(scorer, path) -> dict:
+    """Perplexity and bits per byte of a text file (.txt: one document; .jsonl/.json: rows with 'text')."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {path} does not exist")
+    if path.suffix in (".json", ".jsonl"):
+        rows = T.read_rows(path)
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("text"), str)),
+                   None)
+        if bad is not None:
+            raise ValueError(f"{path} row {bad + 1}: missing field 'text' (a string)")
+        docs = [r["text"] for r in rows]
+    else:
+        docs = [path.read_text(encoding="utf-8")]
+    docs = [d for d in docs if d]
+    if not docs:
+        raise ValueError(f"text file {path} is empty: nothing to score")
+    ids = [scorer.encode(d, f"{path}") for d in docs]
+    nll = sum(scorer.rolling_nll(ids))
+    tokens, n_bytes = sum(map(len, ids)), sum(len(d.encode("utf-8")) for d in docs)
+    return {"file": str(path), "documents": len(docs), "tokens": tokens, "bytes": n_bytes, "nll": nll,
+            "ppl": math.exp(nll / tokens), "bits_per_byte": nll / math.log(2) / n_bytes}
+
+
+def generate_with(model, tokenizer):
+    """A paper-protocol generator built on `mlx_grow.generate.batch_generate` (stops at `</s>`),
+    for `evaluate(..., generate_fn=generate_with)`; the default samples here, sharing each prompt."""
+    from mlx_grow.generate import batch_generate
+
+    def fn(prompts, max_tokens, temp, top_k, seed):
+        out = [None] * len(prompts)
+        for n in sorted(set(max_tokens)):
+            idx = [i for i, m in enumerate(max_tokens) if m == n]
+            texts = batch_generate(model, tokenizer, [prompts[i] for i in idx], max_tokens=n, temp=temp,
+                                   top_k=top_k, seed=seed)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
+
+    return fn
+
+
+# --- models ---
+
+
+def expand_models(specs) -> list:
+    """[(name, path)]; a grow RUN directory gives its stage-NN/ checkpoints and final/ model."""
+    out = []
+    for spec in specs:
+        p = Path(spec)
+        if not p.is_dir():
+            raise FileNotFoundError(f"model {spec} does not exist: give a model directory or a grow run directory")
+        is_model = (p / "config.json").exists() or (p / "mlx_grow.json").exists()
+        if not is_model and ((p / "run.json").exists() or (p / "metrics.jsonl").exists() or any(p.glob("stage-*"))):
+            dirs = sorted(d for d in p.glob("stage-[0-9]*") if (d / "config.json").exists())
+            dirs += [p / "final"] if (p / "final" / "config.json").exists() else []
+            if not dirs:
+                raise ValueError(f"run directory {p} has no stage-NN/ or final/ model yet")
+            out += [(f"{p.name}/{d.name}", d) for d in dirs]
+        else:  # a run's own model directory keeps the run's name
+            run_part = p.name == "final" or p.name.startswith("stage-")
+            out.append((f"{p.resolve().parent.name}/{p.name}" if run_part else p.name, p))
+    names = [n for n, _ in out]
+    return [(n if names.count(n) == 1 else str(d), d) for n, d in out]
+
+
+def load_for_eval(path):
+    """(model, tokenizer, info) for a single or merged model directory; the tokenizer files must be
+    the ones the model was saved with."""
+    from mlx.utils import tree_flatten
+
+    from mlx_grow.checkpoint import load, read_meta
+
+    path = Path(path)
+    model, tok = load(path)
+    meta = read_meta(path)
+    fp = meta.get("tokenizer")
+    if isinstance(fp, str) and fp != tok.fingerprint:
+        raise ValueError(f"model {path}: its tokenizer files differ from the tokenizer the model was saved with "
+                         f"(fingerprint {tok.fingerprint[:12]}… vs {fp[:12]}…): restore the model's own tokenizer")
+    lineage = meta.get("lineage") or {}
+    info = {"path": str(path), "kind": "merged" if "experts" in meta else "single",
+            "depth": len(model.layers) if hasattr(model, "layers") else model.args.num_hidden_layers,
+            "params": sum(v.size for _, v in tree_flatten(model.parameters())),
+            "run": lineage.get("run"), "stage": lineage.get("stage"), "final": path.name == "final"}
+    if "experts" in meta:
+        info["experts"] = [e.get("origin") if isinstance(e, dict) else e for e in meta["experts"]]
+    run_json = Path(lineage["run"]) / "run.json" if lineage.get("run") else None
+    if run_json is not None and run_json.is_file():
+        info["monolithic"] = bool(json.loads(run_json.read_text()).get("config", {}).get("grow", {}).get("monolithic"))
+    return model, tok, info
+
+
+def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10, temp=1.0, top_k=0, seed=0,
+             batch_tokens=None, hub=False, progress=False, echo=None, generate_fn=None) -> dict:
+    """Evaluate every model (paths; run directories expand) on tasks and texts; return the report.
+    `generate_fn(model, tokenizer)` may supply the paper protocol's generator (see evaluate.py)."""
+    from mlx_grow import evaluate as E
+    from mlx_grow.progress import StepProgress
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: use loglik or paper")
+    if not tasks and not texts:
+        raise ValueError("nothing to evaluate: give at least one --task or --text")
+    if protocol == "paper" and (runs < 1 or temp < 0 or top_k < 0):
+        raise ValueError(f"--runs must be >= 1, --temp >= 0 and --top-k >= 0 (got {runs}, {temp}, {top_k})")
+    loaded = [T.load_task(t, limit, hub) for t in tasks]
+    report = {"mlx_grow_eval": 1, "protocol": protocol, "models": [], "results": [], "texts": [],
+              "settings": {"limit": limit, "runs": runs, "temp": temp, "top_k": top_k, "seed": seed,
+                           "sigma": "sample standard deviation (ddof=1) of the per-run scores; the papers' "
+                                    "script used np.std (ddof=0), a factor sqrt((n-1)/n) smaller",
+                           "ci95": "1.96 * sigma / sqrt(runs)"},
+              "tasks": [{"name": t.name, "kind": t.kind, "items": len(t.items), "style": t.style, "origin": t.origin}
+                        for t in loaded]}
+    for name, path in expand_models(models):
+        model, tok, info = load_for_eval(path)
+        report["models"].append({"name": name, **info})
+        scorer = E.Scorer(model, tok, batch_tokens or E.DEFAULT_BATCH_TOKENS, name=name)
+        for task in loaded:
+            total = len(task.items) if protocol == "paper" else sum(
+                len(T.loglik_requests(task, it)[1]) for it in task.items)
+            bar = StepProgress(total, enabled=progress, label=f"{name} · {task.name}")
+            done = [0]
+
+            def tick(n, bar=bar, done=done):
+                done[0] += n
+                bar.advance_to(done[0])
+
+            try:
+                if protocol == "loglik":
+                    res = loglik_eval(scorer, task, progress=tick)
+                else:
+                    fn = (outputs_from_generate(generate_fn(model, tok), runs, temp, top_k, seed) if generate_fn else
+                          lambda p, m, progress=None: scorer.paper_outputs(p, m, runs, temp, top_k, seed, progress))
+                    res = paper_eval(task, fn, progress=tick)
+            finally:
+                bar.close()
+            report["results"] += [{"model": name, "task": label, "metrics": m} for label, m in res]
+            if echo:
+                for label, m in res:
+                    echo(f"{name} · {label}: {_fmt({'metrics': m}, protocol)}")
+        for f in texts:
+            report["texts"].append({"model": name, **text_metrics(scorer, f)})
+        del model, scorer
+    return report
+
+
+# --- primary metric of a result ---
+
+
+def headline(r: dict, protocol: str):
+    """(value, error bar, label): % accuracy ± CI (paper), % acc ± stderr (loglik), or answer bpb."""
+    m = r["metrics"]
+    if protocol == "paper":
+        return m["score"], m["ci95"], m.get("metric", "score")
+    if "acc" in m:
+        return 100 * m["acc"], 100 * m["acc_stderr"], "acc %"
+    return m["answer_bpb"], 0.0, "answer bits/byte"
+
+
+def _fmt(r, protocol):
+    m = r["metrics"]
+    if protocol == "paper":
+        return f"{m['score']:.2f} ± {m['ci95']:.2f}"
+    if "acc" in m:
+        return f"{100 * m['acc']:.1f} / {100 * m['acc_norm']:.1f}"
+    return f"{m['answer_bpb']:.3f} bpb"
+
+
+def _table(header, rows) -> list:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def markdown(report: dict) -> str:
+    p = report["protocol"]
+    names = [m["name"] for m in report["models"]]
+    labels = list(dict.fromkeys(r["task"] for r in report["results"]))
+    cell = {(r["model"], r["task"]): r for r in report["results"]}
+    s = report["settings"]
+    lines = [f"# mlx-grow eval ({'papers’ generative protocol' if p == 'paper' else 'log-likelihood'})", ""]
+    if p == "paper":
+        lines.append(f"Accuracy % (BLEU for translation): mean ± 1.96·σ/√n over {s['runs']} sampled runs "
+                     f"(σ: sample standard deviation, ddof=1), temperature {s['temp']}, top-k {s['top_k'] or 'off'}, "
+                     f"seed {s['seed']}.")
+    else:
+        lines.append("acc % / acc_norm % (log-likelihood of each choice; acc_norm divides by its characters); "
+                     "SQuAD / translation: bits per byte of the reference answer.")
+    lines.append("")
+    if labels:
+        rows = [[n, next((m.get("depth") for m in report["models"] if m["name"] == n), "")]
+                + [_fmt(cell[n, t], p) if (n, t) in cell else "" for t in labels] for n in names]
+        lines += _table(["model", "depth"] + labels, rows) + [""]
+    if p == "paper" and labels:
+        rows = [[n] + [f"{cell[n, t]['metrics']['greedy']:.2f}"
+                       + (f" · {100 * cell[n, t]['metrics']['format_valid']:.0f}%"
+                          if "format_valid" in cell[n, t]["metrics"] else "") if (n, t) in cell else ""
+                       for t in labels] for n in names]
+        lines += ["Greedy run · format-valid rate of the sampled runs (the first non-space character is a "
+                  "Latin letter or an option label):", ""]
+        lines += _table(["model"] + labels, rows) + [""]
+        keys = [(t, ref_key(t)) for t in labels if ref_key(t)]
+        if keys:
+            lines += ["Published (papers' generative protocol, mean of 10 runs):", ""]
+            ref_rows = [[n, v[0]] + [f"{v[1 + REF_TASKS.index(k)]:.2f}" for _, k in keys]
+                        for n, v in PAPER_MODELS.items()]
+            ref_rows += [[f"abs-bvv-{d} (depth {d}, d 4096)", v[0]]
+                         + [f"{v[1 + REF_TASKS.index(k)]:.2f}" if REF_TASKS.index(k) < 5 else "" for _, k in keys]
+                         for d, v in PAPER_DEPTH.items()]
+            lines += _table(["model", "params"] + [t for t, _ in keys], ref_rows) + [""]
+    elif labels and any(ref_key(t) for t in labels):
+        lines += ["(The papers' published figures use the generative protocol: run with `--protocol paper` "
+                  "to compare with them.)", ""]
+    if report.get("texts"):
+        rows = [[x["model"], x["file"], x["tokens"], f"{x['ppl']:.3f}", f"{x['bits_per_byte']:.4f}"]
+                for x in report["texts"]]
+        lines += _table(["model", "text", "tokens", "perplexity", "bits/byte"], rows) + [""]
+    return "\n".join(lines)
+
+
+# --- plots ---
+
+
+def _bars(report, names, out: Path, title: str, refs=()):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = report["protocol"]
+    labels = list(dict.fromkeys(r["task"] for r in report["results"] if r["model"] in names))
+    if not labels:
+        return None
+    cell = {(r["model"], r["task"]): r for r in report["results"]}
+    fig, axes = plt.subplots(1, len(labels), figsize=(max(4.5, 3.2 * len(labels)), 4.2), squeeze=False)
+    for ax, t in zip(axes[0], labels):
+        ys = [headline(cell[n, t], p) if (n, t) in cell else (0.0, 0.0, "") for n in names]
+        ax.bar(range(len(names)), [y[0] for y in ys], yerr=[y[1] for y in ys], capsize=3, color="C0")
+        ticks = list(names)
+        k = ref_key(t) if p == "paper" else None
+        for j, name in enumerate(r for r in refs if k):
+            ax.bar(len(names) + j, reference(k)[name], color="lightgrey", hatch="//", edgecolor="grey")
+            ticks.append("paper: " + name)
+        ax.set_xticks(range(len(ticks)), ticks, rotation=35, ha="right", fontsize=7)
+        ax.set_title(t, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(next((y[2] for y in ys if y[2]), ""))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _depth_plot(report, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = report["protocol"]
+    depth = {m["name"]: m.get("depth") for m in report["models"]}
+    group = {m["name"]: m.get("run") or "models" for m in report["models"]}
+    labels = list(dict.fromkeys(r["task"] for r in report["results"]))
+    if len({d for d in depth.values() if d}) < 2 or not labels:
+        return None
+    fig, axes = plt.subplots(1, len(labels), figsize=(max(4.5, 3.6 * len(labels)), 4), squeeze=False)
+    for ax, t in zip(axes[0], labels):
+        rs = [r for r in report["results"] if r["task"] == t and depth.get(r["model"])]
+        for g in dict.fromkeys(group[r["model"]] for r in rs):
+            pts = sorted((depth[r["model"]],) + headline(r, p)[:2] for r in rs if group[r["model"]] == g)
+            ax.errorbar([x[0] for x in pts], [x[1] for x in pts], yerr=[x[2] for x in pts], marker="o",
+                        capsize=3, label=Path(g).name)
+        ref = depth_reference(ref_key(t)) if p == "paper" else {}
+        if ref:
+            ax.plot(list(ref), list(ref.values()), "s--", color="grey", ms=3, label="paper abs-bvv (d 4096)")
+        ax.set_xlabel("depth (blocks)")
+        ax.set_ylabel(headline(rs[0], p)[2] if rs else "")
+        ax.set_title(t, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("score vs depth")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write(report: dict, out) -> list:
+    """Write report.json, report.md and the plots that apply; return the paths written."""
+    from mlx_grow.io import atomic_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("report.json", json.dumps(report, indent=1, ensure_ascii=False)),
+                       ("report.md", markdown(report))):
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
+        written.append(out / name)
+    if not report["results"]:
+        return written
+    models = report["models"]
+    names = [m["name"] for m in models]
+    written.append(_bars(report, names, out / "scores.png", "scores"))
+    written.append(_depth_plot(report, out / "depth.png"))
+    by_path = {str(Path(m["path"]).resolve()): m["name"] for m in models}
+    for m in (m for m in models if m.get("experts")):
+        experts = [by_path[e] for e in (str(Path(x).resolve()) for x in m["experts"]) if e in by_path]
+        if experts:
+            f = out / f"merge-{m['name'].replace('/', '_')}.png"
+            written.append(_bars(report, experts + [m["name"]], f, f"experts vs merge {m['name']}", MERGE_REFS))
+    kinds = {m["name"]: m.get("monolithic") for m in models}
+    if True in kinds.values() and False in kinds.values():
+        finals = [m["name"] for m in models if m.get("monolithic") is not None and m.get("final", True)]
+        written.append(_bars(report, finals, out / "grown_vs_monolithic.png", "grown vs monolithic"))
+    return [w for w in written if w is not None]
