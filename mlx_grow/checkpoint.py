@@ -70,7 +70,7 @@ def save_model(model: Model, out, tokenizer=None, meta: dict | None = None, over
             extra_writer(tmp)
         info = {
             "format_version": FORMAT_VERSION,
-            "substrate": fingerprint(args.substrate, np.array(model.substrate.table)),
+            "substrate": fingerprint(args.substrate, np.array(model.substrate.table.astype(mx.float32))),
             "tokenizer": getattr(tokenizer, "fingerprint", None),
             **(meta or {}),
         }

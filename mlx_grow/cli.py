@@ -51,22 +51,31 @@ def guarded(fn):
 @guarded
 def info(
     target: str = typer.Argument("tiny", help="Config (path or packaged name) or model directory"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Global batch for the memory prediction"),
+    seq: Optional[int] = typer.Option(None, "--seq", help="Sequence length for the memory prediction"),
+    stage: Optional[int] = typer.Option(None, "--stage", help="Predict the peak memory of this stage (1-based)"),
+    ranks: Optional[int] = typer.Option(None, "--ranks", help="Data-parallel ranks sharing the batch"),
 ):
     """Parameter counts: total, frozen, trainable, per part; for a growth config the
-    active count of every stage next to the monolithic trainable count."""
+    active count of every stage next to the monolithic trainable count. With --batch,
+    --seq, --stage or --ranks: the predicted peak memory per rank of the stage(s) and
+    of monolithic training."""
     from rich.table import Table
 
-    from mlx_grow.info import describe
+    from mlx_grow.info import describe, memory
 
-    report = describe(target)
-    table = Table(title=report["title"], show_lines=False)
-    for col in report["columns"]:
-        table.add_column(col, justify="right" if col not in ("part", "stage") else "left")
-    for row in report["rows"]:
-        table.add_row(*[str(c) for c in row])
-    console.print(table)
-    for line in report["notes"]:
-        console.print(line, highlight=False)
+    reports = [describe(target)]
+    if any(v is not None for v in (batch, seq, stage, ranks)):
+        reports.append(memory(target, batch, seq, stage, ranks or 1))
+    for report in reports:
+        table = Table(title=report["title"], show_lines=False)
+        for col in report["columns"]:
+            table.add_column(col, justify="right" if col not in ("part", "stage", "") else "left")
+        for row in report["rows"]:
+            table.add_row(*[str(c) for c in row])
+        console.print(table)
+        for line in report["notes"]:
+            console.print(line, highlight=False)
 
 
 @substrate_app.command("build")
@@ -269,7 +278,7 @@ def grow_cmd(
             out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if g.get('monolithic') else 'grow'}-s{seed}"
     try:
         final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=console.print)
-    except TrainingDiverged as e:
+    except (TrainingDiverged, OSError) as e:  # NaN loss; disk full while saving
         fail(str(e), code=1)
     from mlx_grow.info import summary_table
 

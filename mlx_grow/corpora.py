@@ -206,7 +206,13 @@ def row_text(row, field: Optional[str], where: str) -> str:
         keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
         raise ValueError(f"{where}: row has no text field {key!r} (it has: {keys}); set `field:` "
                          "(--field) to the column that holds the text")
-    return row[key]
+    text = row[key]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON "\ud800" escape decodes to a lone surrogate
+        raise ValueError(f"{where}: the text holds a lone surrogate (U+{ord(text[e.start]):04X}) at "
+                         f"character {e.start}, which is not valid Unicode; fix or drop that row") from None
+    return text
 
 
 def _check_file(path: Path, skip_bad: bool) -> bool:

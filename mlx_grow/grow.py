@@ -82,6 +82,10 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
+
+
 def stage_streams(d, tok, t, st, seed, progress):
     """Return batch(local_step, rank, world) for a stage; a monolithic stage walks
     the grown run's stage streams in order, so both see the same tokens."""
@@ -138,11 +142,16 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
     run = Run(out, rank)
     say = echo if rank == 0 else (lambda *a, **k: None)
     record = {**config.to_dict(), "seed": seed, "depth": depth}
-    run.init(record, {"tokenizer": tok.fingerprint}, resume)
-    remove_stale_temp(Path(out))
+    run.init(record, {"tokenizer": tok.fingerprint}, resume, barrier=lambda: barrier(group))
+    if rank == 0:
+        remove_stale_temp(Path(out))
+        from mlx_grow.memory import fit_warning
+
+        if warning := fit_warning(config, world):
+            say(warning)
 
     state, opt_flat = None, None
-    if resume and (ckpt := run.latest()) is not None:
+    if resume and (ckpt := shared_checkpoint(run, group)) is not None:
         model, state, opt_flat = load_checkpoint(ckpt)
         run.truncate_metrics(state["global_step"])
         say(f"resuming from {ckpt} (stage {state['stage'] + 1}, step {state['step']})")
@@ -171,6 +180,8 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
                          "tokens": tokens})
             if not resumed:
                 lora_for_stage(model, st, lcfg, args, final=final, key=mx.random.key(seed * 7919 + k))
+                if t.dtype != "float32":  # new blocks and adapters are built in float32
+                    model.set_dtype(getattr(mx, t.dtype))
             first = set_trainable(model, st, args.substrate.trainable)
             model.stop_gradient_below = first
             if pcache is not None:
@@ -185,6 +196,7 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
             active = trainable_count(model)
             stepper = Stepper(model, t, seg, group, carry=prev if g.carry_optimizer and not resumed else None,
                               prefix_start=first if use_cache else None)
+            prev = None  # free the last stage's optimizer state
             if resumed:
                 stepper.load_state_dict(opt_flat)
             step = state["step"] if resumed else 0
@@ -223,7 +235,7 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
                              "active_params": active, "flops": flops,
                              "peak_mem_mb": mx.get_peak_memory() / 2**20})
                 if t.eval_every and step % t.eval_every == 0 and step < st["steps"]:
-                    val = evaluate(model, val_batches, (pcache, first) if use_cache else None)
+                    val = evaluate(model, val_batches, (pcache, first) if use_cache else None, group)
                     run.log({"event": "eval", "global_step": g_step, "stage": k + 1, "val_loss": val,
                              "tokens": tokens, "flops": flops})
                     if g.plateau:
@@ -237,15 +249,23 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
                 if lcfg and lcfg.restarts and L.has_lora(model) and step % seg == 0 and step < st["steps"]:
                     L.fuse_lora(model.layers)
                     lora_for_stage(model, st, lcfg, args, final=final, key=mx.random.key(seed * 31 + g_step))
+                    if t.dtype != "float32":
+                        model.set_dtype(getattr(mx, t.dtype))
                     first = set_trainable(model, st, args.substrate.trainable)
                     stepper = Stepper(model, t, seg, group, prefix_start=first if use_cache else None)
                 if t.checkpoint_every and g_step % t.checkpoint_every == 0:
                     ck = {"stage": k, "step": step, "global_step": g_step, "tokens": tokens, "flops": flops,
                           "lora": L.lora_structure(model), "plateau": [best, bad], "summary": summary,
                           "lineage": {"run": str(out), "stage": k + 1, "step": g_step}}
-                    run.save_checkpoint(model, tok, stepper, ck, t.keep_checkpoints)
+                    try:
+                        run.save_checkpoint(model, tok, stepper, ck, t.keep_checkpoints)
+                    except OSError as e:
+                        last = run.checkpoints()[-1] if run.checkpoints() else "none yet"
+                        raise CheckpointWriteError(e.errno, f"cannot write the step-{g_step:06d} checkpoint "
+                                                   f"({e.strerror}); the last good checkpoint is {last}: "
+                                                   "free space, then run again with --resume") from e
             L.fuse_lora(model.layers)
-            val = evaluate(model, val_batches, (pcache, first) if use_cache else None)
+            val = evaluate(model, val_batches, (pcache, first) if use_cache else None, group)
             run.log({"event": "eval", "global_step": g_step, "stage": k + 1, "val_loss": val,
                      "tokens": tokens, "flops": flops, "stage_end": True,
                      **({"prefix_cache_hits": pcache.hits, "prefix_cache_misses": pcache.misses} if use_cache else {})})
@@ -267,6 +287,34 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
                                                 "seed": seed}, overwrite=True)
         plot_run(run.root)
     return final_dir, summary
+
+
+def barrier(group):
+    """Wait until every rank gets here (nothing to wait for on one rank)."""
+    if group.size() > 1:
+        mx.eval(mx.distributed.all_sum(mx.array(1), group=group))
+
+
+def shared_checkpoint(run, group):
+    """The checkpoint to resume from: rank 0 picks the newest one that passes its
+    checksums, and every rank loads that one (None: start afresh)."""
+    from mlx_grow.checkpoint import read_meta, verify_files
+
+    ckpt = run.latest() if group.rank() == 0 else None
+    if group.size() == 1:
+        return ckpt
+    mine = (int(ckpt.name.split("-")[1]) if ckpt else -1) if group.rank() == 0 else 0
+    step = mx.distributed.all_sum(mx.array(mine), group=group).item()
+    if step < 0:
+        return None
+    ckpt = run.ckpt_dir / f"step-{step:06d}"
+    if group.rank() > 0:
+        if not ckpt.is_dir():
+            raise FileNotFoundError(
+                f"rank {group.rank()}: {ckpt} is not on this host; resuming needs the run directory at the "
+                "same path on every host (a shared disk, or copy it there first)")
+        verify_files(ckpt, read_meta(ckpt))
+    return ckpt
 
 
 def save_stage(model, tok, path, out, k, summary):

@@ -42,6 +42,21 @@ def describe(target: str) -> dict:
             "notes": notes}
 
 
+def memory(target: str, batch=None, seq=None, stage=None, ranks: int = 1) -> dict:
+    """The memory planner's prediction for a config (see mlx_grow/memory.py)."""
+    from mlx_grow.config import load_config
+    from mlx_grow.memory import report
+
+    p = Path(target)
+    if p.is_dir() and (p / "config.json").exists():
+        raise ValueError(f"{target} is a model directory; memory prediction needs a run config "
+                         "(a YAML path or a packaged name such as paper-9l-glyph)")
+    for name, v in (("--batch", batch), ("--seq", seq), ("--stage", stage), ("--ranks", ranks)):
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be at least 1, got {v}")
+    return report(load_config(target), batch, seq, stage, ranks)
+
+
 def stage_notes(args, grow: dict, t: dict) -> list:
     from mlx_grow.schedule import GrowConfig, plan
     from mlx_grow.train import TrainConfig

@@ -36,8 +36,9 @@ class Run:
     def stage_dir(self, k: int) -> Path:
         return self.root / f"stage-{k + 1:02d}"
 
-    def init(self, config: dict, fingerprints: dict, resume: bool):
-        """Create or check run.json. A resume with another config/tokenizer is refused."""
+    def init(self, config: dict, fingerprints: dict, resume: bool, barrier=None):
+        """Create or check run.json. A resume with another config/tokenizer is refused.
+        `barrier` (data-parallel runs) holds rank 0's write until every rank has checked."""
         f = self.root / "run.json"
         record = {"config": config, **fingerprints}
         if f.exists():
@@ -62,6 +63,8 @@ class Run:
             return
         if resume:
             raise FileNotFoundError(f"nothing to resume: {f} does not exist")
+        if barrier is not None:
+            barrier()
         if self.writer:
             self.root.mkdir(parents=True, exist_ok=True)
             with atomic_path(f) as tmp:

@@ -56,6 +56,15 @@ _COMMON = {  # guesses for a bare tokenizer.json without a config
 }
 
 
+def check_unicode(text: str):
+    """Lone surrogates (e.g. from a JSON "\\ud800" escape) are not valid Unicode text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text holds a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start}, "
+                         "which is not valid Unicode and cannot be tokenized; remove or replace it") from None
+
+
 class Tokenizer:
     """A thin wrapper over a `tokenizers.Tokenizer` with the ids a model needs."""
 
@@ -96,18 +105,25 @@ class Tokenizer:
     def encode(self, text: str, allow_special: bool = False) -> List[int]:
         if not isinstance(text, str):
             raise ValueError(f"encode takes a str, got {type(text).__name__}")
+        check_unicode(text)
         return self._encode(lambda: self.backend.encode(text, add_special_tokens=False).ids, allow_special)
 
     def encode_batch(self, texts: Sequence[str], allow_special: bool = False) -> List[List[int]]:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("encode_batch takes a list of str")
+        for t in texts:
+            check_unicode(t)
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         encs = self._encode(lambda: encode(texts, add_special_tokens=False), allow_special)
         return [e.ids for e in encs]
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        return self.backend.decode(ids, skip_special_tokens=skip_special)
 
     @cached_property
     def fingerprint(self) -> str:

@@ -191,11 +191,15 @@ class Stepper:
         self._build()  # the compiled step captured the old state tree
 
 
-def evaluate(model, batches, prefix=None) -> float:
+def evaluate(model, batches, prefix=None, group=None) -> float:
     """Mean token cross-entropy over fixed validation batches (no grad).
-    `prefix` = (cache, start) reuses cached hidden states of the frozen prefix."""
+    `prefix` = (cache, start) reuses cached hidden states of the frozen prefix.
+    With a distributed `group`, each rank scores its share of every batch's rows
+    and every rank gets the same total."""
+    rank, world = (group.rank(), group.size()) if group is not None else (0, 1)
     total, count = 0.0, 0
     for b in batches:
+        b = b[rank * len(b) // world:(rank + 1) * len(b) // world]
         y = mx.array(b[:, 1:])
         if prefix is not None:
             cache, start = prefix
@@ -205,6 +209,8 @@ def evaluate(model, batches, prefix=None) -> float:
             logits = model(mx.array(b[:, :-1])).astype(mx.float32)
         total += float(nn.losses.cross_entropy(logits, y, reduction="sum"))
         count += y.size
+    if world > 1:
+        total, count = mx.distributed.all_sum(mx.array([total, count], mx.float32), group=group).tolist()
     return total / max(1, count)
 
 

@@ -1,0 +1,207 @@
+"""Memory planner: the peak memory of one growth stage, or of monolithic
+training, predicted from the config alone (nothing is allocated).
+
+A training step's peak is the resident state plus the largest of these
+moments of the step:
+
+- resident: weights of the whole model, and AdamW's two moments of the
+  active (trainable) set only; the prefix cache when it is on.
+- head: the backward pass through the LM head. The [B, T, V] float32 logits,
+  the softmax and the logits' gradient live together (plus the bf16 logits
+  and their gradient in a bf16 run); at vocab 65,536 this term dominates.
+- blocks: the backward pass through a trainable block, next to the
+  activations every trainable block saved for it and the head's tensors,
+  which live until the step ends.
+- update: the gradients of the active set, their clipped copy and the new
+  weights and moments that AdamW writes before the old ones are freed.
+  With several ranks, averaging the gradients adds one more copy of them to
+  the head, blocks and update moments.
+- eval: the forward pass of the rank's rows of a validation batch (float32
+  logits and the log-softmax's temporary), and the frozen prefix's forward,
+  which is inference cost only.
+
+The per-tensor counts below were measured with mx.get_peak_memory on MLX's
+CPU backend (benchmarks/bench_memory.py checks them); the GPU backends fuse
+attention differently, so treat GPU figures as estimates.
+"""
+
+import os
+from dataclasses import dataclass
+
+from mlx_grow.params import human, stage_active, totals
+
+# [B, T, d] tensors each trainable block keeps for its backward pass
+SAVED_PER_BLOCK = 26
+# [B, T, d] tensors and [B, H, T, T] score tensors alive while one block runs backward
+BACKWARD_ACTS, BACKWARD_SCORES = 31, 2
+# [B, T, d] and score tensors alive while one frozen block runs forward (an
+# estimate: never the peak in the measured shapes)
+FORWARD_ACTS, FORWARD_SCORES = 12, 2
+# float32 [B, T, V] tensors alive in the head's backward (logits, softmax, gradient)
+HEAD_FP32 = 3
+# float32 [B, T, V] tensors alive while a validation batch is scored
+EVAL_FP32 = 2
+# copies of the active set during the optimizer update: grads, clipped grads,
+# new weights and two new moments
+UPDATE_COPIES = 5
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class Shape:
+    batch: int  # rows per rank and micro-batch
+    seq: int
+    eval_batch: int  # rows of a validation batch per rank
+
+
+def stage_peak(args, stage: dict, shape: Shape, dtype: str = "float32", lora_params: int = 0,
+               prefix_cache_bytes: int = 0, ranks: int = 1) -> dict:
+    """Predicted bytes by part, and the peak, of one stage from `schedule.plan`."""
+    pb = DTYPE_BYTES.get(dtype)
+    if pb is None:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
+    d, V, H = args.hidden_size, args.vocab_size, args.num_attention_heads
+    depth = stage["depth"]
+    everything = stage.get("train_all") or stage.get("train_substrate") or args.substrate.trainable
+    if everything:
+        active = totals(args, depth)["trainable"] if stage.get("train_all") else \
+            stage_active(args, stage["new"], stage["train_head"], lora_params, train_substrate=True)
+    else:
+        active = stage_active(args, stage["new"], stage["train_head"], lora_params)
+    # gradients flow through every block when anything below the new blocks trains
+    backprop = depth if everything or lora_params else stage["new"]
+    frozen = depth - backprop
+
+    def acts(rows):
+        u = rows * shape.seq * d * pb  # one [B, T, d] tensor
+        s = rows * H * shape.seq ** 2 * pb  # one [B, H, T, T] score tensor
+        z = rows * shape.seq * V * 4  # one float32 [B, T, V] tensor
+        return u, s, z
+
+    u, s, z = acts(shape.batch)
+    saved = backprop * (SAVED_PER_BLOCK * u + s)
+    bf16_logits = 2 * shape.batch * shape.seq * V * pb if pb < 4 else 0
+    head_tensors = HEAD_FP32 * z + bf16_logits
+    averaging = active * pb if ranks > 1 else 0
+    head = saved + head_tensors + (V * d * pb if stage["train_head"] else 0) + averaging
+    blocks = saved + head_tensors + BACKWARD_ACTS * u + BACKWARD_SCORES * s + averaging if backprop else 0
+    update = UPDATE_COPIES * active * pb + averaging
+    ue, se, ze = acts(shape.eval_batch)
+    prefix = FORWARD_ACTS * u + FORWARD_SCORES * s if frozen else 0
+    evaluation = EVAL_FP32 * ze + (shape.eval_batch * shape.seq * V * pb if pb < 4 else 0) \
+        + FORWARD_ACTS * ue + FORWARD_SCORES * se
+    moments = {"head": head, "blocks": blocks, "update": update, "eval": evaluation, "frozen prefix": prefix}
+    worst = max(moments, key=moments.get)
+    resident = {
+        "weights": totals(args, depth)["total"] * pb,
+        "optimizer": 2 * active * pb,
+        "prefix cache": prefix_cache_bytes,
+    }
+    parts = {**resident, "gradients": active * pb, "activations": saved, "logits": head_tensors}
+    return {"parts": parts, "moments": moments, "peak_moment": worst, "active": active,
+            "peak": sum(resident.values()) + moments[worst]}
+
+
+def config_stages(cfg) -> list:
+    """The stages `grow` runs for a config, with the LoRA adapters each one trains."""
+    from mlx_grow.lora import LoRAConfig, lora_param_count, rank_for_budget
+    from mlx_grow.schedule import GrowConfig, plan
+    from mlx_grow.train import TrainConfig
+
+    g, t, args = GrowConfig.from_dict(cfg.grow), TrainConfig.from_dict(cfg.train), cfg.model
+    depth = g.depth or args.num_hidden_layers
+    stages = plan(g, depth, t)
+    lcfg = LoRAConfig.from_dict(g.lora) if g.lora else None
+    if lcfg and lcfg.final_phase_steps and not g.monolithic:
+        stages.append({"index": len(stages), "new": 0, "depth": depth, "steps": lcfg.final_phase_steps,
+                       "train_head": True, "train_substrate": False, "train_all": False, "final_lora": True})
+    for st in stages:
+        final = st.get("final_lora", False)
+        first = st["depth"] if final else st["depth"] - st["new"]
+        st["lora"] = 0
+        if lcfg and first and (final or (lcfg.from_depth is not None and st["depth"] >= lcfg.from_depth)):
+            rank = lcfg.rank
+            if lcfg.budget:
+                base = stage_active(args, 0 if final else st["new"], st["train_head"] or final)
+                rank = rank_for_budget(args, first, lcfg.targets, lcfg.budget, base)
+            st["lora"] = lora_param_count(args, first, rank, lcfg.targets)
+    return stages
+
+
+def plan_config(cfg, batch: int | None = None, seq: int | None = None, ranks: int = 1) -> dict:
+    """Predictions for every stage of `cfg` and for monolithic training of the
+    same depth: {"stages": [...], "monolithic": {...}, "batch", "seq", "dtype"}."""
+    from mlx_grow.schedule import GrowConfig
+    from mlx_grow.train import TrainConfig
+
+    t = TrainConfig.from_dict(cfg.train)
+    g = GrowConfig.from_dict(cfg.grow)
+    batch, seq = batch or t.batch_size, seq or t.seq_len
+    if batch % (ranks * t.grad_accum):
+        raise ValueError(f"batch {batch} must divide by ranks x grad_accum = {ranks * t.grad_accum}")
+    shape = Shape(batch // (ranks * t.grad_accum), seq, batch // ranks)
+    out = []
+    for st in config_stages(cfg):
+        cache = 0
+        if g.prefix_cache and st["depth"] > st["new"] and not st.get("train_all"):
+            rows = st["steps"] * batch // ranks + t.val_batches * batch
+            cache = min(g.prefix_cache_mb << 20, rows * seq * cfg.model.hidden_size * DTYPE_BYTES[t.dtype])
+        out.append({**stage_peak(cfg.model, st, shape, t.dtype, st["lora"], cache, ranks), "stage": st})
+    depth = g.depth or cfg.model.num_hidden_layers
+    mono = {"index": 0, "new": depth, "depth": depth, "train_head": True, "train_substrate": False,
+            "train_all": True}
+    return {"stages": out, "monolithic": stage_peak(cfg.model, mono, shape, t.dtype, ranks=ranks), "batch": batch,
+            "seq": seq, "dtype": t.dtype, "ranks": ranks}
+
+
+def machine_memory() -> tuple[int, str]:
+    """(bytes a run may use, where the figure comes from)."""
+    import mlx.core as mx
+
+    try:
+        info = mx.device_info()
+    except Exception:  # older MLX: only the Metal query exists
+        info = mx.metal.device_info() if mx.metal.is_available() else {}
+    for key in ("max_recommended_working_set_size", "memory_size", "total_memory"):
+        if info.get(key):
+            return int(info[key]), f"{info.get('device_name', 'GPU')} {key}"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "total RAM"
+
+
+def fit_warning(cfg, ranks: int = 1) -> str | None:
+    """A warning when the largest stage is predicted not to fit this machine."""
+    p = plan_config(cfg, ranks=ranks)
+    worst = max(p["stages"], key=lambda r: r["peak"])
+    have, source = machine_memory()
+    if worst["peak"] <= have:
+        return None
+    k = worst["stage"]["index"] + 1
+    return (f"warning: stage {k} is predicted to need {gb(worst['peak'])} per rank at batch {p['batch']} x "
+            f"seq {p['seq']} ({p['dtype']}), but this machine has {gb(have)} ({source}); lower "
+            "train.batch_size (raise train.grad_accum to keep the global batch) or add ranks")
+
+
+def gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def report(cfg, batch=None, seq=None, stage: int | None = None, ranks: int = 1) -> dict:
+    """Rows for `mlx-grow info --batch --seq --stage`: one column per plan."""
+    p = plan_config(cfg, batch, seq, ranks)
+    n = len(p["stages"])
+    if stage is not None and not 1 <= stage <= n:
+        raise ValueError(f"--stage {stage} is out of range: this schedule has stages 1-{n}")
+    chosen = [p["stages"][stage - 1]] if stage else p["stages"]
+    cols = [(f"stage {r['stage']['index'] + 1}", r) for r in chosen] + [("monolithic", p["monolithic"])]
+    keys = ["weights", "optimizer", "gradients", "activations", "logits", "prefix cache"]
+    rows = [[k] + [gb(r["parts"][k]) for _, r in cols] for k in keys]
+    rows.append(["active params"] + [human(r["active"]) for _, r in cols])
+    rows.append(["peak moment"] + [r["peak_moment"] for _, r in cols])
+    rows.append(["predicted peak"] + [gb(r["peak"]) for _, r in cols])
+    have, source = machine_memory()
+    rows.append(["fits this machine"] + ["yes" if r["peak"] <= have else "no" for _, r in cols])
+    notes = [f"per rank at batch {p['batch']} x seq {p['seq']}, {p['dtype']}, {ranks} rank(s); "
+             f"this machine: {gb(have)} ({source})"]
+    return {"title": f"{cfg.name or 'config'}: predicted peak memory", "columns": ["", *[c for c, _ in cols]],
+            "rows": rows, "notes": notes}

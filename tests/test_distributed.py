@@ -1,0 +1,204 @@
+"""Data-parallel grow under `mlx.launch` (ring backend, 2 ranks on localhost):
+the same weights as one process with the same global batch, resumable on
+another number of ranks; workers get OpenBLAS through `--env LD_PRELOAD=…`."""
+
+import itertools
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlx.utils import tree_flatten
+
+from mlx_grow.launcher import find_openblas
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = Path(sys.executable).with_name("mlx.launch")
+ATOL = 1e-5
+
+
+def free_port() -> int:
+    """A port p with p and p + 1 free (the ring listens on one port per rank)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p < 65000:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p + 1))
+                return p
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
+
+
+def launch(n: int, *cmd, timeout=120):
+    env_line = [f"--env=LD_PRELOAD={find_openblas()}"] if find_openblas() else []
+    return subprocess.run([str(LAUNCH), "--backend", "ring", "-n", str(n), "-p", str(free_port()), *env_line,
+                           "--", sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ring():
+    """Skip (with the reason) when mlx.launch cannot start 2 ranks here."""
+    if not LAUNCH.exists():
+        pytest.skip(f"{LAUNCH} not found: mlx.launch comes with mlx >= 0.22")
+    probe = ("import mlx.core as mx; g = mx.distributed.init(); "
+             "print('size', g.size(), mx.distributed.all_sum(mx.array(g.rank() + 1)).item())")
+    try:
+        p = launch(2, "-c", probe, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.skip("mlx.launch --backend ring did not start 2 ranks within 60 s")
+    if p.stdout.count("size 2 3") != 2:
+        pytest.skip(f"mlx.launch --backend ring cannot start 2 local ranks here: {p.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from mlx_grow.corpora import BUILTINS
+
+    p = tmp_path_factory.mktemp("corpus") / "kjv.txt"
+    p.write_text("\n\n".join(itertools.islice(BUILTINS["kjv"].read(), 120)), encoding="utf-8")
+    return p
+
+
+def write_config(path: Path, corpus: Path) -> Path:
+    cfg = {"name": "dp", "tokenizer": "bvv241-2-3",
+           "model": dict(vocab_size=65536, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                         max_position_embeddings=32, substrate={"kind": "binary", "bits": 16}),
+           "data": {"sources": [str(corpus)]},
+           "grow": {"stages": [2, 2], "steps_per_stage": 6},
+           "train": {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "eval_every": 3,
+                     "val_batches": 1, "checkpoint_every": 4, "keep_checkpoints": 5, "log_every": 1}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def one_rank(cfg_path: Path, out: Path, resume=False):
+    """The single-process run, in this process, as `mlx-grow grow` would build it."""
+    from mlx_grow.config import load_config
+    from mlx_grow.grow import grow
+    from mlx_grow.runs import read_run_config
+
+    cfg = read_run_config(out) if resume else load_config(str(cfg_path))
+    cfg.train["seed"] = 0
+    return grow(cfg, out, resume=resume, progress=False, echo=lambda *a, **k: None)[0]
+
+
+def weights(path):
+    from mlx_grow.checkpoint import load_model
+
+    return {k: np.array(v) for k, v in tree_flatten(load_model(path).parameters())}
+
+
+def assert_close(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    assert worst <= ATOL, f"largest weight difference {worst:.3g} > {ATOL}"
+    moved = weights(Path(a).parent / "stage-01")
+    assert any(not np.array_equal(moved[k], wa[k]) for k in moved)  # stage 2 trained something
+
+
+def cut_after(run: Path, step: int):
+    """Make `run` look killed after its step-`step` checkpoint (stages end at steps 6 and 12)."""
+    shutil.rmtree(run / "final")
+    for p in [*run.glob("stage-*"), *run.glob("checkpoints/step-*")]:
+        if (int(p.name[6:]) * 6 if p.name.startswith("stage-") else int(p.name[5:])) > step:
+            shutil.rmtree(p)
+
+
+def train_steps(run: Path) -> list:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["global_step"] for r in rows if r["event"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dp")
+    cfg = write_config(tmp / "dp.yaml", corpus)
+    return cfg, one_rank(cfg, tmp / "ref").parent
+
+
+def test_two_ranks_match_one_and_resume_on_one(ring, reference, tmp_path):
+    cfg, ref = reference
+    p = launch(2, "-m", "mlx_grow.cli", "grow", "--config", str(cfg), "--out", str(tmp_path / "dp"), "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_close(tmp_path / "dp" / "final", ref / "final")
+    assert train_steps(tmp_path / "dp") == list(range(1, 13))  # rank 1 wrote no log lines
+    assert p.stdout.count("stage 1/2 done") == 1  # and printed nothing
+
+    # the 2-rank checkpoint at step 4 (stage 1) resumed on 1 rank
+    shutil.copytree(tmp_path / "dp", tmp_path / "dp-to-1")
+    cut_after(tmp_path / "dp-to-1", 4)
+    assert_close(one_rank(cfg, tmp_path / "dp-to-1", resume=True), ref / "final")
+
+
+@pytest.mark.slow
+def test_one_rank_checkpoint_resumes_on_two(ring, reference, tmp_path):
+    cfg, ref = reference
+    shutil.copytree(ref, tmp_path / "one-to-2")
+    cut_after(tmp_path / "one-to-2", 8)  # past the growth event
+    p = launch(2, "-m", "mlx_grow.cli", "grow", "--resume", str(tmp_path / "one-to-2"), "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "step-000008" in "".join(p.stdout.split())  # "resuming from …", wrapped by rich
+    assert_close(tmp_path / "one-to-2" / "final", ref / "final")
+    assert train_steps(tmp_path / "one-to-2") == list(range(1, 13))
+
+
+@pytest.mark.skipif(find_openblas() is None or not sys.platform.startswith("linux"),
+                    reason="OpenBLAS preloading applies to Linux with libopenblas installed")
+def test_workers_get_openblas(ring):
+    probe = "print('openblas', 'libopenblas' in open('/proc/self/maps').read())"
+    p = launch(2, "-c", probe, timeout=60)  # with --env LD_PRELOAD=…
+    assert p.stdout.count("openblas True") == 2, p.stdout + p.stderr
+
+
+# --- the memory planner (per rank; checked against measured peaks by benchmarks/bench_memory.py) ---
+
+
+def test_planner_paper_config_stage_vs_monolithic():
+    from mlx_grow.config import load_config
+    from mlx_grow.memory import plan_config
+
+    cfg = load_config("paper-9l-glyph")
+    p = plan_config(cfg, batch=32, seq=1024)
+    s1, mono = p["stages"][0], p["monolithic"]
+    assert s1["active"] == 104_899_584 and mono["active"] == 180_476_928
+    assert s1["parts"]["logits"] == 32 * 1024 * 65536 * (3 * 4 + 2 * 2)  # 3 fp32 + 2 bf16 [B, T, V]
+    assert 35 * 2**30 < s1["peak"] < mono["peak"] < 80 * 2**30
+    half = plan_config(cfg, batch=32, seq=1024, ranks=2)["stages"][0]
+    assert half["parts"]["logits"] == s1["parts"]["logits"] // 2 and half["parts"]["weights"] == s1["parts"]["weights"]
+    with pytest.raises(ValueError, match="must divide by ranks"):
+        plan_config(cfg, batch=32, ranks=3)
+
+
+def test_planner_warns_when_a_run_will_not_fit(monkeypatch):
+    from mlx_grow import memory
+    from mlx_grow.config import load_config
+
+    cfg = load_config("paper-9l-glyph")
+    monkeypatch.setattr(memory, "machine_memory", lambda: (16 * 2**30, "test"))
+    msg = memory.fit_warning(cfg)
+    assert "stage 3 is predicted to need" in msg and "16.00 GiB" in msg and "grad_accum" in msg
+    monkeypatch.setattr(memory, "machine_memory", lambda: (2**40, "test"))
+    assert memory.fit_warning(cfg) is None
+
+
+def test_info_prints_the_prediction():
+    from typer.testing import CliRunner
+
+    from mlx_grow.cli import app
+
+    r = CliRunner().invoke(app, ["info", "paper-9l-glyph", "--batch", "32", "--seq", "1024", "--stage", "1"],
+                           env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "predicted peak memory" in r.output and "monolithic" in r.output and "GiB" in r.output
+    r = CliRunner().invoke(app, ["info", "paper-9l-glyph", "--stage", "4"], env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and "stages 1-3" in r.output
