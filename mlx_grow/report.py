@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from mlx_grow import tasks as T
 
 PROTOCOLS = ("loglik", "paper")
@@ -278,6 +280,30 @@ def _fmt(r, protocol):
     return f"{m['answer_bpb']:.3f} bpb"
 
 
+def _value(r, protocol) -> float:
+    m = r["metrics"]
+    return m["score"] if protocol == "paper" else 100 * m["acc"] if "acc" in m else m["answer_bpb"]
+
+
+def seed_spread(report: dict) -> list:
+    """Grown vs monolithic final models, each group's mean ± sample std over its runs (seeds)."""
+    groups = {}
+    for m in report["models"]:
+        if m.get("monolithic") is not None and m.get("final", True):
+            groups.setdefault("monolithic" if m["monolithic"] else "grown", []).append(m["name"])
+    if not groups:
+        return []
+    cell = {(r["model"], r["task"]): r for r in report["results"]}
+    rows = []
+    for t in dict.fromkeys(r["task"] for r in report["results"]):
+        for g, names in sorted(groups.items()):
+            vals = [_value(cell[n, t], report["protocol"]) for n in names if (n, t) in cell]
+            if vals:
+                sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+                rows.append([t, g, len(vals), f"{np.mean(vals):.3f}", f"{sd:.3f}"])
+    return _table(["task", "group", "runs (seeds)", "mean", "std (ddof=1)"], rows) + [""] if rows else []
+
+
 def _table(header, rows) -> list:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -302,6 +328,8 @@ def markdown(report: dict) -> str:
         rows = [[n, next((m.get("depth") for m in report["models"] if m["name"] == n), "")]
                 + [_fmt(cell[n, t], p) if (n, t) in cell else "" for t in labels] for n in names]
         lines += _table(["model", "depth"] + labels, rows) + [""]
+    if spread := seed_spread(report):
+        lines += ["Grown vs monolithic, spread over runs (one run per seed):", ""] + spread
     if p == "paper" and labels:
         rows = [[n] + [f"{cell[n, t]['metrics']['greedy']:.2f}"
                        + (f" · {100 * cell[n, t]['metrics']['format_valid']:.0f}%"

@@ -438,3 +438,17 @@ def test_lm_eval_harness_agrees_with_loglik_protocol(tok, tmp_path):
     assert theirs["acc,none"] == pytest.approx(ours["acc"])
     assert theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"])
     assert theirs["acc_stderr,none"] == pytest.approx(ours["acc_stderr"])
+
+
+def test_grown_vs_monolithic_spread_over_seeds():
+    from mlx_grow.report import markdown, seed_spread
+
+    models = [{"name": "g0", "monolithic": False, "final": True}, {"name": "g1", "monolithic": False, "final": True},
+              {"name": "m0", "monolithic": True, "final": True}, {"name": "s1", "monolithic": False, "final": False}]
+    accs = {"g0": 0.30, "g1": 0.40, "m0": 0.50, "s1": 0.99}
+    report = {"protocol": "loglik", "models": models, "settings": {},
+              "results": [{"model": n, "task": "arc", "metrics": {"acc": a, "acc_norm": a}} for n, a in accs.items()]}
+    rows = "\n".join(seed_spread(report))
+    assert "| arc | grown | 2 | 35.000 | 7.071 |" in rows  # std of 30 and 40 with ddof=1
+    assert "| arc | monolithic | 1 | 50.000 | nan |" in rows
+    assert "spread over runs" in markdown(report)
