@@ -12,12 +12,10 @@ text that an apt or pip package put on this machine and are never shipped:
 """
 
 import codecs
-import glob
 import gzip
 import importlib.util
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from importlib import resources

@@ -11,7 +11,6 @@ paper protocol, so 4 choices or 10 runs cost little more than one.
 import copy
 import inspect
 import logging
-import math
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 

@@ -4,14 +4,13 @@ blocks; or a monolithic baseline on the same token stream."""
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_grow import lora as L
-from mlx_grow.model import BLOCK_INITS, Model, flops_per_token, init_weights, strict_from_dict
+from mlx_grow.model import Model, flops_per_token, init_weights
 from mlx_grow.params import human, stage_active
 from mlx_grow.faults import armed, maybe_fail
 from mlx_grow.prefix_cache import PrefixCache

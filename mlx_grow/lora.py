@@ -3,7 +3,6 @@
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx_lm.tuner.lora import LoRALinear
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
@@ -121,4 +120,3 @@ def is_lora(module) -> bool:
     return isinstance(module, LoRALinear)
 
 
-__all__ = ["LoRAConfig", "add_lora", "fuse_lora", "has_lora", "rank_for_budget", "lora_param_count", "nn"]

@@ -7,7 +7,7 @@ Module names follow mlx-lm's Starcoder2 port, so export is a renaming.
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn

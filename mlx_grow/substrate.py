@@ -13,7 +13,7 @@ times) or tiling; the expansion is never materialised.
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
