@@ -2,7 +2,6 @@
 the same weights as one process with the same global batch, resumable on
 another number of ranks; workers get OpenBLAS through `--env LD_PRELOAD=…`."""
 
-import itertools
 import json
 import shutil
 import socket
@@ -14,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 from mlx.utils import tree_flatten
+
+from conftest import kjv_slice, tiny_run
 
 from mlx_grow.launcher import find_openblas
 
@@ -61,21 +62,11 @@ def ring():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from mlx_grow.corpora import BUILTINS
-
-    p = tmp_path_factory.mktemp("corpus") / "kjv.txt"
-    p.write_text("\n\n".join(itertools.islice(BUILTINS["kjv"].read(), 120)), encoding="utf-8")
-    return p
+    return kjv_slice(tmp_path_factory.mktemp("corpus") / "kjv.txt")
 
 
 def write_config(path: Path, corpus: Path) -> Path:
-    cfg = {"name": "dp", "tokenizer": "bvv241-2-3",
-           "model": dict(vocab_size=65536, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                         max_position_embeddings=32, substrate={"kind": "binary", "bits": 16}),
-           "data": {"sources": [str(corpus)]},
-           "grow": {"stages": [2, 2], "steps_per_stage": 6},
-           "train": {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "eval_every": 3,
-                     "val_batches": 1, "checkpoint_every": 4, "keep_checkpoints": 5, "log_every": 1}}
+    cfg = tiny_run(corpus, "dp", eval_every=3, checkpoint_every=4, keep_checkpoints=5)
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -5,9 +5,7 @@ Kills use the test-only hook in mlx_grow/faults.py (MLX_GROW_FAULT) on a real
 `python -m mlx_grow.cli grow` process. The schedule is 2 stages x 6 steps with a
 checkpoint every 2 steps, so the growth event comes at step 6."""
 
-import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +16,8 @@ import pytest
 import yaml
 from mlx.utils import tree_flatten
 
+from conftest import kjv_slice, tiny_run
+
 from mlx_grow.checkpoint import CheckpointError, load_model, read_meta, verify_files
 from mlx_grow.launcher import openblas_env
 
@@ -26,18 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def cfg_path(tmp_path_factory):
-    from mlx_grow.corpora import BUILTINS
-
     tmp = tmp_path_factory.mktemp("faults")
-    corpus = tmp / "kjv.txt"
-    corpus.write_text("\n\n".join(itertools.islice(BUILTINS["kjv"].read(), 120)), encoding="utf-8")
-    cfg = {"name": "faults", "tokenizer": "bvv241-2-3",
-           "model": dict(vocab_size=65536, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                         max_position_embeddings=32, substrate={"kind": "binary", "bits": 16}),
-           "data": {"sources": [str(corpus)]},
-           "grow": {"stages": [2, 2], "steps_per_stage": 6},
-           "train": {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0,
-                     "val_batches": 1, "checkpoint_every": 2, "keep_checkpoints": 10, "log_every": 1}}
+    corpus = kjv_slice(tmp / "kjv.txt")
+    cfg = tiny_run(corpus, "faults", eval_every=0, checkpoint_every=2, keep_checkpoints=10)
     path = tmp / "faults.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

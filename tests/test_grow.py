@@ -1,11 +1,11 @@
 """Growth: schedules, frozen weights, LoRA merge, exact resume, monolithic stream, prefix cache."""
 
-import itertools
 import json
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import kjv_slice
 from mlx.utils import tree_flatten
 
 from mlx_grow.checkpoint import load_model
@@ -19,12 +19,7 @@ from mlx_grow.train import TrainConfig
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from mlx_grow.corpora import BUILTINS
-
-    docs = list(itertools.islice(BUILTINS["kjv"].read(), 120))
-    p = tmp_path_factory.mktemp("corpus") / "kjv.txt"
-    p.write_text("\n\n".join(docs), encoding="utf-8")
-    return str(p)
+    return str(kjv_slice(tmp_path_factory.mktemp("corpus") / "kjv.txt"))
 
 
 def config(corpus, depth=4, grow=None, train=None, **model):
