@@ -18,8 +18,6 @@ import platform
 import tempfile
 import time
 
-import numpy as np
-
 REF_STEP_MS = 50.0
 
 
@@ -29,8 +27,8 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     args = ap.parse_args()
 
-    from mlx_grow import corpora
-    from mlx_grow.data import DataConfig, open_stream, prepare
+    from mlx_grow.data import corpora
+    from mlx_grow.data.stream import DataConfig, open_stream, prepare
     from mlx_grow.tokenizer import load_tokenizer
 
     tok = load_tokenizer("bvv241-2-3")

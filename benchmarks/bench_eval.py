@@ -65,7 +65,7 @@ def main():
 
     import mlx.core as mx
 
-    from mlx_grow.evaluate import Scorer
+    from mlx_grow.eval.scorer import Scorer
     from mlx_grow.model import Model, ModelArgs, init_weights
 
     margs = ModelArgs(vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers,

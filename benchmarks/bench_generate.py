@@ -117,7 +117,7 @@ def main():
     ap.add_argument("--sizes", default=",".join(SIZES), help="comma-separated names from SIZES")
     args = ap.parse_args()
 
-    from mlx_grow.merge import MergedModel
+    from mlx_grow.merge.combine import MergedModel
 
     class Ids:  # a tokenizer stand-in for stream_generate: ids in, ids "text" out
         eos_id, unk_id, inst_ids = None, None, None

@@ -36,8 +36,8 @@ def main():
     ap.add_argument("--font", default=None)
     args = ap.parse_args()
 
-    from mlx_grow.glyph import find_font, glyph_bits
-    from mlx_grow.substrate import pca_l2
+    from mlx_grow.substrate.codes import pca_l2
+    from mlx_grow.substrate.glyph import find_font, glyph_bits
 
     t0 = time.perf_counter()
     strings, source = token_strings()

@@ -15,10 +15,10 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from mlx_grow.grow import set_trainable
 from mlx_grow.model import Model, ModelArgs, block_param_count, init_weights
-from mlx_grow.prefix_cache import PrefixCache
-from mlx_grow.train import Stepper, TrainConfig
+from mlx_grow.training.grow import set_trainable
+from mlx_grow.training.prefix_cache import PrefixCache
+from mlx_grow.training.step import Stepper, TrainConfig
 
 
 def matmul_peak(n=1024, reps=5):

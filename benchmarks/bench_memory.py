@@ -50,10 +50,10 @@ def measure_step(name: str) -> tuple:
     import mlx.core as mx
     import numpy as np
 
-    from mlx_grow.grow import set_trainable
-    from mlx_grow.memory import Shape, stage_peak
     from mlx_grow.model import Model, ModelArgs, init_weights
-    from mlx_grow.train import Stepper, TrainConfig, split_xy
+    from mlx_grow.training.grow import set_trainable
+    from mlx_grow.training.memory import Shape, stage_peak
+    from mlx_grow.training.step import Stepper, TrainConfig, split_xy
 
     d, heads, depth, new, vocab, batch, seq = STEP_SHAPES[name]
     args = ModelArgs(vocab_size=vocab, hidden_size=d, num_hidden_layers=depth, num_attention_heads=heads,
@@ -91,8 +91,8 @@ def measure(name: str, corpus: str, steps: int) -> list:
     steps and its closing evaluation)."""
     import mlx.core as mx
 
-    import mlx_grow.grow as G
-    from mlx_grow.memory import config_stages
+    import mlx_grow.training.grow as G
+    from mlx_grow.training.memory import config_stages
 
     cfg = config(SHAPES[name], corpus, steps)
     G.save_stage = lambda *a, **k: None  # stage models are not part of training; skip writing them
@@ -111,7 +111,7 @@ def measure(name: str, corpus: str, steps: int) -> list:
 
 
 def kjv_slice(path: Path):
-    from mlx_grow.corpora import BUILTINS
+    from mlx_grow.data.corpora import BUILTINS
 
     docs = list(itertools.islice(BUILTINS["kjv"].read(), 200))
     path.write_text("\n\n".join(docs), encoding="utf-8")
@@ -130,7 +130,7 @@ def main():
         return
 
     from mlx_grow.launcher import openblas_env
-    from mlx_grow.memory import plan_config
+    from mlx_grow.training.memory import plan_config
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "kjv.txt"

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(tmp: Path, a) -> Path:
-    from mlx_grow.corpora import BUILTINS
+    from mlx_grow.data.corpora import BUILTINS
 
     corpus = tmp / "kjv.txt"
     corpus.write_text("\n\n".join(itertools.islice(BUILTINS["kjv"].read(), 400)), encoding="utf-8")
@@ -97,7 +97,7 @@ def main():
 
     from mlx_grow.config import load_config
     from mlx_grow.launcher import openblas_env
-    from mlx_grow.memory import plan_config
+    from mlx_grow.training.memory import plan_config
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -6,15 +6,6 @@ require_mlx()
 
 __version__ = "0.1.0"
 
+from mlx_grow.api import batch_generate, generate, load, stream_generate  # noqa: E402
 
-def __getattr__(name):
-    # Lazy top-level API so `import mlx_grow` stays cheap.
-    if name == "load":
-        from mlx_grow.checkpoint import load
-
-        return load
-    if name in ("generate", "stream_generate"):
-        from mlx_grow import generate as _g
-
-        return getattr(_g, name)
-    raise AttributeError(name)
+__all__ = ["load", "generate", "stream_generate", "batch_generate", "__version__"]

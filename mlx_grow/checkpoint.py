@@ -14,12 +14,12 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_grow.io import atomic_dir, sha256_file
+from mlx_grow.io.tensors import SHARD_BYTES
 from mlx_grow.model import Model, ModelArgs
-from mlx_grow.substrate import SubstrateArgs, fingerprint
+from mlx_grow.substrate.tables import fingerprint
 
 FORMAT_VERSION = 1
 META = "mlx_grow.json"
-SHARD_BYTES = 2 << 30
 
 
 class CheckpointError(ValueError):
@@ -164,25 +164,6 @@ def load_model(path, verify: bool = True) -> Model:
     return model
 
 
-def load_tokenizer_from(path):
-    from mlx_grow.tokenizer import load_tokenizer
-
-    return load_tokenizer(str(path))
-
-
-def load(path, verify: bool = True):
-    """`model, tokenizer = load(path)` for a single or a merged model directory."""
-    meta = read_meta(path)
-    if "experts" in meta:
-        from mlx_grow.merge import load_merged
-
-        return load_merged(path, verify=verify)
-    model = load_model(path, verify=verify)
-    tok = load_tokenizer_from(path)
-    check_vocab(model.args, tok, path)
-    return model, tok
-
-
 def check_vocab(args: ModelArgs, tokenizer, where):
     if tokenizer.vocab_size != args.vocab_size:
         raise CheckpointError(
@@ -191,4 +172,4 @@ def check_vocab(args: ModelArgs, tokenizer, where):
         )
 
 
-__all__ = ["save_model", "load_model", "load", "read_meta", "CheckpointError", "SubstrateArgs"]
+__all__ = ["save_model", "load_model", "read_meta", "CheckpointError"]

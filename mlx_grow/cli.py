@@ -62,7 +62,7 @@ def info(
     of monolithic training."""
     from rich.table import Table
 
-    from mlx_grow.info import describe, memory
+    from mlx_grow.training.info import describe, memory
 
     reports = [describe(target)]
     if any(v is not None for v in (batch, seq, stage, ranks)):
@@ -87,7 +87,7 @@ def substrate_build(
 ):
     """Build a config's substrate table and write it with its fingerprint."""
     from mlx_grow.config import load_config
-    from mlx_grow.substrate import build_table, fingerprint, save_table
+    from mlx_grow.substrate.tables import build_table, fingerprint, save_table
 
     cfg = load_config(config)
     s = cfg.model.substrate
@@ -110,7 +110,7 @@ def substrate_show(path: Path = typer.Argument(..., help="Substrate .safetensors
     """Print a substrate's recipe, shape and fingerprint."""
     import json
 
-    from mlx_grow.substrate import describe_file
+    from mlx_grow.substrate.tables import describe_file
 
     console.print_json(json.dumps(describe_file(path)))
 
@@ -185,8 +185,8 @@ def data_prepare(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip files that are not UTF-8, with a warning"),
 ):
     """Tokenize sources into packed token shards (cached; reused when unchanged)."""
-    from mlx_grow import data
-    from mlx_grow.contamination import info, info_table
+    from mlx_grow.data import stream as data
+    from mlx_grow.data.contamination import info, info_table
 
     shards = data.prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
                           field=field, skip_bad_files=skip_bad)
@@ -206,7 +206,7 @@ def data_info(
     field: Optional[str] = typer.Option(None, help="Text field of jsonl / parquet / dataset rows (default text)"),
 ):
     """Documents, characters, tokens, characters per token and <unk> share per source."""
-    from mlx_grow.contamination import contamination, info, info_table
+    from mlx_grow.data.contamination import contamination, info, info_table
 
     rows = info(sources, tokenizer, field=field)
     console.print(info_table(rows))
@@ -244,8 +244,8 @@ def grow_cmd(
 ):
     """Grow a model layer-wise (or train it monolithically); prints the final model dir last."""
     from mlx_grow.config import load_config
-    from mlx_grow.grow import TrainingDiverged, grow
-    from mlx_grow.runs import read_run_config
+    from mlx_grow.training.grow import TrainingDiverged, grow
+    from mlx_grow.training.runs import read_run_config
 
     if resume is not None:
         cfg = read_run_config(resume)
@@ -280,7 +280,7 @@ def grow_cmd(
         final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=console.print)
     except (TrainingDiverged, OSError) as e:  # NaN loss; disk full while saving
         fail(str(e), code=1)
-    from mlx_grow.info import summary_table
+    from mlx_grow.training.info import summary_table
 
     console.print(summary_table(summary))
     print(final)
@@ -290,7 +290,7 @@ def grow_cmd(
 @guarded
 def plot(run_dir: Path = typer.Argument(..., help="A grow run directory")):
     """Redraw a run's loss plot (PNG)."""
-    from mlx_grow.plot import plot_run
+    from mlx_grow.training.plot import plot_run
 
     console.print(str(plot_run(run_dir)))
 
@@ -321,7 +321,7 @@ def merge_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing --out directory"),
 ):
     """Merge experts trained on the same substrate and tokenizer into one model directory."""
-    from mlx_grow.merge import merge
+    from mlx_grow.merge.build import merge
 
     opts = None
     if tune:
@@ -346,7 +346,7 @@ def compare_cmd(
     """Validation loss of each expert and each training-free combiner, per source and on their union."""
     from rich.table import Table
 
-    from mlx_grow.merge import compare
+    from mlx_grow.merge.tune import compare
 
     result = compare(experts, data, merged or (), seq_len=seq_len, batches=batches)
     table = Table(title="validation loss (nats/token, lower is better)")
@@ -433,8 +433,8 @@ def eval_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar"),
 ):
     """Score models on benchmarks and held-out text; write JSON, markdown and plots."""
-    from mlx_grow.evaluate import evaluate
-    from mlx_grow.report import markdown, write
+    from mlx_grow.eval.report import markdown, write
+    from mlx_grow.eval.runner import run_eval as evaluate
 
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
                       top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress,
@@ -462,14 +462,14 @@ def convert_inspect(
     """Print every tensor's name, shape and dtype, the config, and which layout matched."""
     import json
 
-    from mlx_grow.convert import inspect
+    from mlx_grow.convert.inspect import inspect
 
     rep = inspect(path, map_file)
     for name, shape, dtype in rep["tensors"]:
         console.print(f"{name}  {shape}  {dtype}", highlight=False, markup=False)
     console.print(f"config: {json.dumps(rep['config'])}", highlight=False, markup=False)
     if rep["layout"] is None:
-        from mlx_grow.layouts import MAP_EXAMPLE
+        from mlx_grow.convert.layouts import MAP_EXAMPLE
 
         console.print(f"layout: none matched — {rep['problem']}", highlight=False, markup=False)
         console.print(f"an example mapping file (--map FILE.yaml):\n{MAP_EXAMPLE}", highlight=False, markup=False)
@@ -498,7 +498,7 @@ def convert_import(
     overwrite: bool = typer.Option(False, help="Replace an existing --out"),
 ):
     """Import a PyTorch / Hugging Face checkpoint (or merged experts) into a mlx-grow model directory."""
-    from mlx_grow.convert import import_checkpoint
+    from mlx_grow.convert.importer import import_checkpoint
 
     for name, val, ok in (("--expansion", expansion, ("repeat", "tile")),
                           ("--rope", rope, ("rotate-half", "interleaved")),
@@ -525,7 +525,7 @@ def convert_export(
     overwrite: bool = typer.Option(False, help="Replace an existing --out"),
 ):
     """Export to a Hugging Face directory that transformers and mlx-lm load without custom code."""
-    from mlx_grow.convert import export_model
+    from mlx_grow.convert.export import export_model
 
     rep = export_model(model, out, to=to, dtype=dtype, overwrite=overwrite)
     console.print(f"exported {model} as {rep['target']} ({rep['dtype']})", highlight=False, markup=False)
@@ -542,17 +542,11 @@ def convert_verify(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the source's own model code"),
 ):
     """Run the source with transformers and our import on one prompt; print the largest logit difference."""
-    from mlx_grow.convert import verify
+    from mlx_grow.convert.inspect import verify
 
     rep = verify(src, model, prompt=prompt, trust_remote_code=trust_remote_code)
     console.print(f"{rep['tokens']} tokens: max |logit difference| {rep['max_abs_diff']:.3g}, "
                   f"argmax agreement {rep['argmax_agree']:.0%}", highlight=False, markup=False)
-
-
-def main():
-    from mlx_grow.launcher import main as launch
-
-    launch()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Module names follow mlx-lm's Starcoder2 port, so export is a renaming.
 """
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import mlx.core as mx
@@ -14,19 +14,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 
-from mlx_grow.substrate import Substrate, SubstrateArgs
-
-
-def strict_from_dict(cls, params: dict, where: str):
-    """Build dataclass `cls` from `params`; an unknown key is an error that names it."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {', '.join(unknown)} in {where}; "
-            f"valid keys: {', '.join(sorted(names))}"
-        )
-    return cls(**params)
+from mlx_grow.base import strict_from_dict
+from mlx_grow.substrate.tables import Substrate, SubstrateArgs
 
 
 @dataclass

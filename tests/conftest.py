@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+
 # Tests write caches (tokenizers, shards) into a per-session temp dir, never $HOME.
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
@@ -23,7 +24,7 @@ def kjv_slice(path, docs: int = 120):
     """Write the first `docs` KJV chapters (real text, small) to `path`."""
     import itertools
 
-    from mlx_grow.corpora import BUILTINS
+    from mlx_grow.data.corpora import BUILTINS
 
     path.write_text("\n\n".join(itertools.islice(BUILTINS["kjv"].read(), docs)), encoding="utf-8")
     return path

@@ -1,7 +1,6 @@
 import json
 
 import mlx.core as mx
-import numpy as np
 import pytest
 from conftest import tiny_args
 

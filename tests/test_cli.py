@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from mlx_grow.cli import app
@@ -54,7 +53,7 @@ def test_tokenizer_build_encode_stats(tmp_path):
 
 def test_tokenizer_train(tmp_path):
     corpus = tmp_path / "c.txt"
-    from mlx_grow.corpora import BUILTINS
+    from mlx_grow.data.corpora import BUILTINS
 
     corpus.write_text("\n".join(d for _, d in zip(range(40), BUILTINS["kjv"].read())))
     ok("tokenizer", "train", corpus, "--vocab-size", 600, "-o", tmp_path / "sp")
@@ -62,7 +61,7 @@ def test_tokenizer_train(tmp_path):
 
 
 def test_grow_cli_prints_final_dir_last_and_plots(tmp_path):
-    from mlx_grow.corpora import BUILTINS
+    from mlx_grow.data.corpora import BUILTINS
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(d for _, d in zip(range(60), BUILTINS["shakespeare"].read())))

@@ -15,8 +15,9 @@ from mlx.utils import tree_flatten
 
 from mlx_grow import convert
 from mlx_grow.checkpoint import load_model, read_meta, read_weights, save_model
+from mlx_grow.convert.common import block_shapes
 from mlx_grow.model import Model
-from mlx_grow.substrate import id_bits
+from mlx_grow.substrate.codes import id_bits
 
 V, D, H, NL, F = 512, 32, 4, 2, 128
 IDS = [3, 17, 200, 5, 511, 42, 42, 9]
@@ -420,15 +421,16 @@ def test_verify_reports_tiny_difference(tmp_path):
 def test_block_shapes_match_model():
     args = tiny_args()
     flat = dict(tree_flatten(Model(args).parameters()))
-    assert {k: tuple(flat[f"layers.0.{k}"].shape) for k in convert.block_shapes(args)} == convert.block_shapes(args)
-    assert len([k for k in flat if k.startswith("layers.0.")]) == len(convert.block_shapes(args))
+    assert {k: tuple(flat[f"layers.0.{k}"].shape) for k in block_shapes(args)} == block_shapes(args)
+    assert len([k for k in flat if k.startswith("layers.0.")]) == len(block_shapes(args))
 
 
 # --- merges ---
 
 
 def test_merge_export_and_import(tmp_path):
-    from mlx_grow.merge import load_merged, merge
+    from mlx_grow.merge.build import merge
+    from mlx_grow.merge.store import load_merged
 
     _, a = saved(tmp_path, "a")
     m2 = make_model(seed=9)
@@ -447,7 +449,7 @@ def test_merge_export_and_import(tmp_path):
 
 
 def test_prefixed_experts_checkpoint_imports_as_merge(tmp_path):
-    from mlx_grow.merge import load_merged
+    from mlx_grow.merge.store import load_merged
 
     r1, r2 = roles(11), roles(12)
     table = id_bits(V, 16, "msb")

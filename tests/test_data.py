@@ -1,6 +1,5 @@
 """Data: built-in corpora, shards, batches, mixtures, validation split, errors, CLI."""
 
-import gzip
 import itertools
 import json
 import logging
@@ -9,9 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from mlx_grow import corpora, data
-from mlx_grow.contamination import contamination
-from mlx_grow.data import DataConfig, Shard, open_stream, prepare
+from mlx_grow.data import corpora
+from mlx_grow.data import stream as data
+from mlx_grow.data.contamination import contamination
+from mlx_grow.data.stream import DataConfig, Shard, open_stream, prepare
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mlx.utils import tree_flatten
-
 from conftest import kjv_slice, tiny_run
+from mlx.utils import tree_flatten
 
 from mlx_grow.launcher import find_openblas
 
@@ -74,8 +73,8 @@ def write_config(path: Path, corpus: Path) -> Path:
 def one_rank(cfg_path: Path, out: Path, resume=False):
     """The single-process run, in this process, as `mlx-grow grow` would build it."""
     from mlx_grow.config import load_config
-    from mlx_grow.grow import grow
-    from mlx_grow.runs import read_run_config
+    from mlx_grow.training.grow import grow
+    from mlx_grow.training.runs import read_run_config
 
     cfg = read_run_config(out) if resume else load_config(str(cfg_path))
     cfg.train["seed"] = 0
@@ -156,7 +155,7 @@ def test_workers_get_openblas(ring):
 
 def test_planner_paper_config_stage_vs_monolithic():
     from mlx_grow.config import load_config
-    from mlx_grow.memory import plan_config
+    from mlx_grow.training.memory import plan_config
 
     cfg = load_config("paper-9l-glyph")
     p = plan_config(cfg, batch=32, seq=1024)
@@ -171,8 +170,8 @@ def test_planner_paper_config_stage_vs_monolithic():
 
 
 def test_planner_warns_when_a_run_will_not_fit(monkeypatch):
-    from mlx_grow import memory
     from mlx_grow.config import load_config
+    from mlx_grow.training import memory
 
     cfg = load_config("paper-9l-glyph")
     monkeypatch.setattr(memory, "machine_memory", lambda: (16 * 2**30, "test"))

@@ -11,9 +11,15 @@ from mlx.utils import tree_map
 from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as HFTokenizer
 
-from mlx_grow import tasks as T
 from mlx_grow.checkpoint import save_model
-from mlx_grow.evaluate import Scorer, loglik_eval, outputs_from_generate, paper_eval, text_metrics
+from mlx_grow.eval import tasks as T
+from mlx_grow.eval.runner import (
+    loglik_eval,
+    outputs_from_generate,
+    paper_eval,
+    text_metrics,
+)
+from mlx_grow.eval.scorer import Scorer
 from mlx_grow.model import Model, ModelArgs, init_module
 from mlx_grow.tokenizer import Tokenizer
 
@@ -232,7 +238,7 @@ def test_paper_protocol_on_constructed_models(tok, tmp_path):
 
 
 def test_sampling_independent_of_batching_and_greedy_matches_generate(tok):
-    from mlx_grow.evaluate import generate_with
+    from mlx_grow.eval.runner import generate_with
 
     m = random_model(tok, seed=3)
     prompts = ["Hello wor", "Q: x?\nA:", "abc"]
@@ -332,7 +338,7 @@ def test_model_tokenizer_mismatch(tok, tmp_path):
     m = Model(args_for(tok, vocab_size=50, substrate={"kind": "binary", "bits": 6}))
     with pytest.raises(ValueError, match=f"tokenizer has {tok.vocab_size} ids but the model's vocab_size is 50"):
         Scorer(m, tok, name="small")
-    from mlx_grow.report import load_for_eval
+    from mlx_grow.eval.runner import load_for_eval
 
     save_model(random_model(tok), tmp_path / "m", tokenizer=tok)
     cfg = tmp_path / "m" / "tokenizer.json"
@@ -397,8 +403,8 @@ def test_cli_eval_writes_report(tok, tmp_path):
 
 def test_experts_vs_merge_report(tok, tmp_path):
     merge = pytest.importorskip("mlx_grow.merge")
-    from mlx_grow.evaluate import evaluate
-    from mlx_grow.report import write
+    from mlx_grow.eval.report import write
+    from mlx_grow.eval.runner import run_eval as evaluate
 
     for k in (0, 1):
         save_model(random_model(tok, seed=k), tmp_path / f"e{k}", tokenizer=tok)
@@ -416,7 +422,7 @@ def test_lm_eval_harness_agrees_with_loglik_protocol(tok, tmp_path):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from mlx_grow.evaluate import evaluate
+    from mlx_grow.eval.runner import run_eval as evaluate
 
     rng = np.random.default_rng(0)
     word = lambda: "".join(rng.choice(list("abcdefgh ")) for _ in range(int(rng.integers(1, 12))))
@@ -441,7 +447,7 @@ def test_lm_eval_harness_agrees_with_loglik_protocol(tok, tmp_path):
 
 
 def test_grown_vs_monolithic_spread_over_seeds():
-    from mlx_grow.report import markdown, seed_spread
+    from mlx_grow.eval.report import markdown, seed_spread
 
     models = [{"name": "g0", "monolithic": False, "final": True}, {"name": "g1", "monolithic": False, "final": True},
               {"name": "m0", "monolithic": True, "final": True}, {"name": "s1", "monolithic": False, "final": False}]

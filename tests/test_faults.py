@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mlx.utils import tree_flatten
-
 from conftest import kjv_slice, tiny_run
+from mlx.utils import tree_flatten
 
 from mlx_grow.checkpoint import CheckpointError, load_model, read_meta, verify_files
 from mlx_grow.launcher import openblas_env
@@ -38,7 +37,7 @@ def cfg_path(tmp_path_factory):
 def reference(cfg_path, tmp_path_factory):
     """The uninterrupted run (in this process, built as the CLI builds it)."""
     from mlx_grow.config import load_config
-    from mlx_grow.grow import grow
+    from mlx_grow.training.grow import grow
 
     cfg = load_config(str(cfg_path))
     cfg.train["seed"] = 0
@@ -58,8 +57,8 @@ def cli(*args, fault=None):
 
 def resume_here(run) -> str:
     """Resume `run` in this process (what `--resume` does); returns what it printed."""
-    from mlx_grow.grow import grow
-    from mlx_grow.runs import read_run_config
+    from mlx_grow.training.grow import grow
+    from mlx_grow.training.runs import read_run_config
 
     said = []
     grow(read_run_config(run), run, resume=True, progress=False, echo=lambda *a, **k: said.extend(a))
@@ -182,8 +181,8 @@ def test_damaged_file_is_detected(reference, tmp_path, name, how):
 
 
 def test_resume_skips_a_damaged_newest_checkpoint(reference, tmp_path, capsys):
-    from mlx_grow.grow import grow
-    from mlx_grow.runs import read_run_config
+    from mlx_grow.training.grow import grow
+    from mlx_grow.training.runs import read_run_config
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)
@@ -251,7 +250,7 @@ def test_tokenizer_rejects_lone_surrogates_clearly(tok, key):
 
 
 def test_prepare_survives_hostile_files(tmp_path):
-    from mlx_grow.data import prepare
+    from mlx_grow.data.stream import prepare
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -274,7 +273,7 @@ def test_prepare_survives_hostile_files(tmp_path):
 
 
 def test_prepare_names_the_file_of_a_lone_surrogate(tmp_path):
-    from mlx_grow.data import prepare
+    from mlx_grow.data.stream import prepare
 
     f = tmp_path / "rows.jsonl"
     f.write_text(json.dumps({"text": "a\ud800b"}) + "\n" + json.dumps({"text": "fine"}) + "\n")
@@ -284,8 +283,8 @@ def test_prepare_names_the_file_of_a_lone_surrogate(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tok):
-    from mlx_grow.grow import build_model
     from mlx_grow.model import ModelArgs
+    from mlx_grow.training.grow import build_model
 
     args = ModelArgs(vocab_size=65536, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      max_position_embeddings=64, substrate={"kind": "binary", "bits": 16})

@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_args
 
 from mlx_grow.generate import batch_generate, encode_prompt, generate, stream_generate
-from mlx_grow.merge import MergedModel, make_combiner
+from mlx_grow.merge.combine import MergedModel, make_combiner
 from mlx_grow.model import Model, init_weights
 from mlx_grow.sample import repetition_penalty
 

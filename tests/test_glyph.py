@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from mlx_grow import glyph
-from mlx_grow.glyph import (
+from mlx_grow.io.safe_pickle import UnsafePickleError, load_state_dict, load_torch_file
+from mlx_grow.substrate import glyph
+from mlx_grow.substrate.glyph import (
     FontNotFoundError,
     augment_constants,
     find_font,
@@ -25,7 +26,6 @@ from mlx_grow.glyph import (
     script_class,
     token_bits,
 )
-from mlx_grow.safe_pickle import UnsafePickleError, load_state_dict, load_torch_file
 
 UNIFONT = "/usr/share/fonts/opentype/unifont/unifont.otf"
 needs_unifont = pytest.mark.skipif(

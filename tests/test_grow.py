@@ -10,11 +10,11 @@ from mlx.utils import tree_flatten
 
 from mlx_grow.checkpoint import load_model
 from mlx_grow.config import RunConfig
-from mlx_grow.grow import TrainingDiverged, grow
 from mlx_grow.model import ModelArgs
-from mlx_grow.params import stage_active
-from mlx_grow.schedule import GrowConfig, plan
-from mlx_grow.train import TrainConfig
+from mlx_grow.training.grow import TrainingDiverged, grow
+from mlx_grow.training.params import stage_active
+from mlx_grow.training.schedule import GrowConfig, plan
+from mlx_grow.training.step import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_monolithic_sees_the_same_tokens(corpus, tmp_path):
             pass
         return hook
 
-    from mlx_grow import grow as G
+    from mlx_grow.training import grow as G
 
     original = G.split_xy
     for mode in ("grow", "mono"):
@@ -142,9 +142,9 @@ def test_monolithic_sees_the_same_tokens(corpus, tmp_path):
 
 
 def test_lora_stage_and_merge_keeps_logits(corpus, tmp_path):
-    from mlx_grow import lora as L
-    from mlx_grow.grow import build_model
     from mlx_grow.tokenizer import load_tokenizer
+    from mlx_grow.training import lora as L
+    from mlx_grow.training.grow import build_model
 
     cfg = config(corpus, depth=2)
     m = build_model(cfg.model, load_tokenizer("bvv241-2-3"), 2, seed=0)
@@ -173,7 +173,7 @@ def test_lora_phases_train_only_adapters_on_frozen_blocks(corpus, tmp_path):
 
 
 def test_lora_budget_chooses_rank():
-    from mlx_grow.lora import lora_param_count, rank_for_budget
+    from mlx_grow.training.lora import lora_param_count, rank_for_budget
 
     args = ModelArgs(hidden_size=64, num_attention_heads=4, vocab_size=1000)
     base = stage_active(args, 1)
@@ -209,7 +209,7 @@ def test_nan_loss_stops_at_last_good_checkpoint(corpus, tmp_path):
 def test_cross_entropy_matches_reference():
     import mlx.nn as nn
 
-    from mlx_grow.train import cross_entropy
+    from mlx_grow.training.step import cross_entropy
 
     x = mx.random.normal((2, 5, 300), key=mx.random.key(0)) * 4
     y = mx.random.randint(0, 300, (2, 5), key=mx.random.key(1))

@@ -9,7 +9,10 @@ from test_generate import char_tokenizer, tiny
 
 from mlx_grow import load
 from mlx_grow.checkpoint import CheckpointError, save_model
-from mlx_grow.merge import MergedModel, load_merged, make_combiner, merge, tune_merged
+from mlx_grow.merge.build import merge
+from mlx_grow.merge.combine import MergedModel, make_combiner
+from mlx_grow.merge.store import load_merged
+from mlx_grow.merge.tune import tune_merged
 from mlx_grow.model import Model, init_weights
 
 IDS = [[5, 17, 40, 3, 9, 60, 22, 8], [7, 7, 30, 41, 2, 12, 50, 11]]
@@ -208,11 +211,11 @@ def test_cli_merge(tok, tmp_path):
 def test_two_domain_experts_merge_beats_the_worse(tmp_path):
     """Grow one expert on KJV and one on Shakespeare; the merge's validation loss
     on the union of both domains is below the worse expert's."""
-    from mlx_grow import corpora
     from mlx_grow.config import RunConfig
+    from mlx_grow.data import corpora
     from mlx_grow.generate import generate
-    from mlx_grow.grow import grow
-    from mlx_grow.merge import compare
+    from mlx_grow.merge.tune import compare
+    from mlx_grow.training.grow import grow
 
     domains = ["builtin:kjv", "builtin:shakespeare"]
     chars = set()

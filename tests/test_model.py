@@ -6,7 +6,7 @@ from mlx.utils import tree_flatten
 
 from mlx_grow.config import load_config, packaged_configs
 from mlx_grow.model import Model, ModelArgs, init_weights
-from mlx_grow.params import count_module, stage_active, totals
+from mlx_grow.training.params import count_module, stage_active, totals
 
 
 def make(seed=0, **kw):

@@ -2,8 +2,17 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_grow.substrate import (Substrate, SubstrateArgs, build_table, fingerprint, gf2_rank, id_bits,
-                                load_table_file, padded_width, same_interface, save_table, describe_file)
+from mlx_grow.substrate.codes import gf2_rank, id_bits, padded_width
+from mlx_grow.substrate.files import load_table_file
+from mlx_grow.substrate.tables import (
+    Substrate,
+    SubstrateArgs,
+    build_table,
+    describe_file,
+    fingerprint,
+    same_interface,
+    save_table,
+)
 
 
 def test_binary_code_exact():

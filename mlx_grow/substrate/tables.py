@@ -21,6 +21,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlx_grow.substrate.codes import (
+    gf2_code,
+    id_bits,
+    padded_width,
+    pca_l2,
+    random_code,
+)
+from mlx_grow.substrate.files import load_table_file
+
 KINDS = ("binary", "gf2", "random", "float", "glyph", "trainable")
 
 
@@ -49,7 +58,7 @@ class SubstrateArgs:
 
     @classmethod
     def from_dict(cls, params: dict, where: str = "substrate config"):
-        from mlx_grow.model import strict_from_dict
+        from mlx_grow.base import strict_from_dict
 
         return strict_from_dict(cls, dict(params), where)
 
@@ -65,84 +74,6 @@ class SubstrateArgs:
             "trainable": ("seed",),
         }[self.kind]
         return {"kind": self.kind, **{k: d[k] for k in keep}}
-
-
-def id_bits(vocab_size: int, bits: int, order: str = "msb") -> np.ndarray:
-    """[V, bits] 0/1 table of the token ids."""
-    if vocab_size > 2**bits:
-        raise ValueError(f"{bits} bits cannot number {vocab_size} tokens; need {int(np.ceil(np.log2(vocab_size)))}")
-    ids = np.arange(vocab_size, dtype=np.int64)[:, None]
-    shifts = np.arange(bits - 1, -1, -1) if order == "msb" else np.arange(bits)
-    return ((ids >> shifts) & 1).astype(np.float32)
-
-
-def gf2_invertible(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random invertible n x n matrix over GF(2) (rejection sampling)."""
-    while True:
-        a = rng.integers(0, 2, (n, n), dtype=np.uint8)
-        if gf2_rank(a) == n:
-            return a
-
-
-def gf2_rank(a: np.ndarray) -> int:
-    a = a.copy() % 2
-    rank, rows, cols = 0, *a.shape
-    for c in range(cols):
-        pivot = next((r for r in range(rank, rows) if a[r, c]), None)
-        if pivot is None:
-            continue
-        a[[rank, pivot]] = a[[pivot, rank]]
-        for r in range(rows):
-            if r != rank and a[r, c]:
-                a[r] ^= a[rank]
-        rank += 1
-    return rank
-
-
-def gf2_code(vocab_size: int, bits: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    a = gf2_invertible(bits, rng)
-    b = rng.integers(0, 2, bits, dtype=np.uint8)
-    x = id_bits(vocab_size, bits, "msb").astype(np.uint8)
-    return (((x @ a.T) % 2) ^ b).astype(np.float32)
-
-
-def random_code(vocab_size: int, bits: int, seed: int) -> np.ndarray:
-    """Collision-free random codes: colliding rows are redrawn from the same RNG."""
-    if vocab_size > 2**bits:
-        raise ValueError(f"{bits}-bit codes cannot be distinct for {vocab_size} tokens")
-    rng = np.random.default_rng(seed)
-    codes = rng.integers(0, 2, (vocab_size, bits), dtype=np.uint8)
-    while True:
-        _, first = np.unique(codes, axis=0, return_index=True)
-        dup = np.setdiff1d(np.arange(vocab_size), first)
-        if dup.size == 0:
-            return codes.astype(np.float32)
-        codes[dup] = rng.integers(0, 2, (dup.size, bits), dtype=np.uint8)
-
-
-def pca_l2(x: np.ndarray, n_components: int) -> np.ndarray:
-    """Mean-centred PCA (no whitening) onto the top `n_components`, then
-    L2-normalised rows, float32. Each component's sign is fixed so its
-    largest-magnitude loading is positive, so every machine gets one matrix."""
-    x = x.astype(np.float64)
-    x -= x.mean(axis=0, keepdims=True)
-    cov = x.T @ x
-    w, v = np.linalg.eigh(cov)
-    order = np.argsort(-w, kind="stable")[:n_components]
-    v = v[:, order]
-    idx = np.argmax(np.abs(v), axis=0)
-    v *= np.where(v[idx, np.arange(v.shape[1])] < 0, -1.0, 1.0)
-    y = x @ v
-    norm = np.linalg.norm(y, axis=1, keepdims=True)
-    return (y / np.where(norm == 0, 1.0, norm)).astype(np.float32)
-
-
-def padded_width(bits: int, d_model: int) -> int:
-    """Smallest divisor of d_model that holds `bits` (the code is zero-padded to it)."""
-    if bits > d_model:
-        raise ValueError(f"a {bits}-bit code does not fit d_model {d_model}")
-    return next(w for w in range(bits, d_model + 1) if d_model % w == 0)
 
 
 def build_table(args: SubstrateArgs, vocab_size: int, d_model: int, token_strings=None) -> np.ndarray:
@@ -162,7 +93,7 @@ def build_table(args: SubstrateArgs, vocab_size: int, d_model: int, token_string
         rng = np.random.default_rng(args.seed)
         table = (0.02 * rng.standard_normal((vocab_size, d_model))).astype(np.float32)
     else:  # glyph
-        from mlx_grow.glyph import glyph_table
+        from mlx_grow.substrate.glyph import glyph_table
 
         if token_strings is None:
             raise ValueError("the glyph substrate needs the tokenizer's token strings")
@@ -191,38 +122,6 @@ def check_table(table, vocab_size: int, d_model: int):
         raise ValueError(f"substrate width {w} does not divide d_model {d_model}")
 
 
-def load_table_file(path) -> np.ndarray:
-    """Read a table from .npy, .safetensors (first tensor, or 'table') or a
-    PyTorch .pt (never executing pickled code)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"substrate table file {path} does not exist")
-    try:
-        if path.suffix == ".npy":
-            table = np.load(path, allow_pickle=False)
-        elif path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            tensors = load_file(str(path))
-            table = tensors.get("table", next(iter(tensors.values())))
-        elif path.suffix in (".pt", ".bin", ".pth"):
-            from mlx_grow.safe_pickle import load_torch_file
-
-            obj = load_torch_file(path)
-            if isinstance(obj, dict):
-                obj = next(iter(obj.values()))
-            table = np.asarray(obj)
-        else:
-            raise ValueError(f"unknown table format {path.suffix!r}: use .npy, .safetensors or .pt")
-    except Exception as e:  # safetensors, numpy and pickle readers raise their own types
-        if isinstance(e, ValueError) and "unknown table format" in str(e):
-            raise
-        raise ValueError(f"cannot read substrate table {path}: {e}") from e
-    if table.ndim != 2:
-        raise ValueError(f"substrate table {path} has shape {table.shape}; expected [V, d]")
-    return np.ascontiguousarray(table, dtype=np.float32)
-
-
 def fingerprint(args: SubstrateArgs, table) -> dict:
     arr = np.ascontiguousarray(np.asarray(table, dtype=np.float32))
     return {
@@ -246,6 +145,26 @@ def save_table(path, args: SubstrateArgs, table: np.ndarray):
     meta = {"substrate": json.dumps(asdict(args)), "fingerprint": json.dumps(fingerprint(args, table))}
     with atomic_path(path) as tmp:
         save_file({"table": np.ascontiguousarray(table, np.float32)}, str(tmp), metadata=meta)
+
+
+def describe_file(path) -> dict:
+    """Recipe, shape and fingerprint of a substrate file or a model directory's substrate."""
+    path = Path(path)
+    if path.is_dir():
+        meta = path / "mlx_grow.json"
+        if not meta.exists():
+            raise FileNotFoundError(f"{path} has no mlx_grow.json: not a mlx-grow model directory")
+        return {"substrate": json.loads(meta.read_text()).get("substrate")}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "numpy") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise ValueError(f"cannot read {path}: {e}; is it a substrate .safetensors file?") from e
+    if "fingerprint" not in meta:
+        raise ValueError(f"{path} carries no substrate fingerprint; build it with `mlx-grow substrate build`")
+    return {"recipe": json.loads(meta["substrate"]), "fingerprint": json.loads(meta["fingerprint"])}
 
 
 class Substrate(nn.Module):
@@ -283,23 +202,3 @@ class Substrate(nn.Module):
         if self.expansion == "repeat":
             return mx.repeat(x, r, axis=-1)
         return mx.tile(x, (1,) * (x.ndim - 1) + (r,))
-
-
-def describe_file(path) -> dict:
-    """Recipe, shape and fingerprint of a substrate file or a model directory's substrate."""
-    path = Path(path)
-    if path.is_dir():
-        meta = path / "mlx_grow.json"
-        if not meta.exists():
-            raise FileNotFoundError(f"{path} has no mlx_grow.json: not a mlx-grow model directory")
-        return {"substrate": json.loads(meta.read_text()).get("substrate")}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "numpy") as f:
-            meta = f.metadata() or {}
-    except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}; is it a substrate .safetensors file?") from e
-    if "fingerprint" not in meta:
-        raise ValueError(f"{path} carries no substrate fingerprint; build it with `mlx-grow substrate build`")
-    return {"recipe": json.loads(meta["substrate"]), "fingerprint": json.loads(meta["fingerprint"])}

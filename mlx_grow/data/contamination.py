@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.data import Shard, Stream, _checked, _tokenizer, prepare
+from mlx_grow.data.stream import Shard, Stream, _checked, _tokenizer, prepare
 
 
 def _shards(items, tokenizer="bvv241-2-3", **kw) -> list:

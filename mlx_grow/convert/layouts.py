@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.substrate import SubstrateArgs, id_bits
+from mlx_grow.substrate.codes import id_bits
+from mlx_grow.substrate.tables import SubstrateArgs
 
 MAP_EXAMPLE = """\
 base: nanogpt              # optional: start from a built-in layout

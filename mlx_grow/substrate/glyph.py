@@ -197,7 +197,7 @@ def glyph_table(
 ) -> np.ndarray:
     """The glyph substrate [V, min(d_model, font_size**2)] float32: bits ->
     mean-centred PCA -> L2-normalised rows (step 5)."""
-    from mlx_grow.substrate import pca_l2
+    from mlx_grow.substrate.codes import pca_l2
 
     bits = glyph_bits(token_strings, font, font_size, font_size, augment, progress)
     return pca_l2(bits, min(int(d_model), bits.shape[1]))
@@ -206,6 +206,6 @@ def glyph_table(
 def load_matrix(path) -> np.ndarray:
     """A published table (normalized_embeddings_weights.pt, .npy or
     .safetensors) as float32 [V, D]; a .pt never runs pickled code."""
-    from mlx_grow.substrate import load_table_file
+    from mlx_grow.substrate.files import load_table_file
 
     return load_table_file(path)

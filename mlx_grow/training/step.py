@@ -11,7 +11,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_grow.model import strict_from_dict
+from mlx_grow.base import strict_from_dict
 
 
 @dataclass

@@ -9,12 +9,12 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mlx_grow import lora as L
 from mlx_grow.model import Model, flops_per_token, init_weights
-from mlx_grow.params import human, stage_active
-from mlx_grow.faults import armed, maybe_fail
-from mlx_grow.prefix_cache import PrefixCache
-from mlx_grow.train import Stepper, TrainConfig, check_finite, split_xy
+from mlx_grow.training import lora as L
+from mlx_grow.training.faults import armed, maybe_fail
+from mlx_grow.training.params import human, stage_active
+from mlx_grow.training.prefix_cache import PrefixCache
+from mlx_grow.training.step import Stepper, TrainConfig, check_finite, split_xy
 
 
 def set_trainable(model: Model, stage: dict, substrate_trainable: bool) -> int:
@@ -53,7 +53,7 @@ def lora_for_stage(model: Model, stage: dict, lcfg, args, final: bool = False, k
 
 def build_model(args, tokenizer, first_blocks: int, seed: int) -> Model:
     """A fresh model with the first stage's blocks; the substrate from its recipe."""
-    from mlx_grow.substrate import build_table
+    from mlx_grow.substrate.tables import build_table
 
     a = type(args).from_dict({**args.to_dict(), "num_hidden_layers": first_blocks})
     strings = tokenizer.token_strings() if a.substrate.kind == "glyph" and not a.substrate.path else None
@@ -88,7 +88,7 @@ class CheckpointWriteError(OSError):
 def stage_streams(d, tok, t, st, seed, progress):
     """Return batch(local_step, rank, world) for a stage; a monolithic stage walks
     the grown run's stage streams in order, so both see the same tokens."""
-    from mlx_grow.data import open_stream
+    from mlx_grow.data.stream import open_stream
 
     segments = st.get("segments") or [st["steps"]]
     index = 0 if "segments" in st else st["index"]
@@ -109,13 +109,13 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
     """Run a growth (or monolithic) schedule; return the final model directory."""
     from pathlib import Path
 
-    from mlx_grow.data import DataConfig
-    from mlx_grow.lora import LoRAConfig
-    from mlx_grow.progress import StepProgress
-    from mlx_grow.runs import Run, load_checkpoint, remove_stale_temp
-    from mlx_grow.schedule import GrowConfig, plan
+    from mlx_grow.data.stream import DataConfig
+    from mlx_grow.io.progress import StepProgress
     from mlx_grow.tokenizer import load_tokenizer
-    from mlx_grow.train import evaluate
+    from mlx_grow.training.lora import LoRAConfig
+    from mlx_grow.training.runs import Run, load_checkpoint, remove_stale_temp
+    from mlx_grow.training.schedule import GrowConfig, plan
+    from mlx_grow.training.step import evaluate
 
     g = GrowConfig.from_dict(config.grow)
     t = TrainConfig.from_dict(config.train)
@@ -144,7 +144,7 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
     run.init(record, {"tokenizer": tok.fingerprint}, resume, barrier=lambda: barrier(group))
     if rank == 0:
         remove_stale_temp(Path(out))
-        from mlx_grow.memory import fit_warning
+        from mlx_grow.training.memory import fit_warning
 
         if warning := fit_warning(config, world):
             say(warning)
@@ -279,7 +279,7 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
     final_dir = run.root / "final"
     if rank == 0:
         from mlx_grow.checkpoint import save_model
-        from mlx_grow.plot import plot_run
+        from mlx_grow.training.plot import plot_run
 
         model.set_dtype(mx.float32)
         save_model(model, final_dir, tok, meta={"lineage": {"run": str(out), "stage": len(stages), "summary": summary},

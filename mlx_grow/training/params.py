@@ -3,7 +3,7 @@
 from mlx.utils import tree_flatten
 
 from mlx_grow.model import ModelArgs, block_param_count
-from mlx_grow.substrate import padded_width
+from mlx_grow.substrate.codes import padded_width
 
 
 def substrate_width(args: ModelArgs) -> int:

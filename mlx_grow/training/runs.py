@@ -17,10 +17,18 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mlx_grow.checkpoint import CheckpointError, check_shapes, load_args, read_meta, read_weights, save_model, verify_files
-from mlx_grow.faults import maybe_fail
+from mlx_grow.checkpoint import (
+    CheckpointError,
+    check_shapes,
+    load_args,
+    read_meta,
+    read_weights,
+    save_model,
+    verify_files,
+)
 from mlx_grow.io import atomic_path
 from mlx_grow.model import Model
+from mlx_grow.training.faults import maybe_fail
 
 
 class Run:
@@ -123,7 +131,7 @@ class Run:
 
 def load_checkpoint(ckpt: Path):
     """(model with adapters rebuilt, trainer state, optimizer flat state)."""
-    from mlx_grow.lora import rebuild_lora
+    from mlx_grow.training.lora import rebuild_lora
 
     state = json.loads((ckpt / "trainer.json").read_text())
     args = load_args(ckpt)

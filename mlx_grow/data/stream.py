@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from mlx_grow import corpora
+from mlx_grow.data import corpora
 from mlx_grow.io import atomic_dir
 
 log = logging.getLogger("mlx_grow.data")
@@ -168,7 +168,13 @@ def _slug(s: str) -> str:
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not enabled)

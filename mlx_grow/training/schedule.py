@@ -3,8 +3,9 @@
 import math
 from dataclasses import dataclass
 
-from mlx_grow.model import BLOCK_INITS, strict_from_dict
-from mlx_grow.train import TrainConfig
+from mlx_grow.base import strict_from_dict
+from mlx_grow.model import BLOCK_INITS
+from mlx_grow.training.step import TrainConfig
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mlx_grow.params import human, stage_active, totals
+from mlx_grow.training.params import human, stage_active, totals
 
 # Figures as the papers print them, shown next to ours.
 PUBLISHED = {
@@ -45,7 +45,7 @@ def describe(target: str) -> dict:
 def memory(target: str, batch=None, seq=None, stage=None, ranks: int = 1) -> dict:
     """The memory planner's prediction for a config (see mlx_grow/memory.py)."""
     from mlx_grow.config import load_config
-    from mlx_grow.memory import report
+    from mlx_grow.training.memory import report
 
     p = Path(target)
     if p.is_dir() and (p / "config.json").exists():
@@ -58,8 +58,8 @@ def memory(target: str, batch=None, seq=None, stage=None, ranks: int = 1) -> dic
 
 
 def stage_notes(args, grow: dict, t: dict) -> list:
-    from mlx_grow.schedule import GrowConfig, plan
-    from mlx_grow.train import TrainConfig
+    from mlx_grow.training.schedule import GrowConfig, plan
+    from mlx_grow.training.step import TrainConfig
 
     g = GrowConfig.from_dict(grow)
     depth = g.depth or args.num_hidden_layers

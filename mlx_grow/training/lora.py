@@ -26,7 +26,7 @@ class LoRAConfig:
 
     @classmethod
     def from_dict(cls, d, where="grow.lora"):
-        from mlx_grow.model import strict_from_dict
+        from mlx_grow.base import strict_from_dict
 
         return strict_from_dict(cls, dict(d), where)
 

@@ -28,7 +28,7 @@ attention differently, so treat GPU figures as estimates.
 import os
 from dataclasses import dataclass
 
-from mlx_grow.params import human, stage_active, totals
+from mlx_grow.training.params import human, stage_active, totals
 
 # [B, T, d] tensors each trainable block keeps for its backward pass
 SAVED_PER_BLOCK = 26
@@ -105,9 +105,9 @@ def stage_peak(args, stage: dict, shape: Shape, dtype: str = "float32", lora_par
 
 def config_stages(cfg) -> list:
     """The stages `grow` runs for a config, with the LoRA adapters each one trains."""
-    from mlx_grow.lora import LoRAConfig, lora_param_count, rank_for_budget
-    from mlx_grow.schedule import GrowConfig, plan
-    from mlx_grow.train import TrainConfig
+    from mlx_grow.training.lora import LoRAConfig, lora_param_count, rank_for_budget
+    from mlx_grow.training.schedule import GrowConfig, plan
+    from mlx_grow.training.step import TrainConfig
 
     g, t, args = GrowConfig.from_dict(cfg.grow), TrainConfig.from_dict(cfg.train), cfg.model
     depth = g.depth or args.num_hidden_layers
@@ -132,8 +132,8 @@ def config_stages(cfg) -> list:
 def plan_config(cfg, batch: int | None = None, seq: int | None = None, ranks: int = 1) -> dict:
     """Predictions for every stage of `cfg` and for monolithic training of the
     same depth: {"stages": [...], "monolithic": {...}, "batch", "seq", "dtype"}."""
-    from mlx_grow.schedule import GrowConfig
-    from mlx_grow.train import TrainConfig
+    from mlx_grow.training.schedule import GrowConfig
+    from mlx_grow.training.step import TrainConfig
 
     t = TrainConfig.from_dict(cfg.train)
     g = GrowConfig.from_dict(cfg.grow)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.checkpoint import SHARD_BYTES
-
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 WRAPPERS = ("_orig_mod.", "module.")  # torch.compile / DDP prefixes, stripped before matching
 TABLE_FILES = ("embeddings.txt", "normalized_embeddings_weights.pt")  # an input table beside the weights
+SHARD_BYTES = 2 << 30  # model directories shard their weights above this size
 NOT_WEIGHTS = TABLE_FILES + ("training_args.bin", "optimizer.pt", "scheduler.pt")
 
 
@@ -125,7 +124,7 @@ class Source:
         return files
 
     def _read_torch(self, f: Path) -> Arrays:
-        from mlx_grow.safe_pickle import load_torch_file
+        from mlx_grow.io.safe_pickle import load_torch_file
 
         try:
             obj = load_torch_file(f)

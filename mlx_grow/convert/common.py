@@ -1,0 +1,71 @@
+"""Shared pieces of import and export: file names, RoPE permutations, block shapes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from mlx_grow.convert import layouts as L
+from mlx_grow.model import ModelArgs
+from mlx_grow.substrate.files import load_table_file
+
+EXPORT_META = "mlx_grow_export.json"
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model")
+
+
+OUT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+TARGETS = ("starcoder2", "gpt-neox")
+
+
+NEOX = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
+        "self_attn.o_proj": "attention.dense", "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
+
+
+def copy_tokenizer(src: Path, dst: Path) -> bool:
+    for n in TOKENIZER_FILES:
+        if (src / n).is_file():
+            shutil.copy2(src / n, dst / n)
+    return (src / "tokenizer.json").is_file()
+
+
+def rope_perm(head_dim: int, to_half: bool) -> np.ndarray:
+    """Row order within a head that turns interleaved-pair rotary weights into
+    rotate-half ones (or back): q.k is unchanged, so outputs stay identical."""
+    perm = np.concatenate([np.arange(0, head_dim, 2), np.arange(1, head_dim, 2)])
+    return perm if to_half else np.argsort(perm)
+
+
+def permute_heads(w: np.ndarray, n_heads: int, perm) -> np.ndarray:
+    return w.reshape(n_heads, -1, *w.shape[1:])[:, perm].reshape(w.shape)
+
+
+def block_shapes(args: ModelArgs) -> dict:
+    """Our tensor shapes within one block (the tests check them against Model)."""
+    d, f = args.hidden_size, args.intermediate_size
+    out = {}
+    for m, w in (("input_layernorm", (d,)), ("post_attention_layernorm", (d,)), ("mlp.c_fc", (f, d)),
+                 ("mlp.c_proj", (d, f)), *((f"self_attn.{p}_proj", (d, d)) for p in "qkvo")):
+        out.update({f"{m}.weight": w, f"{m}.bias": (w[0],)})
+    return out
+
+
+def read_export_meta(root: Path) -> dict:
+    f = root / EXPORT_META
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except ValueError as e:
+        raise ValueError(f"{f} is corrupt ({e}); delete it to import with layout detection") from None
+
+
+def read_table(path) -> tuple:
+    """A table stored apart (--table, or embeddings.txt /
+    normalized_embeddings_weights.pt beside the weights), with a kind hint."""
+    path = Path(path)
+    table = L.read_embeddings_txt(path) if path.suffix == ".txt" else load_table_file(path)
+    return table, ("glyph" if path.name == "normalized_embeddings_weights.pt" else None)

@@ -1,0 +1,203 @@
+"""The evaluation runner: tasks x models -> a report dict."""
+
+import json
+import math
+from pathlib import Path
+
+from mlx_grow.eval import tasks as T
+from mlx_grow.eval.report import PROTOCOLS, _fmt
+
+
+def outputs_from_generate(generate_fn, runs: int, temp: float, top_k: int, seed: int):
+    """Adapt `generate_fn(prompts, max_tokens, temp, top_k, seed) -> [continuation text]`: run r uses
+    seed + r; one more call at temperature 0 is the greedy run."""
+    def fn(prompts, max_new, progress=None):
+        sampled = [list(generate_fn(prompts, max_new, temp, top_k, seed + r)) for r in range(runs)]
+        return sampled, list(generate_fn(prompts, max_new, 0.0, 0, seed))
+    return fn
+
+
+def loglik_eval(scorer, task: T.Task, progress=None) -> list:
+    """[(label, metrics)] of a task under the log-likelihood protocol."""
+    reqs, owner = [], []
+    for j, it in enumerate(task.items):
+        ctx, conts = T.loglik_requests(task, it)
+        for c in conts:
+            reqs.append(scorer.encode_pair(ctx, c, it.where))
+            owner.append(j)
+    res = scorer.loglikelihood(reqs, progress=progress)
+    scores = [[] for _ in task.items]
+    for j, (lp, _) in zip(owner, res):
+        scores[j].append(lp)
+    if task.kind == "choice":
+        m = T.choice_metrics(task.items, scores)
+        subjects = T.group_by(task.items, lambda it: it.subject)
+        if len(subjects) > 1 or None not in subjects:
+            m["subjects"] = {s: {"acc": sum(m["hits"][j] for j in js) / len(js),
+                                 "acc_norm": sum(m["norm_hits"][j] for j in js) / len(js), "n": len(js)}
+                             for s, js in sorted(subjects.items(), key=lambda kv: str(kv[0]))}
+        del m["hits"], m["norm_hits"]
+        return [(task.name, m)]
+    out = []
+    groups = (T.group_by(task.items, lambda it: it.direction) if task.kind == "translation"
+              else {None: range(len(task.items))})
+    for d, js in groups.items():
+        nll = -sum(scores[j][0] for j in js)
+        n_bytes = sum(len((" " + (task.items[j].target or task.items[j].answers[0])).encode()) for j in js)
+        out.append((task.name if d is None else f"{task.name}:{d}",
+                    {"answer_bpb": nll / math.log(2) / n_bytes, "answer_nll": nll / len(js), "n": len(js)}))
+    return out
+
+
+def paper_eval(task: T.Task, outputs_fn, progress=None) -> list:
+    """[(label, metrics)] of a task under the papers' generative protocol; `outputs_fn(prompts,
+    max_new)` returns (sampled outputs [run][item], greedy outputs [item])."""
+    prompts = [T.paper_prompt(task, it) for it in task.items]
+    max_new = [T.paper_max_tokens(task, it) for it in task.items]
+    sampled, greedy = outputs_fn(prompts, max_new, progress=progress)
+    return T.paper_metrics(task, prompts, sampled, greedy)
+
+
+def text_metrics(scorer, path) -> dict:
+    """Perplexity and bits per byte of a text file (.txt: one document; .jsonl/.json: rows with 'text')."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {path} does not exist")
+    if path.suffix in (".json", ".jsonl"):
+        rows = T.read_rows(path)
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("text"), str)),
+                   None)
+        if bad is not None:
+            raise ValueError(f"{path} row {bad + 1}: missing field 'text' (a string)")
+        docs = [r["text"] for r in rows]
+    else:
+        docs = [path.read_text(encoding="utf-8")]
+    docs = [d for d in docs if d]
+    if not docs:
+        raise ValueError(f"text file {path} is empty: nothing to score")
+    ids = [scorer.encode(d, f"{path}") for d in docs]
+    nll = sum(scorer.rolling_nll(ids))
+    tokens, n_bytes = sum(map(len, ids)), sum(len(d.encode("utf-8")) for d in docs)
+    return {"file": str(path), "documents": len(docs), "tokens": tokens, "bytes": n_bytes, "nll": nll,
+            "ppl": math.exp(nll / tokens), "bits_per_byte": nll / math.log(2) / n_bytes}
+
+
+def generate_with(model, tokenizer):
+    """A paper-protocol generator built on `mlx_grow.generate.batch_generate` (stops at `</s>`),
+    for `evaluate(..., generate_fn=generate_with)`; the default samples here, sharing each prompt."""
+    from mlx_grow.generate import batch_generate
+
+    def fn(prompts, max_tokens, temp, top_k, seed):
+        out = [None] * len(prompts)
+        for n in sorted(set(max_tokens)):
+            idx = [i for i, m in enumerate(max_tokens) if m == n]
+            texts = batch_generate(model, tokenizer, [prompts[i] for i in idx], max_tokens=n, temp=temp,
+                                   top_k=top_k, seed=seed)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
+
+    return fn
+
+
+def expand_models(specs) -> list:
+    """[(name, path)]; a grow RUN directory gives its stage-NN/ checkpoints and final/ model."""
+    out = []
+    for spec in specs:
+        p = Path(spec)
+        if not p.is_dir():
+            raise FileNotFoundError(f"model {spec} does not exist: give a model directory or a grow run directory")
+        is_model = (p / "config.json").exists() or (p / "mlx_grow.json").exists()
+        if not is_model and ((p / "run.json").exists() or (p / "metrics.jsonl").exists() or any(p.glob("stage-*"))):
+            dirs = sorted(d for d in p.glob("stage-[0-9]*") if (d / "config.json").exists())
+            dirs += [p / "final"] if (p / "final" / "config.json").exists() else []
+            if not dirs:
+                raise ValueError(f"run directory {p} has no stage-NN/ or final/ model yet")
+            out += [(f"{p.name}/{d.name}", d) for d in dirs]
+        else:  # a run's own model directory keeps the run's name
+            run_part = p.name == "final" or p.name.startswith("stage-")
+            out.append((f"{p.resolve().parent.name}/{p.name}" if run_part else p.name, p))
+    names = [n for n, _ in out]
+    return [(n if names.count(n) == 1 else str(d), d) for n, d in out]
+
+
+def load_for_eval(path):
+    """(model, tokenizer, info) for a single or merged model directory; the tokenizer files must be
+    the ones the model was saved with."""
+    from mlx.utils import tree_flatten
+
+    from mlx_grow.api import load
+    from mlx_grow.checkpoint import read_meta
+
+    path = Path(path)
+    model, tok = load(path)
+    meta = read_meta(path)
+    fp = meta.get("tokenizer")
+    if isinstance(fp, str) and fp != tok.fingerprint:
+        raise ValueError(f"model {path}: its tokenizer files differ from the tokenizer the model was saved with "
+                         f"(fingerprint {tok.fingerprint[:12]}… vs {fp[:12]}…): restore the model's own tokenizer")
+    lineage = meta.get("lineage") or {}
+    info = {"path": str(path), "kind": "merged" if "experts" in meta else "single",
+            "depth": len(model.layers) if hasattr(model, "layers") else model.args.num_hidden_layers,
+            "params": sum(v.size for _, v in tree_flatten(model.parameters())),
+            "run": lineage.get("run"), "stage": lineage.get("stage"), "final": path.name == "final"}
+    if "experts" in meta:
+        info["experts"] = [e.get("origin") if isinstance(e, dict) else e for e in meta["experts"]]
+    run_json = Path(lineage["run"]) / "run.json" if lineage.get("run") else None
+    if run_json is not None and run_json.is_file():
+        info["monolithic"] = bool(json.loads(run_json.read_text()).get("config", {}).get("grow", {}).get("monolithic"))
+    return model, tok, info
+
+
+def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10, temp=1.0, top_k=0, seed=0,
+             batch_tokens=None, hub=False, progress=False, echo=None, generate_fn=None) -> dict:
+    """Evaluate every model (paths; run directories expand) on tasks and texts; return the report.
+    `generate_fn(model, tokenizer)` may supply the paper protocol's generator (see evaluate.py)."""
+    from mlx_grow.eval import scorer as E
+    from mlx_grow.io.progress import StepProgress
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: use loglik or paper")
+    if not tasks and not texts:
+        raise ValueError("nothing to evaluate: give at least one --task or --text")
+    if protocol == "paper" and (runs < 1 or temp < 0 or top_k < 0):
+        raise ValueError(f"--runs must be >= 1, --temp >= 0 and --top-k >= 0 (got {runs}, {temp}, {top_k})")
+    loaded = [T.load_task(t, limit, hub) for t in tasks]
+    report = {"mlx_grow_eval": 1, "protocol": protocol, "models": [], "results": [], "texts": [],
+              "settings": {"limit": limit, "runs": runs, "temp": temp, "top_k": top_k, "seed": seed,
+                           "sigma": "sample standard deviation (ddof=1) of the per-run scores; the papers' "
+                                    "script used np.std (ddof=0), a factor sqrt((n-1)/n) smaller",
+                           "ci95": "1.96 * sigma / sqrt(runs)"},
+              "tasks": [{"name": t.name, "kind": t.kind, "items": len(t.items), "style": t.style, "origin": t.origin}
+                        for t in loaded]}
+    for name, path in expand_models(models):
+        model, tok, info = load_for_eval(path)
+        report["models"].append({"name": name, **info})
+        scorer = E.Scorer(model, tok, batch_tokens or E.DEFAULT_BATCH_TOKENS, name=name)
+        for task in loaded:
+            total = len(task.items) if protocol == "paper" else sum(
+                len(T.loglik_requests(task, it)[1]) for it in task.items)
+            bar = StepProgress(total, enabled=progress, label=f"{name} · {task.name}")
+            done = [0]
+
+            def tick(n, bar=bar, done=done):
+                done[0] += n
+                bar.advance_to(done[0])
+
+            try:
+                if protocol == "loglik":
+                    res = loglik_eval(scorer, task, progress=tick)
+                else:
+                    fn = (outputs_from_generate(generate_fn(model, tok), runs, temp, top_k, seed) if generate_fn else
+                          lambda p, m, progress=None: scorer.paper_outputs(p, m, runs, temp, top_k, seed, progress))
+                    res = paper_eval(task, fn, progress=tick)
+            finally:
+                bar.close()
+            report["results"] += [{"model": name, "task": label, "metrics": m} for label, m in res]
+            if echo:
+                for label, m in res:
+                    echo(f"{name} · {label}: {_fmt({'metrics': m}, protocol)}")
+        for f in texts:
+            report["texts"].append({"model": name, **text_metrics(scorer, f)})
+        model = scorer = None  # free before the next model loads
+    return report

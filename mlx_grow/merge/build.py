@@ -1,0 +1,74 @@
+"""Build a merged directory from expert directories: a combiner over their
+outputs (optionally tuned), or an average of their weights."""
+
+import json
+from pathlib import Path
+
+from mlx.utils import tree_flatten
+
+from mlx_grow.checkpoint import (
+    META,
+    check_vocab,
+    load_model,
+    save_model,
+)
+from mlx_grow.merge.combine import MergedModel, make_combiner, parse_floats
+from mlx_grow.merge.store import lineage_roots, read_experts, run_sources, save_merged
+from mlx_grow.merge.tune import tune_merged
+from mlx_grow.tokenizer import load_tokenizer
+
+
+def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=None, router=False,
+          adapter="none", rank=8, tune=None, overwrite=False, progress=True, echo=print) -> Path:
+    """Write a merged model directory; nothing is written when a check fails.
+    `tune` (a dict of `tune()` options) trains the adapter and/or heads first."""
+    dirs, metas = read_experts(expert_dirs)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or remove it")
+    if any(out.resolve() == d.resolve() for d in dirs):
+        raise ValueError(f"--out {out} is one of the experts; choose a new directory")
+    if combiner == "average":
+        return average(dirs, metas, out, weights, overwrite)
+    tune = dict(tune) if tune is not None else None
+    if tune is not None and adapter == "none" and tune.get("part", "adapter") != "heads":
+        adapter = "gate"  # tuning the adapter needs one; the gate is the cheapest
+    comb = make_combiner(len(dirs), combiner, weights, temperature, router, adapter, rank)
+    experts = [load_model(d) for d in dirs]
+    tok = load_tokenizer(dirs[0])
+    check_vocab(experts[0].args, tok, dirs[0])
+    model = MergedModel(experts, comb)
+    record = None
+    if tune is not None:
+        sources = tune.pop("data", None) or run_sources(metas)
+        record = tune_merged(model, tok, sources, progress=progress, echo=echo, **tune)
+    return save_merged(model, out, tok, dirs, metas, record, overwrite)
+
+
+def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
+    """Average the weights of experts from one growth lineage into a single model."""
+    roots = [lineage_roots(m) for m in metas]
+    if not set.intersection(*roots):
+        seen = "; ".join(f"{d}: {', '.join(sorted(r)) or 'no lineage recorded'}" for d, r in zip(dirs, roots))
+        raise ValueError("parameter averaging needs experts of one growth lineage (a common run or parent "
+                         f"recorded in {META}); these come from different ones ({seen}). Weights of separately "
+                         "trained models do not line up: use a logit combiner (mean-logits, weighted, mixture)")
+    cfgs = [json.loads((d / "config.json").read_text()) for d in dirs]
+    for d, c in zip(dirs[1:], cfgs[1:]):
+        if c != cfgs[0]:
+            diff = ", ".join(f"{k} {cfgs[0].get(k)} vs {c.get(k)}" for k in sorted(set(c) | set(cfgs[0]))
+                             if c.get(k) != cfgs[0].get(k))
+            raise ValueError(f"parameter averaging needs identical architectures; {dirs[0]} and {d} differ: {diff}")
+    w = parse_floats(weights, len(dirs), "weights") or [1.0] * len(dirs)
+    if any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be >= 0 and sum to a positive number, got {weights!r}")
+    w = [x / sum(w) for x in w]
+    models = [load_model(d) for d in dirs]
+    flat = [dict(tree_flatten(m.parameters())) for m in models]
+    avg = {k: sum(wi * f[k] for wi, f in zip(w, flat)) for k in flat[0] if k != "substrate.table"}
+    models[0].load_weights(list(avg.items()), strict=False)
+    tok = load_tokenizer(dirs[0])
+    lineage = {**(metas[0].get("lineage") or {}), "averaged": [str(d.resolve()) for d in dirs], "weights": w}
+    return save_model(models[0], out, tok, meta={"lineage": lineage}, overwrite=overwrite)
+
+
