@@ -15,10 +15,12 @@ import time
 import mlx.core as mx
 import numpy as np
 
+from mlx_grow.config import TrainConfig
 from mlx_grow.model import Model, ModelArgs, block_param_count, init_weights
 from mlx_grow.training.grow import set_trainable
 from mlx_grow.training.prefix_cache import PrefixCache
-from mlx_grow.training.step import Stepper, TrainConfig
+from mlx_grow.training.schedule import Stage
+from mlx_grow.training.step import Stepper
 
 
 def matmul_peak(n=1024, reps=5):
@@ -34,12 +36,10 @@ def setup(args, mode, cfg, batch):
     mx.random.seed(0)
     model = Model(ModelArgs.from_dict({**args.to_dict(), "num_hidden_layers": 9}))
     init_weights(model, 0)
-    stage = {"new": 9 if mode == "mono" else 3, "train_head": True, "train_substrate": False,
-             "train_all": mode == "mono"}
+    stage = Stage(index=0, new=9 if mode == "mono" else 3, depth=9, steps=1, train_all=mode == "mono")
     first = set_trainable(model, stage, False)
-    model.stop_gradient_below = first
     cache = PrefixCache(4096) if mode == "stage+cache" else None
-    stepper = Stepper(model, cfg, 1000, prefix_start=first if cache else None)
+    stepper = Stepper(model, cfg, 1000, prefix_start=first if cache else None, frozen_below=first)
     x, y = mx.array(batch[:, :-1]), mx.array(batch[:, 1:])
 
     def step():

@@ -50,19 +50,21 @@ def measure_step(name: str) -> tuple:
     import mlx.core as mx
     import numpy as np
 
+    from mlx_grow.config import TrainConfig
     from mlx_grow.model import Model, ModelArgs, init_weights
     from mlx_grow.training.grow import set_trainable
     from mlx_grow.training.memory import Shape, stage_peak
-    from mlx_grow.training.step import Stepper, TrainConfig, split_xy
+    from mlx_grow.training.schedule import Stage
+    from mlx_grow.training.step import Stepper, split_xy
 
     d, heads, depth, new, vocab, batch, seq = STEP_SHAPES[name]
     args = ModelArgs(vocab_size=vocab, hidden_size=d, num_hidden_layers=depth, num_attention_heads=heads,
                      max_position_embeddings=seq, substrate={"kind": "binary", "bits": 16})
     model = Model(args)
     init_weights(model, 0)
-    stage = {"new": new, "depth": depth, "train_all": False, "train_head": True, "train_substrate": False}
-    model.stop_gradient_below = set_trainable(model, stage, False)
-    stepper = Stepper(model, TrainConfig(batch_size=batch, seq_len=seq), 10)
+    stage = Stage(index=1, new=new, depth=depth, steps=3)
+    stepper = Stepper(model, TrainConfig(batch_size=batch, seq_len=seq), 10,
+                      frozen_below=set_trainable(model, stage, False))
     rng = np.random.default_rng(0)
     mx.reset_peak_memory()
     for _ in range(3):
@@ -92,11 +94,11 @@ def measure(name: str, corpus: str, steps: int) -> list:
     import mlx.core as mx
 
     import mlx_grow.training.grow as G
-    from mlx_grow.training.memory import config_stages
+    from mlx_grow.training.schedule import plan
 
     cfg = config(SHAPES[name], corpus, steps)
-    G.save_stage = lambda *a, **k: None  # stage models are not part of training; skip writing them
-    starts = list(itertools.accumulate([0] + [s["steps"] for s in config_stages(cfg)]))[:-1]
+    G.save_model = lambda *a, **k: None  # stage models are not part of training; skip writing them
+    starts = list(itertools.accumulate([0] + [s.steps for s in plan(cfg)]))[:-1]
     peaks = []
 
     def window(step, model):  # called before every step

@@ -13,6 +13,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_grow.base import UserError
 from mlx_grow.io import atomic_dir, sha256_file
 from mlx_grow.io.tensors import SHARD_BYTES
 from mlx_grow.model import Model, ModelArgs
@@ -22,7 +23,7 @@ FORMAT_VERSION = 1
 META = "mlx_grow.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     pass
 
 

@@ -6,6 +6,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from mlx_grow.base import UserError
+
 app = typer.Typer(
     help="Grow, compose, run and convert language models on a frozen input substrate.",
     no_args_is_help=True,
@@ -22,24 +24,30 @@ app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns
 
 
 def fail(msg: str, code: int = 2):
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 
 def guarded(fn):
-    """Turn the library's expected errors into one clear message and exit code 2."""
+    """Turn the library's expected errors (UserError, and a missing or existing
+    path) into one clear message and exit code 2; anything else is a bug and
+    keeps its traceback."""
     import functools
+
+    from mlx_grow.base import UserError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-            fail(str(e).strip("'\""))
+        except (UserError, FileNotFoundError, FileExistsError) as e:
+            fail(str(e))
 
     return wrapper
 
@@ -223,59 +231,56 @@ def data_info(
 @app.command("grow")
 @guarded
 def grow_cmd(
-    config: str = typer.Option("tiny", "--config", "-c", help="Config (path or packaged name)"),
-    depth: Optional[int] = typer.Option(None, help="Final number of blocks"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Config (path or packaged name); default tiny"),
+    depth: Optional[int] = typer.Option(None, help="Final number of blocks (model.num_hidden_layers)"),
     blocks_per_stage: Optional[int] = typer.Option(None, "--blocks-per-stage", help="New blocks per stage"),
     stages: Optional[str] = typer.Option(None, help="Explicit stage sizes, e.g. 3,3,3,3,4"),
     data: Optional[List[str]] = typer.Option(None, "--data", help="Data source (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory"),
     resume: Optional[Path] = typer.Option(None, help="Resume this run directory"),
-    monolithic: bool = typer.Option(False, help="Train all blocks at once (baseline)"),
-    seed: int = typer.Option(0, help="Seed for init and data order"),
+    monolithic: Optional[bool] = typer.Option(None, "--monolithic/--no-monolithic",
+                                              help="Train all blocks at once (baseline)"),
+    seed: Optional[int] = typer.Option(None, help="Seed for init and data order (train.seed; default 0)"),
     steps_per_stage: Optional[int] = typer.Option(None, "--steps-per-stage"),
     tokens_per_stage: Optional[int] = typer.Option(None, "--tokens-per-stage"),
     lr: Optional[float] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
     block_init: Optional[str] = typer.Option(None, "--block-init", help="random | zero-out | copy-top"),
-    freeze_head: bool = typer.Option(False, "--freeze-head", help="Train only the new blocks"),
-    prefix_cache: bool = typer.Option(False, "--prefix-cache", help="Cache the frozen prefix's hidden states"),
+    freeze_head: Optional[bool] = typer.Option(None, "--freeze-head/--train-head",
+                                               help="Train only the new blocks (grow.train_head false)"),
+    prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
+                                                help="Cache the frozen prefix's hidden states"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
 ):
-    """Grow a model layer-wise (or train it monolithically); prints the final model dir last."""
+    """Grow a model layer-wise (or train it monolithically); prints the final model dir last.
+    Flags override only what you give: flag, then the config file, then the defaults."""
+    from mlx_grow.base import UserError
     from mlx_grow.config import load_config
     from mlx_grow.training.grow import TrainingDiverged, grow
     from mlx_grow.training.runs import read_run_config
 
+    flags = {
+        "model": {"num_hidden_layers": depth},
+        "grow": {"blocks_per_stage": blocks_per_stage, "stages": parse_stages(stages), "monolithic": monolithic,
+                 "steps_per_stage": steps_per_stage, "tokens_per_stage": tokens_per_stage,
+                 "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
+                 "prefix_cache": prefix_cache},
+        "train": {"lr": lr, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
+        "data": {"sources": list(data) if data else None},
+    }
     if resume is not None:
-        cfg = read_run_config(resume)
-        out = resume
+        given = [f"--{k}" for k, v in (("config", config), ("out", out)) if v is not None]
+        given += [f"{section}.{key}" for section, kv in flags.items() for key, v in kv.items() if v is not None]
+        if given:
+            raise UserError(f"--resume continues {resume} with the config it was started with; these flags would "
+                            f"change it: {', '.join(given)}. Resume without them, or start a new run with --out")
+        cfg, out = read_run_config(resume), resume
     else:
-        cfg = load_config(config)
-        g, t = cfg.grow, cfg.train
-        if depth is not None:
-            g["depth"] = depth
-            cfg.model.num_hidden_layers = depth
-        for key, val in (("blocks_per_stage", blocks_per_stage), ("steps_per_stage", steps_per_stage),
-                         ("tokens_per_stage", tokens_per_stage), ("block_init", block_init)):
-            if val is not None:
-                g[key] = val
-        if stages:
-            g["stages"] = [int(s) for s in stages.split(",")]
-        if monolithic:
-            g["monolithic"] = True
-        if freeze_head:
-            g["train_head"] = False
-        if prefix_cache:
-            g["prefix_cache"] = True
-        for key, val in (("lr", lr), ("batch_size", batch_size), ("seq_len", seq_len)):
-            if val is not None:
-                t[key] = val
-        t["seed"] = seed
-        if data:
-            cfg.data["sources"] = list(data)
+        cfg = load_config(config or "tiny")
+        cfg.override(**flags)
         if out is None:
-            out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if g.get('monolithic') else 'grow'}-s{seed}"
+            out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
     try:
         final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=console.print)
     except (TrainingDiverged, OSError) as e:  # NaN loss; disk full while saving
@@ -284,6 +289,21 @@ def grow_cmd(
 
     console.print(summary_table(summary))
     print(final)
+
+
+def parse_stages(text: Optional[str]):
+    """`--stages 3,3,3` -> [3, 3, 3]; None when not given."""
+    from mlx_grow.base import UserError
+
+    if text is None:
+        return None
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise UserError(f"--stages must be positive block counts separated by commas, e.g. 3,3,3; got {text!r}")
+    return sizes
 
 
 @app.command()
@@ -382,13 +402,13 @@ def generate_cmd(
     from mlx_grow.generate import batch_generate, print_stats, stream_generate
 
     if (prompt is None) == (prompt_file is None):
-        raise ValueError("give exactly one of --prompt TEXT (or --prompt - for stdin) and --prompt-file FILE")
+        raise UserError("give exactly one of --prompt TEXT (or --prompt - for stdin) and --prompt-file FILE")
     if prompt_file is not None:
         if not prompt_file.is_file():
             raise FileNotFoundError(f"prompt file {prompt_file} does not exist")
         prompts = [line for line in prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not prompts:
-            raise ValueError(f"prompt file {prompt_file} has no non-empty line")
+            raise UserError(f"prompt file {prompt_file} has no non-empty line")
     else:
         prompts = [sys.stdin.read().rstrip("\n") if prompt == "-" else prompt]
     m, tok = load(model)

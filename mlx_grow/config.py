@@ -1,15 +1,226 @@
-"""Run configs: one YAML file with `model`, `tokenizer`, `data`, `grow` and
-`train` sections. Packaged configs are found by name (`tiny`, `paper-9l-glyph`…)."""
+"""Run configs: one YAML file with `name`, `description`, `tokenizer`, `model`,
+`data`, `grow` and `train` sections. Each section is a dataclass, parsed and
+validated once when the file is read (types, ranges, choices); an error names
+the key. Packaged configs are found by name (`tiny`, `paper-9l-glyph`, ...).
+
+Precedence (as mlx-lm's trainer): a command-line flag the user gave, then the
+YAML file, then the defaults here. `RunConfig.override` applies flags."""
 
 import importlib.resources
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from mlx_grow.model import ModelArgs
+from mlx_grow.base import UserError, strict_from_dict
+from mlx_grow.data.stream import DataConfig
+from mlx_grow.model import BLOCK_INITS, ModelArgs
 
 SECTIONS = ("name", "description", "tokenizer", "model", "data", "grow", "train")
+DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
+
+
+# --- value checks: each names the key and says what it must be ---
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def need_int(key: str, v, lo: int | None = None, optional: bool = False):
+    if optional and v is None:
+        return
+    if not _is_int(v) or (lo is not None and v < lo):
+        what = "an integer" if lo is None else ("a positive integer" if lo == 1 else f"an integer >= {lo}")
+        raise UserError(f"{key} must be {what}, got {v!r}")
+
+
+def need_number(key: str, v, lo: float | None = None, hi: float | None = None, open_lo: bool = False,
+                open_hi: bool = False, optional: bool = False):
+    if optional and v is None:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if ok and lo is not None:
+        ok = v > lo if open_lo else v >= lo
+    if ok and hi is not None:
+        ok = v < hi if open_hi else v <= hi
+    if not ok:
+        rng = []
+        if lo is not None:
+            rng.append(f"{'>' if open_lo else '>='} {lo}")
+        if hi is not None:
+            rng.append(f"{'<' if open_hi else '<='} {hi}")
+        raise UserError(f"{key} must be a number{' ' + ' and '.join(rng) if rng else ''}, got {v!r}")
+
+
+def need_bool(key: str, v):
+    if not isinstance(v, bool):
+        raise UserError(f"{key} must be true or false, got {v!r}")
+
+
+def need_choice(key: str, v, choices):
+    if v not in choices:
+        raise UserError(f"{key} must be one of {', '.join(map(str, choices))}, got {v!r}")
+
+
+def need_per_stage(key: str, v, check):
+    """A scalar, or a list with one value per stage (the last repeats)."""
+    if isinstance(v, (list, tuple)):
+        if not v:
+            raise UserError(f"{key} must not be an empty list")
+        for i, x in enumerate(v):
+            check(f"{key}[{i}]", x)
+    else:
+        check(key, v)
+
+
+def per_stage(value, k: int):
+    """The value for stage `k` of a scalar-or-list option."""
+    if isinstance(value, (list, tuple)):
+        return value[min(k, len(value) - 1)]
+    return value
+
+
+# --- sections ---
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # global batch, in sequences
+    seq_len: int = 128
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 20  # re-warmed at every growth event
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # 0 turns clipping off
+    grad_accum: int = 1
+    grad_checkpoint: bool = False  # recompute trainable blocks' activations in the backward pass
+    dtype: str = "float32"  # bfloat16 on Metal/CUDA; float32 on CPU
+    eval_every: int = 50  # 0: only at stage ends
+    val_batches: int = 4
+    checkpoint_every: int = 500  # 0: no resumable checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0  # init, data order, adapters (see training/grow.py seeds)
+
+    def __post_init__(self):
+        for key in ("batch_size", "seq_len", "grad_accum", "val_batches", "log_every"):
+            need_int(f"train.{key}", getattr(self, key), 1)
+        for key in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
+            need_int(f"train.{key}", getattr(self, key), 0)
+        need_number("train.lr", self.lr, 0, open_lo=True)
+        need_number("train.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        need_number("train.weight_decay", self.weight_decay, 0)
+        need_number("train.grad_clip", self.grad_clip, 0)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise UserError(f"train.betas must be a list of two numbers, got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            need_number(f"train.betas[{i}]", b, 0, 1, open_hi=True)
+        need_bool("train.grad_checkpoint", self.grad_checkpoint)
+        need_choice("train.dtype", self.dtype, DTYPES)
+        if self.batch_size % self.grad_accum:
+            raise UserError(f"train.batch_size {self.batch_size} must divide by train.grad_accum {self.grad_accum}")
+
+    @classmethod
+    def from_dict(cls, d, where="train"):
+        return strict_from_dict(cls, dict(d or {}), where)
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 8
+    scale: float = 2.0
+    targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    from_depth: int | None = None  # adapters on all frozen blocks once the model is this deep
+    budget: int | None = None  # cap on active params; the rank is chosen to fit
+    restarts: int = 0  # per stage: merge, fresh adapters, optimizer reset, LR re-warmup
+    final_phase_steps: int = 0  # a last phase: adapters on every block, merged at the end
+    final_phase_tokens: int | None = None  # the same phase's length in tokens (wins over steps)
+
+    def __post_init__(self):
+        need_int("grow.lora.rank", self.rank, 1)
+        need_number("grow.lora.scale", self.scale)
+        if not isinstance(self.targets, (list, tuple)) or not self.targets:
+            raise UserError(f"grow.lora.targets must be a non-empty list, got {self.targets!r}")
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad:
+            raise UserError(f"unknown LoRA target(s) {bad} in grow.lora.targets; choose from {', '.join(LORA_TARGETS)}")
+        need_int("grow.lora.from_depth", self.from_depth, 1, optional=True)
+        need_int("grow.lora.budget", self.budget, 1, optional=True)
+        need_int("grow.lora.restarts", self.restarts, 0)
+        need_int("grow.lora.final_phase_steps", self.final_phase_steps, 0)
+        need_int("grow.lora.final_phase_tokens", self.final_phase_tokens, 1, optional=True)
+
+    @classmethod
+    def from_dict(cls, d, where="grow.lora"):
+        return strict_from_dict(cls, dict(d or {}), where)
+
+
+@dataclass
+class PlateauConfig:
+    patience: int = 3  # evaluations without improvement before the stage ends
+    min_delta: float = 0.0  # nats the validation loss must fall to count as improvement
+
+    def __post_init__(self):
+        need_int("grow.plateau.patience", self.patience, 1)
+        need_number("grow.plateau.min_delta", self.min_delta, 0)
+
+
+@dataclass
+class GrowConfig:
+    blocks_per_stage: int = 3
+    stages: list | None = None  # explicit new-block counts, e.g. [3, 3, 3, 3, 4]
+    monolithic: bool = False  # all blocks at once on the same token stream
+    steps_per_stage: int | list = 200
+    tokens_per_stage: int | list | None = None  # wins over steps_per_stage
+    plateau: PlateauConfig | None = None  # end a stage early when validation loss stops falling
+    train_head: bool | list = True  # per stage; False = only the new blocks train
+    train_substrate_first: bool = False  # substrate trainable in stage 1, frozen after
+    train_all_last: bool = False  # the last stage trains every block (never a paper default)
+    block_init: str = "random"  # random | zero-out | copy-top
+    carry_optimizer: bool = True  # keep head/norm Adam moments across growth events
+    prefix_cache: bool = False  # cache the frozen prefix's hidden states
+    prefix_cache_mb: int = 512
+    lora: LoRAConfig | None = None
+
+    def __post_init__(self):
+        if isinstance(self.plateau, dict):
+            self.plateau = strict_from_dict(PlateauConfig, self.plateau, "grow.plateau")
+        if isinstance(self.lora, dict):
+            self.lora = LoRAConfig.from_dict(self.lora)
+        need_int("grow.blocks_per_stage", self.blocks_per_stage, 1)
+        if self.stages is not None:
+            if not isinstance(self.stages, (list, tuple)) or not self.stages:
+                raise UserError(f"grow.stages must be a non-empty list of block counts, got {self.stages!r}")
+            for i, s in enumerate(self.stages):
+                need_int(f"grow.stages[{i}]", s, 1)
+            self.stages = list(self.stages)
+        need_per_stage("grow.steps_per_stage", self.steps_per_stage, lambda k, v: need_int(k, v, 1))
+        if self.tokens_per_stage is not None:
+            need_per_stage("grow.tokens_per_stage", self.tokens_per_stage, lambda k, v: need_int(k, v, 1))
+        need_per_stage("grow.train_head", self.train_head, need_bool)
+        for key in ("monolithic", "train_substrate_first", "train_all_last", "carry_optimizer", "prefix_cache"):
+            need_bool(f"grow.{key}", getattr(self, key))
+        need_choice("grow.block_init", self.block_init, BLOCK_INITS)
+        need_int("grow.prefix_cache_mb", self.prefix_cache_mb, 1)
+
+    @classmethod
+    def from_dict(cls, d, where="grow"):
+        return strict_from_dict(cls, dict(d or {}), where)
+
+    def sizes(self, depth: int) -> list:
+        """New blocks per growth stage; they must add up to `depth`."""
+        if self.stages:
+            if sum(self.stages) != depth:
+                raise UserError(
+                    f"grow.stages {self.stages} add up to {sum(self.stages)} blocks but the depth is {depth} "
+                    "(model.num_hidden_layers, or --depth): make the stage list reach the depth "
+                    "(e.g. --stages 3,3,3,3,4 for 16)")
+            return list(self.stages)
+        k = self.blocks_per_stage
+        return [k] * (depth // k) + ([depth % k] if depth % k else [])
 
 
 @dataclass
@@ -18,30 +229,93 @@ class RunConfig:
     tokenizer: str = "bvv241-2-3"
     name: str = ""
     description: str = ""
-    data: dict = field(default_factory=dict)
-    grow: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    grow: GrowConfig = field(default_factory=GrowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     path: str = ""
 
+    def __post_init__(self):
+        # Sections may come as mappings (from YAML, JSON or Python): parse each once.
+        for key in ("model", "data", "grow", "train"):
+            if getattr(self, key) is None:
+                setattr(self, key, {})
+        if isinstance(self.grow, dict) and "depth" in self.grow:  # older configs: the final depth under grow
+            grow, depth = dict(self.grow), self.grow["depth"]
+            del grow["depth"]
+            self.grow = grow
+            if depth is not None:
+                model = self.model.to_dict() if isinstance(self.model, ModelArgs) else dict(self.model)
+                if "num_hidden_layers" in model and model["num_hidden_layers"] != depth \
+                        and not isinstance(self.model, ModelArgs):
+                    raise UserError(f"grow.depth {depth} and model.num_hidden_layers "
+                                    f"{model['num_hidden_layers']} disagree: give the depth once")
+                model["num_hidden_layers"] = depth
+                self.model = model
+        if isinstance(self.model, dict):
+            self.model = ModelArgs.from_dict(self.model, where="model")
+        if isinstance(self.data, dict):
+            self.data = DataConfig.from_dict(self.data, where="data")
+        if isinstance(self.grow, dict):
+            self.grow = GrowConfig.from_dict(self.grow)
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        self.validate()
+
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config"):
+    def from_dict(cls, d: dict, where: str = "config") -> "RunConfig":
+        """Parse and validate every section; errors name the file and the key."""
+        if not isinstance(d, dict):
+            raise UserError(f"{where} must hold a mapping with sections {', '.join(SECTIONS)}")
         unknown = sorted(set(d) - set(SECTIONS))
         if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(SECTIONS)}")
-        d = dict(d)
-        model = ModelArgs.from_dict(d.pop("model", {}), where=f"{where}: model")
-        return cls(model=model, **{k: v for k, v in d.items() if v is not None})
+            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(SECTIONS)}")
+        try:
+            for key in ("grow", "train", "data", "model"):
+                if d.get(key) is not None and not isinstance(d[key], dict):
+                    raise UserError(f"section {key} must be a mapping, got {d[key]!r}")
+            return cls(model=dict(d.get("model") or {}), data=dict(d.get("data") or {}),
+                       grow=dict(d.get("grow") or {}), train=dict(d.get("train") or {}),
+                       **{k: d[k] for k in ("tokenizer", "name", "description") if d.get(k) is not None})
+        except (UserError, ValueError, TypeError) as e:
+            raise UserError(f"{where}: {e}") from None
+
+    def validate(self):
+        """Checks that span sections (each section checks its own keys)."""
+        for key in ("tokenizer", "name", "description"):
+            if not isinstance(getattr(self, key), str):
+                raise UserError(f"{key} must be a string, got {getattr(self, key)!r}")
+        need_int("model.num_hidden_layers", self.model.num_hidden_layers, 1)
+        self.grow.sizes(self.depth)
+        if self.train.seq_len > self.model.max_position_embeddings:
+            raise UserError(f"train.seq_len {self.train.seq_len} exceeds the model context "
+                            f"model.max_position_embeddings {self.model.max_position_embeddings}")
+
+    @property
+    def depth(self) -> int:
+        """The final number of blocks (model.num_hidden_layers)."""
+        return self.model.num_hidden_layers
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "tokenizer": self.tokenizer,
-            "model": self.model.to_dict(),
-            "data": self.data,
-            "grow": self.grow,
-            "train": self.train,
-        }
+        d = {"name": self.name, "description": self.description, "tokenizer": self.tokenizer,
+             "model": self.model.to_dict(), "data": self.data.to_dict(), "grow": asdict(self.grow),
+             "train": asdict(self.train)}
+        return d
+
+    def override(self, **sections) -> list:
+        """Apply the flags the user gave, e.g. `override(train={"lr": 1e-3, "seed": None})`
+        (None = not given), re-validate the whole config, and return the dotted keys
+        that changed."""
+        d, changed = self.to_dict(), []
+        for section, flags in sections.items():
+            for key, value in flags.items():
+                if value is not None and d[section].get(key) != value:
+                    d[section][key] = value
+                    changed.append(f"{section}.{key}")
+        if changed:
+            new = RunConfig.from_dict(d, where="the command-line flags")
+            new.path = self.path
+            self.__dict__.update(new.__dict__)
+        return changed
 
 
 def packaged_configs() -> dict:
@@ -51,23 +325,25 @@ def packaged_configs() -> dict:
 
 def resolve(name_or_path) -> Path:
     p = Path(name_or_path)
-    if p.exists():
+    if p.is_file():
         return p
+    if p.exists():
+        raise UserError(f"config {name_or_path} is not a file: give a YAML file or a packaged name")
     found = packaged_configs().get(str(name_or_path).removesuffix(".yaml"))
     if found is None:
         names = ", ".join(sorted(packaged_configs()))
-        raise FileNotFoundError(f"config {name_or_path} not found: give a YAML path or one of: {names}")
+        raise UserError(f"config {name_or_path} not found: give a YAML path or one of: {names}")
     return Path(str(found))
 
 
 def load_config(name_or_path="tiny") -> RunConfig:
     path = resolve(name_or_path)
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} must hold a mapping with sections {', '.join(SECTIONS)}")
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config {path}: {e}") from None
     cfg = RunConfig.from_dict(d, where=str(path))
     cfg.path = str(path)
     return cfg

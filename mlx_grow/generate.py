@@ -16,6 +16,7 @@ from typing import Iterator, List, Optional
 
 import mlx.core as mx
 
+from mlx_grow.base import UserError
 from mlx_grow.sample import check_options, make_sampler, repetition_penalty
 
 log = logging.getLogger("mlx_grow.generate")
@@ -43,10 +44,10 @@ def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the p
     if not isinstance(prompt, str):
         ids = [int(i) for i in prompt]
         if not ids:
-            raise ValueError(f"{where} is empty: give at least one token id")
+            raise UserError(f"{where} is empty: give at least one token id")
         return ids
     if not prompt.strip():
-        raise ValueError(f"{where} is empty: give some text (--prompt TEXT, --prompt-file FILE or --prompt -)")
+        raise UserError(f"{where} is empty: give some text (--prompt TEXT, --prompt-file FILE or --prompt -)")
     body = tokenizer.encode(f" {prompt} " if instruct else prompt)
     unk = tokenizer.unk_id
     n_unk = sum(1 for i in body if i == unk) if unk is not None else 0
@@ -55,7 +56,7 @@ def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the p
                     "which the model cannot read")
     if instruct:
         if tokenizer.inst_ids is None:
-            raise ValueError("this tokenizer has no [INST] / [/INST] tokens, so --instruct cannot be used")
+            raise UserError("this tokenizer has no [INST] / [/INST] tokens, so --instruct cannot be used")
         a, b = tokenizer.inst_ids
         body = [a, *body, b]
     start = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
@@ -232,7 +233,7 @@ def batch_generate(model, tokenizer, prompts: List[str], max_tokens=256, verbose
     each row stops on its own. `stats`, when given, receives the timings."""
     sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop)
     if isinstance(prompts, str) or not len(prompts):
-        raise ValueError("batch_generate takes a non-empty list of prompts")
+        raise UserError("batch_generate takes a non-empty list of prompts")
     rows = [encode_prompt(tokenizer, p, instruct, where=f"prompt {i + 1}") for i, p in enumerate(prompts)]
     width = max(len(r) for r in rows)
     fill = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0

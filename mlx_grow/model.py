@@ -14,7 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 
-from mlx_grow.base import strict_from_dict
+from mlx_grow.base import UserError, strict_from_dict
 from mlx_grow.substrate.tables import Substrate, SubstrateArgs
 
 
@@ -39,12 +39,12 @@ class ModelArgs:
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise UserError(
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}"
             )
         if self.hidden_act not in ("gelu", "gelu_tanh"):
-            raise ValueError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {self.hidden_act!r}")
+            raise UserError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {self.hidden_act!r}")
 
     @classmethod
     def from_dict(cls, params: dict, where: str = "model config"):
@@ -109,11 +109,20 @@ class Block(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
+def checkpointed(block: nn.Module, h, mask):
+    """`block(h, mask)` whose activations are recomputed in the backward pass
+    (gradient checkpointing, as mlx-lm's trainer does it)."""
+    def run(params, h):
+        block.update(params)
+        return block(h, mask)
+
+    return mx.checkpoint(run)(block.trainable_parameters(), h)
+
+
 class Model(nn.Module):
     """Substrate -> blocks -> final LayerNorm -> LM head.
 
-    `layers` is a plain list so growth can append blocks. `stop_gradient_below`
-    (set by the trainer) stops the backward pass at the input of that block.
+    `layers` is a plain list so growth can append blocks.
     """
 
     def __init__(self, args: ModelArgs, substrate_table=None):
@@ -123,11 +132,13 @@ class Model(nn.Module):
         self.layers = [Block(args) for _ in range(args.num_hidden_layers)]
         self.norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-        self.stop_gradient_below = 0
 
-    def hidden(self, inputs, mask=None, cache=None, start=0, h=None):
+    def hidden(self, inputs, mask=None, cache=None, start=0, h=None, frozen_below=0, checkpoint=False):
         """Final hidden states before the LM head. `h` (with `start`) resumes from
-        the output of block `start - 1`, e.g. a cached frozen prefix."""
+        the output of block `start - 1`, e.g. a cached frozen prefix. For training:
+        the backward pass stops at the input of block `frozen_below`, and with
+        `checkpoint` the blocks above it recompute their activations in the
+        backward pass instead of keeping them."""
         if h is None:
             h = self.substrate(inputs)
             start = 0
@@ -136,9 +147,13 @@ class Model(nn.Module):
         if mask is None:
             mask = create_attention_mask(h, cache[0])
         for i in range(start, len(self.layers)):
-            if i == self.stop_gradient_below and i > 0:
+            if i == frozen_below and i > 0:
                 h = mx.stop_gradient(h)
-            h = self.layers[i](h, mask, cache[i])
+            block = self.layers[i]
+            if checkpoint and i >= frozen_below and cache[i] is None:
+                h = checkpointed(block, h, mask)
+            else:
+                h = block(h, mask, cache[i])
         return self.norm(h)
 
     def prefix(self, inputs, end):
@@ -161,9 +176,9 @@ class Model(nn.Module):
         """Append `n` blocks. init: random | zero-out (the new block starts as the
         identity: attention and MLP output projections zeroed) | copy-top."""
         if init not in BLOCK_INITS:
-            raise ValueError(f"unknown block init {init!r}: use {', '.join(BLOCK_INITS)}")
+            raise UserError(f"unknown block init {init!r}: use {', '.join(BLOCK_INITS)}")
         if init == "copy-top" and not self.layers:
-            raise ValueError("copy-top needs an existing block to copy")
+            raise UserError("copy-top needs an existing block to copy")
         top = self.layers[-1] if self.layers else None
         key = mx.random.key(seed)
         for _ in range(n):

@@ -35,6 +35,8 @@ from typing import Iterable, List, Sequence
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from mlx_grow.base import UserError
+
 SPECIAL_TOKENS = (
     "<pad> <s> </s> <unk> <think> </think> <emotions> </emotions> <tool_call> </tool_call> "
     "<tool_response> </tool_response> [INST] [/INST] [EOT] [USER] [ASSISTANT] [FIM_PREFIX] "
@@ -61,7 +63,7 @@ def check_unicode(text: str):
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"text holds a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start}, "
+        raise UserError(f"text holds a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start}, "
                          "which is not valid Unicode and cannot be tokenized; remove or replace it") from None
 
 
@@ -104,14 +106,14 @@ class Tokenizer:
 
     def encode(self, text: str, allow_special: bool = False) -> List[int]:
         if not isinstance(text, str):
-            raise ValueError(f"encode takes a str, got {type(text).__name__}")
+            raise UserError(f"encode takes a str, got {type(text).__name__}")
         check_unicode(text)
         return self._encode(lambda: self.backend.encode(text, add_special_tokens=False).ids, allow_special)
 
     def encode_batch(self, texts: Sequence[str], allow_special: bool = False) -> List[List[int]]:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
-            raise ValueError("encode_batch takes a list of str")
+            raise UserError("encode_batch takes a list of str")
         for t in texts:
             check_unicode(t)
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
@@ -122,7 +124,7 @@ class Tokenizer:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+            raise UserError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         return self.backend.decode(ids, skip_special_tokens=skip_special)
 
     @cached_property
@@ -178,7 +180,7 @@ def _is_char_id(i: int) -> bool:
 def _variant(variant: str) -> str:
     v = variant[len("bvv241-"):] if variant.startswith("bvv241-") else variant
     if v not in VARIANTS:
-        raise ValueError(f"unknown bvv241 variant {variant!r}: use '2-3' (65,536 ids) or 'max' (131,072 ids)")
+        raise UserError(f"unknown bvv241 variant {variant!r}: use '2-3' (65,536 ids) or 'max' (131,072 ids)")
     return v
 
 
@@ -318,7 +320,7 @@ def load_tokenizer(spec) -> Tokenizer:
     try:
         backend = HFTokenizer.from_file(str(file))
     except Exception as e:
-        raise ValueError(f"{file} is not a tokenizers JSON file ({e})") from None
+        raise UserError(f"{file} is not a tokenizers JSON file ({e})") from None
     config = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = file.parent / name
@@ -326,7 +328,7 @@ def load_tokenizer(spec) -> Tokenizer:
             try:
                 config.update(json.loads(f.read_text(encoding="utf-8")))
             except ValueError as e:
-                raise ValueError(f"{f} is not valid JSON ({e})") from None
+                raise UserError(f"{f} is not valid JSON ({e})") from None
     known = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
     roles = {}
     for role, guesses in _COMMON.items():
@@ -353,15 +355,15 @@ def train_sentencepiece(corpus_paths, vocab_size: int, out_dir, model_type: str 
     import sentencepiece as spm
 
     if model_type not in ("bpe", "unigram"):
-        raise ValueError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
+        raise UserError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
     paths = [Path(p) for p in ([corpus_paths] if isinstance(corpus_paths, (str, Path)) else corpus_paths)]
     if not paths:
-        raise ValueError("give at least one corpus text file")
+        raise UserError("give at least one corpus text file")
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"corpus file {p} does not exist")
     if vocab_size < 300:
-        raise ValueError(
+        raise UserError(
             f"vocab_size {vocab_size} is too small: it must hold 256 byte tokens, 4 specials and pieces"
         )
     out = Path(out_dir)
@@ -379,7 +381,7 @@ def train_sentencepiece(corpus_paths, vocab_size: int, out_dir, model_type: str 
                 num_threads=os.cpu_count() or 1, minloglevel=2,
             )  # fmt: skip
         except RuntimeError as e:
-            raise ValueError(
+            raise UserError(
                 f"SentencePiece training failed ({e}); with a small corpus, lower vocab_size or add text"
             ) from None
         shutil.copy(prefix + ".model", out / "sentencepiece.model")

@@ -77,7 +77,7 @@ def one_rank(cfg_path: Path, out: Path, resume=False):
     from mlx_grow.training.runs import read_run_config
 
     cfg = read_run_config(out) if resume else load_config(str(cfg_path))
-    cfg.train["seed"] = 0
+    cfg.train.seed = 0
     return grow(cfg, out, resume=resume, progress=False, echo=lambda *a, **k: None)[0]
 
 

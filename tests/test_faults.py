@@ -40,7 +40,7 @@ def reference(cfg_path, tmp_path_factory):
     from mlx_grow.training.grow import grow
 
     cfg = load_config(str(cfg_path))
-    cfg.train["seed"] = 0
+    cfg.train.seed = 0
     out = tmp_path_factory.mktemp("ref") / "run"
     grow(cfg, out, progress=False, echo=lambda *a, **k: None)
     return out

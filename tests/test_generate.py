@@ -63,7 +63,9 @@ def test_cached_decoding_equals_full_forward(tok, merged):
 
 
 def test_long_prompt_prefill_in_chunks(tok, monkeypatch):
-    import mlx_grow.generate as G
+    import importlib
+
+    G = importlib.import_module("mlx_grow.generate")  # the module; mlx_grow.generate is the function
 
     monkeypatch.setattr(G, "PREFILL_STEP", 3)
     model = tiny(tok)

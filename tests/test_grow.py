@@ -13,8 +13,7 @@ from mlx_grow.config import RunConfig
 from mlx_grow.model import ModelArgs
 from mlx_grow.training.grow import TrainingDiverged, grow
 from mlx_grow.training.params import stage_active
-from mlx_grow.training.schedule import GrowConfig, plan
-from mlx_grow.training.step import TrainConfig
+from mlx_grow.training.schedule import plan
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +43,17 @@ def weights(path):
 
 
 def test_plan_even_uneven_and_bad_depth():
-    t = TrainConfig()
-    assert [s["new"] for s in plan(GrowConfig(blocks_per_stage=3), 9, t)] == [3, 3, 3]
-    assert [s["new"] for s in plan(GrowConfig(stages=[3, 3, 3, 3, 4]), 16, t)] == [3, 3, 3, 3, 4]
-    assert [s["new"] for s in plan(GrowConfig(blocks_per_stage=4), 9, t)] == [4, 4, 1]
-    with pytest.raises(ValueError, match="add up to 9 blocks but the depth is 16"):
-        plan(GrowConfig(stages=[3, 3, 3]), 16, t)
-    mono = plan(GrowConfig(blocks_per_stage=3, monolithic=True, steps_per_stage=[5, 6, 7]), 9, t)
-    assert len(mono) == 1 and mono[0]["steps"] == 18 and mono[0]["segments"] == [5, 6, 7]
+    def stages(depth, **grow):
+        return plan(RunConfig(model={"num_hidden_layers": depth, "hidden_size": 32, "num_attention_heads": 2},
+                              grow=grow))
+
+    assert [s.new for s in stages(9, blocks_per_stage=3)] == [3, 3, 3]
+    assert [s.new for s in stages(16, stages=[3, 3, 3, 3, 4])] == [3, 3, 3, 3, 4]
+    assert [s.new for s in stages(9, blocks_per_stage=4)] == [4, 4, 1]
+    with pytest.raises(ValueError, match="add up to 9 blocks but the depth"):
+        stages(16, stages=[3, 3, 3])
+    mono = stages(9, blocks_per_stage=3, monolithic=True, steps_per_stage=[5, 6, 7])
+    assert len(mono) == 1 and mono[0].steps == 18 and mono[0].segments == [5, 6, 7]
 
 
 def test_growth_freezes_earlier_blocks_and_loss_falls(corpus, tmp_path):
@@ -195,13 +197,10 @@ def test_prefix_cache_gives_the_same_loss(corpus, tmp_path):
         assert np.allclose(wa[k], wb[k], atol=1e-5), k
 
 
-def test_nan_loss_stops_at_last_good_checkpoint(corpus, tmp_path):
-    def poison(step, model):
-        pass
-
-    poison.poison = 5
+def test_nan_loss_stops_at_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_GROW_FAULT", "nan@step:6")  # the one fault-injection path
     with pytest.raises(TrainingDiverged, match="step-000004"):
-        run(config(corpus, depth=2, train={"checkpoint_every": 2}), tmp_path / "r", on_step=poison)
+        run(config(corpus, depth=2, train={"checkpoint_every": 2}), tmp_path / "r")
     ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
     assert ckpts == ["step-000002", "step-000004"]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.convert import layouts as L
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.files import load_table_file
@@ -60,7 +61,7 @@ def read_export_meta(root: Path) -> dict:
     try:
         return json.loads(f.read_text()) if f.is_file() else {}
     except ValueError as e:
-        raise ValueError(f"{f} is corrupt ({e}); delete it to import with layout detection") from None
+        raise UserError(f"{f} is corrupt ({e}); delete it to import with layout detection") from None
 
 
 def read_table(path) -> tuple:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     FORMAT_VERSION,
     load_args,
@@ -58,15 +59,15 @@ def plan_export(src, args: ModelArgs, to: str, st: str):
             **{f"layers.{i}.{k}": s for i in range(args.num_hidden_layers) for k, s in block_shapes(args).items()}}
     for k, s in want.items():
         if k not in src.names:
-            raise ValueError(f"{src.root} has no tensor {k}: the model directory is incomplete")
+            raise UserError(f"{src.root} has no tensor {k}: the model directory is incomplete")
         if s is not None and tuple(src.shape(k)) != s:
-            raise ValueError(f"tensor {k} in {src.root} has shape {list(src.shape(k))}, config.json says {list(s)}")
+            raise UserError(f"tensor {k} in {src.root} has shape {list(src.shape(k))}, config.json says {list(s)}")
     extra = sorted(set(src.names) - set(want))
     if extra:
-        raise ValueError(f"{src.root} has tensors its config.json does not describe: {', '.join(extra[:6])}")
+        raise UserError(f"{src.root} has tensors its config.json does not describe: {', '.join(extra[:6])}")
     table = src.get("substrate.table")
     if table.shape[0] != V or d % table.shape[1]:
-        raise ValueError(f"substrate.table in {src.root} is {list(table.shape)}; expected [{V}, w], w dividing {d}")
+        raise UserError(f"substrate.table in {src.root} is {list(table.shape)}; expected [{V}, w], w dividing {d}")
     perm = rope_perm(d // H, to_half=True) if args.rope_traditional else None
 
     def get(k):
@@ -100,9 +101,9 @@ def export_model(model_dir, out, to="starcoder2", dtype="float32", overwrite=Fal
     """Export a mlx-grow model (or a merge: each expert, plus the combiner) as
     a Hugging Face directory. Returns a report with notes."""
     if to not in TARGETS:
-        raise ValueError(f"unknown export target {to!r}: use {' or '.join(TARGETS)}")
+        raise UserError(f"unknown export target {to!r}: use {' or '.join(TARGETS)}")
     if dtype not in OUT_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a mlx-grow model directory (no config.json)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import FORMAT_VERSION, META
 from mlx_grow.convert import layouts as L
 from mlx_grow.convert.common import (
@@ -32,25 +33,25 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
     fc = next((key("layers.{i}.mlp.c_fc", i) for i in range(n) if key("layers.{i}.mlp.c_fc", i)), None)
     for k, ours in ((norm, "norm"), (fc, "layers.{i}.mlp.c_fc"), (head or emb, "lm_head")):
         if k is None:
-            raise ValueError(f"missing tensor {layout['tensors'][ours]}.weight (our {ours}.weight) in {source.path}")
+            raise UserError(f"missing tensor {layout['tensors'][ours]}.weight (our {ours}.weight) in {source.path}")
     found = {"vocab_size": (source.shape(head or emb)[0], head or emb),
              "hidden_size": (source.shape(norm)[0], norm), "intermediate_size": (source.shape(fc)[0], fc),
              "num_hidden_layers": (n, f"the weights' {n} numbered layers")}
     hints, d = L.name_hints(cfg), found["hidden_size"][0]
     if hints.get("layers") not in (None, n):
-        raise ValueError(f"{where}: model_type says {hints['layers']} layers but the weights have {n}")
+        raise UserError(f"{where}: model_type says {hints['layers']} layers but the weights have {n}")
     if layout["name"] == "mlx_grow" or "model_args" in meta:
         args = ModelArgs.from_dict(meta.get("model_args", cfg), where=where)
         for field, (value, evidence) in found.items():
             if getattr(args, field) != value:
-                raise ValueError(f"{EXPORT_META if meta else where}: {field}={getattr(args, field)} but {evidence} "
+                raise UserError(f"{EXPORT_META if meta else where}: {field}={getattr(args, field)} but {evidence} "
                                  f"says {value}: the config does not match the weights")
         if emb is None:
-            raise ValueError(f"{source.path} has no input table ({layout['tensors']['embed']})")
+            raise UserError(f"{source.path} has no input table ({layout['tensors']['embed']})")
         sub, width = args.substrate, meta.get("table_width")
         tbl = L.narrowest(source.get(emb), d, sub.expansion, width)[0] if meta else source.get(emb)
         if width and tbl.shape[1] != width:
-            raise ValueError(f"{emb} is not the {sub.expansion} expansion of a {width}-wide table as {EXPORT_META} "
+            raise UserError(f"{emb} is not the {sub.expansion} expansion of a {width}-wide table as {EXPORT_META} "
                              "says: the export was edited; delete that file to import with inference")
         src_trad = args.rope_traditional and not meta  # exports are rotate-half
         tie, notes = False, []
@@ -62,16 +63,16 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
         ext, ext_kind = (table, None) if isinstance(table, np.ndarray) else \
             read_table(table or auto) if table or (e is None and auto) else (None, None)
         if e is None and ext is None:
-            raise ValueError(f"no input embedding: {layout['tensors']['embed']} is not in the checkpoint; "
+            raise UserError(f"no input embedding: {layout['tensors']['embed']} is not in the checkpoint; "
                              "pass the table with --table FILE (.pt, .npy, .safetensors or embeddings.txt)")
         width = hints.get("width") if hints.get("width", d) < d else None
         exp = expansion or r["expansion"]
         tbl, exp = L.narrowest(e if e is not None else ext, d, exp, width)
         if e is not None and ext is not None and not np.array_equal(
                 L.expand(tbl, d, exp), L.expand(L.narrowest(ext, d, exp)[0], d, exp)):
-            raise ValueError(f"the table in {table} differs from the checkpoint's {emb}; pass only one of them")
+            raise UserError(f"the table in {table} differs from the checkpoint's {emb}; pass only one of them")
         if width and tbl.shape[1] != width:
-            raise ValueError(f"{where} says the input table is {width} wide but {emb or table} is "
+            raise UserError(f"{where} says the input table is {width} wide but {emb or table} is "
                              f"{list(tbl.shape)}, not an expansion of one")
         sub = L.classify(tbl, kind or r["kind"] or ext_kind or hints.get("kind"), r["trainable"])
         sub.expansion = exp
@@ -80,14 +81,14 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
         args = ModelArgs(**r["args"], substrate=sub)
         notes = [f"substrate recipe inferred: {sub.kind}, table {list(tbl.shape)}, {exp} expansion"]
     if tbl.shape[0] != args.vocab_size or d % tbl.shape[1]:
-        raise ValueError(f"input table {emb or table} is {list(tbl.shape)}; expected [{args.vocab_size}, w] "
+        raise UserError(f"input table {emb or table} is {list(tbl.shape)}; expected [{args.vocab_size}, w] "
                          f"with w dividing {d}")
     if output_rope is not None:
         args.rope_traditional = output_rope == "interleaved"
     if meta:
         fp = fingerprint(args.substrate, tbl)
         if fp != meta.get("substrate") and meta.get("dtype", "float32") == "float32":
-            raise ValueError(f"the input table in {source.root} does not match the fingerprint in {EXPORT_META}: "
+            raise UserError(f"the input table in {source.root} does not match the fingerprint in {EXPORT_META}: "
                              "the weights were changed after export")
         if fp != meta.get("substrate"):
             notes.append(f"substrate fingerprint differs from the original (exported as {meta['dtype']})")
@@ -136,26 +137,26 @@ def plan_import(source, mapping=None, expansion=None, table=None, kind=None, rop
             plan.append((name, shape, st, lambda shape=shape: np.zeros(shape, np.float32)))
             continue
         if k is None:
-            raise ValueError(f"missing tensor {theirs}.{p} (our {name}) in {source.path}")
+            raise UserError(f"missing tensor {theirs}.{p} (our {name}) in {source.path}")
         want = (3 * shape[0], *shape[1:]) if part is not None else shape
         if tuple(source.shape(k)) != want:
-            raise ValueError(f"tensor {k} has shape {list(source.shape(k))}, expected {list(want)} "
+            raise UserError(f"tensor {k} has shape {list(source.shape(k))}, expected {list(want)} "
                              f"(our {name}, from the config and the other tensors)")
         plan.append((name, shape, st, make(k, part, ours.endswith(("q_proj", "k_proj")))))
     for ours, gone in no_bias.items():
         if len(gone) != (n if "{i}" in ours else 1):
-            raise ValueError(f"missing tensor {gone[0]} in {source.path}; other layers have it")
+            raise UserError(f"missing tensor {gone[0]} in {source.path}; other layers have it")
         notes.append(f"no bias in the source for {ours}: zeros")
     head = key("lm_head")
     if head is not None:
         if tuple(source.shape(head)) != (V, d):
-            raise ValueError(f"tensor {head} has shape {list(source.shape(head))}, expected {[V, d]}")
+            raise UserError(f"tensor {head} has shape {list(source.shape(head))}, expected {[V, d]}")
         plan.append(("lm_head.weight", (V, d), st, make(head)))
     elif tie:
         plan.append(("lm_head.weight", (V, d), st, lambda: L.expand(tbl, d, args.substrate.expansion)))
         notes.append("lm_head tied to the input embedding (tie_word_embeddings)")
     else:
-        raise ValueError(f"missing tensor {layout['tensors']['lm_head']}.weight (our lm_head.weight) in {source.path}")
+        raise UserError(f"missing tensor {layout['tensors']['lm_head']}.weight (our lm_head.weight) in {source.path}")
     return args, plan, {"layout": layout["name"], "layers": n, "notes": notes, "unplaced": c["unplaced"],
                         "recipe": "exact" if meta or layout["name"] == "mlx_grow" else "inferred",
                         "meta": meta.get("model_meta", {}), "origin": str(source.path)}
@@ -168,7 +169,7 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
     from mlx_grow.tokenizer import load_tokenizer
 
     if dtype not in OUT_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
     source = Source(src)
     if mapping is not None and not isinstance(mapping, dict):
         mapping = L.load_mapping(mapping)
@@ -184,10 +185,10 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
     tok_src = tokenizer or (source.root if (source.root / "tokenizer.json").is_file() else None)
     tok = load_tokenizer(tok_src) if tok_src is not None else None
     if tok is not None and tok.vocab_size != args.vocab_size:
-        raise ValueError(f"tokenizer {tok_src} has {tok.vocab_size} ids but the weights have {args.vocab_size} "
+        raise UserError(f"tokenizer {tok_src} has {tok.vocab_size} ids but the weights have {args.vocab_size} "
                          "rows: pass the model's tokenizer with --tokenizer")
     if tok is None and split is not None:
-        raise ValueError(f"a merge needs its tokenizer: {source.root} has no tokenizer.json; pass --tokenizer")
+        raise UserError(f"a merge needs its tokenizer: {source.root} has no tokenizer.json; pass --tokenizer")
     notes = [n for r in results for n in r[2]["notes"]]
     if tok is None:
         notes.append("no tokenizer found: pass --tokenizer to make the directory loadable with load()")
@@ -245,7 +246,7 @@ def write_merged(tmp: Path, results, tok, record, origin: Path) -> dict:
     tables = [plan[0][3]() for _, plan, _ in results]
     fps = [fingerprint(a.substrate, t) for (a, _, _), t in zip(results, tables)]
     if any(fp != fps[0] for fp in fps):
-        raise ValueError(f"the experts in {origin} have different input tables; a merge needs one shared substrate")
+        raise UserError(f"the experts in {origin} have different input tables; a merge needs one shared substrate")
     save_table(tmp / "substrate.safetensors", results[0][0].substrate, tables[0])
     experts = []
     for i, (args, plan, info) in enumerate(results):

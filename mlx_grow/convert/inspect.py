@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.convert import layouts as L
 from mlx_grow.convert.importer import split_experts
 from mlx_grow.io.tensors import Source
@@ -38,20 +39,20 @@ def verify(src, model_dir, prompt="The quick brown fox jumps over the lazy dog."
         import torch
         from transformers import AutoModelForCausalLM
     except ImportError:
-        raise ValueError("verify runs the source with transformers and PyTorch: install both "
+        raise UserError("verify runs the source with transformers and PyTorch: install both "
                          "(the dev extra: pip install 'mlx-grow[dev]')") from None
     model, tok = load(model_dir)
     if not hasattr(model, "layers"):
-        raise ValueError(f"{model_dir} is a merge; verify each expert against its source")
+        raise UserError(f"{model_dir} is a merge; verify each expert against its source")
     ids = tok.encode(prompt)[: model.args.max_position_embeddings] or [0]
     try:
         hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many kinds
-        raise ValueError(f"transformers cannot load {src}: {e}") from None
+        raise UserError(f"transformers cannot load {src}: {e}") from None
     with torch.no_grad():
         ref = hf.eval()(torch.tensor([ids])).logits.float().numpy()
     ours = np.array(model(mx.array([ids])).astype(mx.float32))
     if ref.shape != ours.shape:
-        raise ValueError(f"logit shapes differ: {src} gives {list(ref.shape)}, {model_dir} gives {list(ours.shape)}")
+        raise UserError(f"logit shapes differ: {src} gives {list(ref.shape)}, {model_dir} gives {list(ours.shape)}")
     return {"tokens": len(ids), "max_abs_diff": float(np.abs(ref - ours).max()),
             "argmax_agree": float((ref.argmax(-1) == ours.argmax(-1)).mean())}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.substrate.codes import id_bits
 from mlx_grow.substrate.tables import SubstrateArgs
 
@@ -83,24 +84,24 @@ def load_mapping(path) -> dict:
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"mapping file {path} is not valid YAML: {e}") from None
+        raise UserError(f"mapping file {path} is not valid YAML: {e}") from None
     unknown = sorted(set(spec) - {"base", "tensors", "qkv", "ignore", "config"})
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: base, tensors, qkv, ignore, config")
+        raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: base, tensors, qkv, ignore, config")
     base = spec.get("base")
     if base is not None and base not in LAYOUTS:
-        raise ValueError(f"{path}: base {base!r} is not a built-in layout; use one of {', '.join(LAYOUTS)}")
+        raise UserError(f"{path}: base {base!r} is not a built-in layout; use one of {', '.join(LAYOUTS)}")
     tensors = dict(spec.get("tensors") or {})
     bad = sorted(set(tensors) - set(OURS))
     if bad:
-        raise ValueError(f"{path}: unknown tensor name(s) {', '.join(bad)}; ours are {', '.join(OURS)}")
+        raise UserError(f"{path}: unknown tensor name(s) {', '.join(bad)}; ours are {', '.join(OURS)}")
     layout = dict(LAYOUTS.get(base, {}), name=f"map:{path.name}", model_types=[])
     inherited = dict(layout.get("tensors", {}))
     if QKV in tensors or any(k.endswith(("q_proj", "k_proj", "v_proj")) for k in tensors):
         inherited = {k: v for k, v in inherited.items() if k != QKV and not k.endswith(("q_proj", "k_proj", "v_proj"))}
     layout["tensors"] = {**inherited, **tensors}
     if spec.get("qkv") not in (None, "concat", "per-head"):
-        raise ValueError(f"{path}: qkv must be 'concat' or 'per-head', got {spec['qkv']!r}")
+        raise UserError(f"{path}: qkv must be 'concat' or 'per-head', got {spec['qkv']!r}")
     layout.update({k: spec[k] for k in ("qkv", "ignore", "config") if spec.get(k) is not None})
     return layout
 
@@ -153,7 +154,7 @@ def detect(keys, model_type=None, mapping=None, strict=True):
             parts.append("for a head tied to the embedding set tie_word_embeddings: true under config:")
         if c["unplaced"]:
             parts.append(f"keys that did not match: {', '.join(compact(c['unplaced'])[:12])}")
-        raise ValueError(f"tensors do not fit {what} ({'; '.join(parts)}); {MAP_HINT}")
+        raise UserError(f"tensors do not fit {what} ({'; '.join(parts)}); {MAP_HINT}")
     return layout, c
 
 
@@ -206,7 +207,7 @@ def read_config(config: dict, layout: dict, found: dict, where: str) -> dict:
     over = dict(layout.get("config") or {})
     bad = sorted(set(over) - MAP_CONFIG)
     if bad:
-        raise ValueError(f"unknown key(s) {', '.join(bad)} under config: in the mapping; "
+        raise UserError(f"unknown key(s) {', '.join(bad)} under config: in the mapping; "
                          f"valid: {', '.join(sorted(MAP_CONFIG))}")
     rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
     merged = {**config, **({"rope_theta": rope["rope_theta"]} if "rope_theta" in rope else {})}
@@ -217,34 +218,34 @@ def read_config(config: dict, layout: dict, found: dict, where: str) -> dict:
         if ours in found:
             value, evidence = found[ours]
             if val is not None and int(val) != value:
-                raise ValueError(f"{where}: {key}={val} but {evidence} says {value}: "
+                raise UserError(f"{where}: {key}={val} but {evidence} says {value}: "
                                  "the config does not match the weights")
             val = value
         if val is not None:
             args[ours] = val
     if "num_attention_heads" not in args:
-        raise ValueError(f"{where} gives no number of attention heads; set num_attention_heads under "
+        raise UserError(f"{where} gives no number of attention heads; set num_attention_heads under "
                          "config: in a --map file")
     act = str(args.get("hidden_act", "gelu"))
     if act not in ACTS:
-        raise ValueError(f"{where}: hidden_act {act!r} is not a GELU; mlx-grow blocks use gelu or gelu_tanh")
+        raise UserError(f"{where}: hidden_act {act!r} is not a GELU; mlx-grow blocks use gelu or gelu_tanh")
     args["hidden_act"] = ACTS[act]
     neox = "gpt_neox" in layout.get("model_types", [])
     pct = rope.get("partial_rotary_factor", config.get("partial_rotary_factor",
                                                        config.get("rotary_pct", 0.25 if neox else 1.0)))
     if float(pct) != 1.0:
-        raise ValueError(f"{where}: rotary_pct / partial_rotary_factor is {pct}; only full rotary (1.0) imports")
+        raise UserError(f"{where}: rotary_pct / partial_rotary_factor is {pct}; only full rotary (1.0) imports")
     if config.get("use_parallel_residual", neox):
-        raise ValueError(f"{where}: use_parallel_residual is true (the GPT-NeoX default); mlx-grow's block is "
+        raise UserError(f"{where}: use_parallel_residual is true (the GPT-NeoX default); mlx-grow's block is "
                          "sequential, so only use_parallel_residual: false imports")
     kv = config.get("num_key_value_heads")
     if kv is not None and int(kv) != int(args["num_attention_heads"]):
-        raise ValueError(f"{where}: num_key_value_heads={kv} differs from num_attention_heads; "
+        raise UserError(f"{where}: num_key_value_heads={kv} differs from num_attention_heads; "
                          "grouped-query attention does not import")
     style = over.get("rope") or ("interleaved" if any(config.get(k) for k in (
         "rope_traditional", "rotary_interleaved", "rope_interleaved")) else "rotate-half")
     if style not in ("rotate-half", "interleaved"):
-        raise ValueError(f"rope must be 'rotate-half' or 'interleaved', got {style!r}")
+        raise UserError(f"rope must be 'rotate-half' or 'interleaved', got {style!r}")
     args["rope_traditional"] = style == "interleaved"
     tie = over.get("tie_word_embeddings", config.get("tie_word_embeddings", layout.get("tie", False)))
     return {"args": args, "tie": bool(tie), "expansion": over.get("expansion"), "kind": over.get("substrate"),
@@ -329,12 +330,12 @@ def read_embeddings_txt(path) -> np.ndarray:
             rows.append([float(c) for c in line] if re.fullmatch(r"[01]{2,}", line)
                         else [float(x) for x in re.split(r"[\s,]+", line.strip("[] "))])
         except ValueError:
-            raise ValueError(f"{path}: line {n + 1} is not a row of numbers: {line[:60]!r}") from None
+            raise UserError(f"{path}: line {n + 1} is not a row of numbers: {line[:60]!r}") from None
     if len({len(r) for r in rows}) > 1:
-        raise ValueError(f"{path}: rows have different lengths ({sorted({len(r) for r in rows})[:4]})")
+        raise UserError(f"{path}: rows have different lengths ({sorted({len(r) for r in rows})[:4]})")
     table = np.asarray(rows, np.float32)
     if idx:
         if len(idx) != len(rows) or sorted(idx) != list(range(len(rows))):
-            raise ValueError(f"{path}: the token indices are not exactly 0..{len(rows) - 1}")
+            raise UserError(f"{path}: the token indices are not exactly 0..{len(rows) - 1}")
         table = table[np.argsort(idx)]
     return table

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.data.stream import Shard, Stream, _checked, _tokenizer, prepare
 
 
@@ -76,7 +77,7 @@ def _task_items(path) -> list:
     items = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not isinstance(r.get("question"), str):
-            raise ValueError(f"{path} item {i} has no question: items need question, choices and answer fields")
+            raise UserError(f"{path} item {i} has no question: items need question, choices and answer fields")
         a, choices = r.get("answer"), r.get("choices") or []
         if isinstance(a, str) and len(a) == 1 and a.isalpha() and choices:
             a = ord(a.upper()) - ord("A")
@@ -107,7 +108,7 @@ def contamination(shards_or_stream, task_file, n: int = 13, tokenizer=None) -> d
     for s in shards:
         tok = _tokenizer(tokenizer or s.meta["tokenizer"])
         if tok.fingerprint != s.meta["tokenizer_fingerprint"]:
-            raise ValueError(f"{s.path} was made with another tokenizer than {getattr(tok, 'name', '?')}; "
+            raise UserError(f"{s.path} was made with another tokenizer than {getattr(tok, 'name', '?')}; "
                              "pass the tokenizer it was prepared with")
         toks, starts = s.tokens("train"), s.doc_starts("train")
         ends = np.append(starts[1:], len(toks))

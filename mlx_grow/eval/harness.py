@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from mlx_grow.base import UserError
 from mlx_grow.eval.scorer import DEFAULT_BATCH_TOKENS, Scorer
 
 
@@ -23,7 +24,7 @@ def _adapter_class():
                 model, tok = load(model)
                 tokenizer = tokenizer or tok
             if model is None or tokenizer is None:
-                raise ValueError("mlx-grow needs a model: model_args='model=PATH'")
+                raise UserError("mlx-grow needs a model: model_args='model=PATH'")
             self.scorer = Scorer(model, tokenizer, int(batch_tokens), name=name)
             self.max_gen_toks = int(max_gen_toks)
 

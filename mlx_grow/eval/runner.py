@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+from mlx_grow.base import UserError
 from mlx_grow.eval import tasks as T
 from mlx_grow.eval.report import PROTOCOLS, _fmt
 
@@ -68,13 +69,13 @@ def text_metrics(scorer, path) -> dict:
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("text"), str)),
                    None)
         if bad is not None:
-            raise ValueError(f"{path} row {bad + 1}: missing field 'text' (a string)")
+            raise UserError(f"{path} row {bad + 1}: missing field 'text' (a string)")
         docs = [r["text"] for r in rows]
     else:
         docs = [path.read_text(encoding="utf-8")]
     docs = [d for d in docs if d]
     if not docs:
-        raise ValueError(f"text file {path} is empty: nothing to score")
+        raise UserError(f"text file {path} is empty: nothing to score")
     ids = [scorer.encode(d, f"{path}") for d in docs]
     nll = sum(scorer.rolling_nll(ids))
     tokens, n_bytes = sum(map(len, ids)), sum(len(d.encode("utf-8")) for d in docs)
@@ -112,7 +113,7 @@ def expand_models(specs) -> list:
             dirs = sorted(d for d in p.glob("stage-[0-9]*") if (d / "config.json").exists())
             dirs += [p / "final"] if (p / "final" / "config.json").exists() else []
             if not dirs:
-                raise ValueError(f"run directory {p} has no stage-NN/ or final/ model yet")
+                raise UserError(f"run directory {p} has no stage-NN/ or final/ model yet")
             out += [(f"{p.name}/{d.name}", d) for d in dirs]
         else:  # a run's own model directory keeps the run's name
             run_part = p.name == "final" or p.name.startswith("stage-")
@@ -134,7 +135,7 @@ def load_for_eval(path):
     meta = read_meta(path)
     fp = meta.get("tokenizer")
     if isinstance(fp, str) and fp != tok.fingerprint:
-        raise ValueError(f"model {path}: its tokenizer files differ from the tokenizer the model was saved with "
+        raise UserError(f"model {path}: its tokenizer files differ from the tokenizer the model was saved with "
                          f"(fingerprint {tok.fingerprint[:12]}… vs {fp[:12]}…): restore the model's own tokenizer")
     lineage = meta.get("lineage") or {}
     info = {"path": str(path), "kind": "merged" if "experts" in meta else "single",
@@ -157,11 +158,11 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
     from mlx_grow.io.progress import StepProgress
 
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: use loglik or paper")
+        raise UserError(f"unknown protocol {protocol!r}: use loglik or paper")
     if not tasks and not texts:
-        raise ValueError("nothing to evaluate: give at least one --task or --text")
+        raise UserError("nothing to evaluate: give at least one --task or --text")
     if protocol == "paper" and (runs < 1 or temp < 0 or top_k < 0):
-        raise ValueError(f"--runs must be >= 1, --temp >= 0 and --top-k >= 0 (got {runs}, {temp}, {top_k})")
+        raise UserError(f"--runs must be >= 1, --temp >= 0 and --top-k >= 0 (got {runs}, {temp}, {top_k})")
     loaded = [T.load_task(t, limit, hub) for t in tasks]
     report = {"mlx_grow_eval": 1, "protocol": protocol, "models": [], "results": [], "texts": [],
               "settings": {"limit": limit, "runs": runs, "temp": temp, "top_k": top_k, "seed": seed,

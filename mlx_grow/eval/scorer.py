@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.eval import tasks as T
 from mlx_grow.generate import pad_mask
 
@@ -53,7 +54,7 @@ def _take_cache(cache, index):
 def check_pair(model, tokenizer, name: str = "model"):
     vocab = getattr(getattr(model, "args", None), "vocab_size", None)
     if vocab is not None and tokenizer.vocab_size > vocab:
-        raise ValueError(f"{name}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+        raise UserError(f"{name}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
                          f"{vocab}: use the tokenizer the model was trained with")
 
 
@@ -80,7 +81,7 @@ class Scorer:
     def encode(self, text: str, where: str = "") -> List[int]:
         ids = self.tok.encode(text)
         if ids and max(ids) >= self.vocab:
-            raise ValueError(f"{where or 'text'}: token id {max(ids)} is outside {self.name}'s vocabulary "
+            raise UserError(f"{where or 'text'}: token id {max(ids)} is outside {self.name}'s vocabulary "
                              f"({self.vocab}): the tokenizer does not match the model")
         return ids
 
@@ -93,7 +94,7 @@ class Scorer:
         whole = self.encode(context + continuation, where)
         ctx = self.encode(context, where) if context else []
         if not self.start and not ctx:
-            raise ValueError(f"{where or 'request'}: empty context and the tokenizer has no </s> or <s> to start from")
+            raise UserError(f"{where or 'request'}: empty context and the tokenizer has no </s> or <s> to start from")
         return self.start + ctx, whole[len(ctx):]
 
     # --- model calls ---
@@ -151,7 +152,7 @@ class Scorer:
         groups = {}
         for i, (ctx, cont) in enumerate(requests):
             if not cont:
-                raise ValueError(f"request {i}: the continuation is empty")
+                raise UserError(f"request {i}: the continuation is empty")
             groups.setdefault(tuple(ctx), []).append((i, list(cont)))
         keys = list(groups)
         ctxs = []

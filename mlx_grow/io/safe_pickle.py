@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
+
 # torch storage type -> numpy dtype of its raw bytes (bfloat16 read as uint16)
 STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
@@ -32,7 +34,7 @@ STORAGE_DTYPES = {
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(UserError):
     pass
 
 
@@ -48,11 +50,11 @@ def rebuild_tensor(storage, offset, size, stride, *_):
         return None
     size, stride = tuple(size), tuple(stride)
     if len(size) != len(stride):
-        raise ValueError("tensor size and stride differ in length")
+        raise UserError("tensor size and stride differ in length")
     if 0 not in size:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         if offset < 0 or min(stride, default=0) < 0 or last >= storage.size:
-            raise ValueError("tensor runs past the end of its storage")
+            raise UserError("tensor runs past the end of its storage")
     base = storage[offset:] if storage.size else storage
     strides = tuple(s * storage.itemsize for s in stride)
     return np.lib.stride_tricks.as_strided(base, size, strides, writeable=False).copy()
@@ -130,7 +132,7 @@ def _load_zip(path: Path):
         names = zf.namelist()
         pkl = next((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), None)
         if pkl is None:
-            raise ValueError(f"{path} is a zip file but not a PyTorch checkpoint (no data.pkl)")
+            raise UserError(f"{path} is a zip file but not a PyTorch checkpoint (no data.pkl)")
         prefix = pkl[: -len("data.pkl")]
         big = prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() == b"big"
         cache = {}
@@ -139,7 +141,7 @@ def _load_zip(path: Path):
             if key not in cache:
                 raw = zf.read(f"{prefix}data/{key}")
                 if len(raw) < numel * dtype.itemsize:
-                    raise ValueError(f"storage {key} in {path} is truncated")
+                    raise UserError(f"storage {key} in {path} is truncated")
                 cache[key] = to_numpy_storage(raw, dtype, numel, big)
             return cache[key]
 
@@ -160,9 +162,9 @@ def _load_legacy(path: Path):
     try:
         magic = unpickle(None)
     except (pickle.UnpicklingError, EOFError) as e:
-        raise ValueError(f"{path} is neither a zip nor a legacy PyTorch file ({e})") from None
+        raise UserError(f"{path} is neither a zip nor a legacy PyTorch file ({e})") from None
     if magic != LEGACY_MAGIC:
-        raise ValueError(f"{path} is not a PyTorch checkpoint (no torch.save magic number)")
+        raise UserError(f"{path} is not a PyTorch checkpoint (no torch.save magic number)")
     unpickle(None)  # protocol version
     sys_info = unpickle(None)
     big = isinstance(sys_info, dict) and not sys_info.get("little_endian", True)
@@ -181,7 +183,7 @@ def _load_legacy(path: Path):
         dtype = dtypes[key]
         raw = f.read(numel * dtype.itemsize)
         if len(raw) < numel * dtype.itemsize:
-            raise ValueError(f"storage {key} in {path} is truncated")
+            raise UserError(f"storage {key} in {path} is truncated")
         storages[key] = to_numpy_storage(raw, dtype, numel, big)
 
     def read_storage(dtype, key, numel, view):
@@ -201,5 +203,5 @@ def load_state_dict(path) -> dict:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return {str(k): v for k, v in obj.items() if isinstance(v, np.ndarray)}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
+
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 WRAPPERS = ("_orig_mod.", "module.")  # torch.compile / DDP prefixes, stripped before matching
@@ -40,11 +42,11 @@ class SafetensorsFile:
             head = f.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             if n < 2 or n > size - 8:
-                raise ValueError(f"{path} is truncated or not a safetensors file (bad header length)")
+                raise UserError(f"{path} is truncated or not a safetensors file (bad header length)")
             try:
                 header = json.loads(f.read(n))
             except ValueError as e:
-                raise ValueError(f"{path} has a corrupt safetensors header ({e})") from None
+                raise UserError(f"{path} has a corrupt safetensors header ({e})") from None
         header.pop("__metadata__", None)
         self.base, self.tensors = 8 + n, {}
         for name, t in header.items():
@@ -52,11 +54,11 @@ class SafetensorsFile:
                 dt, shape, (start, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
                 want = tensor_bytes(shape, dt)
             except (KeyError, TypeError, ValueError):
-                raise ValueError(f"tensor {name} in {path} has a corrupt or unsupported header entry") from None
+                raise UserError(f"tensor {name} in {path} has a corrupt or unsupported header entry") from None
             if end - start != want:
-                raise ValueError(f"tensor {name} in {path} is corrupt: {end - start} bytes for shape {list(shape)}")
+                raise UserError(f"tensor {name} in {path} is corrupt: {end - start} bytes for shape {list(shape)}")
             if self.base + end > size:
-                raise ValueError(f"{path} is truncated: tensor {name} needs {self.base + end} bytes, "
+                raise UserError(f"{path} is truncated: tensor {name} needs {self.base + end} bytes, "
                                  f"the file has {size}")
             self.tensors[name] = (dt, shape, start)
 
@@ -94,7 +96,7 @@ class Source:
             try:
                 self.config = json.loads(cfg.read_text())
             except ValueError as e:
-                raise ValueError(f"{cfg} is not valid JSON ({e})") from None
+                raise UserError(f"{cfg} is not valid JSON ({e})") from None
         for f in [path] if path.is_file() else self._weight_files(path):
             r = SafetensorsFile(f) if f.suffix == ".safetensors" else self._read_torch(f)
             readers.update({k: r for k in r.tensors})
@@ -112,7 +114,7 @@ class Source:
                 try:
                     files = [d / n for n in sorted(set(json.loads((d / index).read_text())["weight_map"].values()))]
                 except (ValueError, KeyError, AttributeError) as e:
-                    raise ValueError(f"{d / index} is not a valid shard index ({e})") from None
+                    raise UserError(f"{d / index} is not a valid shard index ({e})") from None
                 lost = [f.name for f in files if not f.is_file()]
                 if lost:
                     raise FileNotFoundError(f"{d / index} lists missing shard(s) {', '.join(lost)}")
@@ -129,13 +131,13 @@ class Source:
         try:
             obj = load_torch_file(f)
         except Exception as e:  # UnsafePickleError, zip and pickle errors
-            raise ValueError(f"cannot read {f}: {e}") from None
+            raise UserError(f"cannot read {f}: {e}") from None
         if isinstance(obj, dict):
             cfg = next((obj[k] for k in ("model_args", "config") if isinstance(obj.get(k), dict)), None)
             self.config = self.config or dict(cfg or {})
             obj = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), dict)), obj)
         if not isinstance(obj, dict):
-            raise ValueError(f"{f} holds a {type(obj).__name__}, not a state dict")
+            raise UserError(f"{f} holds a {type(obj).__name__}, not a state dict")
         return Arrays({str(k): v for k, v in obj.items() if isinstance(v, np.ndarray)})
 
     def view(self, prefix: str):
@@ -195,7 +197,7 @@ def write_safetensors(path: Path, plan, metadata: dict):
         for name, shape, dt, make in plan:
             arr = make()
             if tuple(arr.shape) != tuple(shape):
-                raise ValueError(f"tensor {name} came out {list(arr.shape)}, expected {list(shape)}")
+                raise UserError(f"tensor {name} came out {list(arr.shape)}, expected {list(shape)}")
             f.write(memoryview(to_dtype(arr, dt)).cast("B"))
 
 

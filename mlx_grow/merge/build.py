@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mlx.utils import tree_flatten
 
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     META,
     check_vocab,
@@ -27,7 +28,7 @@ def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=No
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or remove it")
     if any(out.resolve() == d.resolve() for d in dirs):
-        raise ValueError(f"--out {out} is one of the experts; choose a new directory")
+        raise UserError(f"--out {out} is one of the experts; choose a new directory")
     if combiner == "average":
         return average(dirs, metas, out, weights, overwrite)
     tune = dict(tune) if tune is not None else None
@@ -50,7 +51,7 @@ def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
     roots = [lineage_roots(m) for m in metas]
     if not set.intersection(*roots):
         seen = "; ".join(f"{d}: {', '.join(sorted(r)) or 'no lineage recorded'}" for d, r in zip(dirs, roots))
-        raise ValueError("parameter averaging needs experts of one growth lineage (a common run or parent "
+        raise UserError("parameter averaging needs experts of one growth lineage (a common run or parent "
                          f"recorded in {META}); these come from different ones ({seen}). Weights of separately "
                          "trained models do not line up: use a logit combiner (mean-logits, weighted, mixture)")
     cfgs = [json.loads((d / "config.json").read_text()) for d in dirs]
@@ -58,10 +59,10 @@ def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
         if c != cfgs[0]:
             diff = ", ".join(f"{k} {cfgs[0].get(k)} vs {c.get(k)}" for k in sorted(set(c) | set(cfgs[0]))
                              if c.get(k) != cfgs[0].get(k))
-            raise ValueError(f"parameter averaging needs identical architectures; {dirs[0]} and {d} differ: {diff}")
+            raise UserError(f"parameter averaging needs identical architectures; {dirs[0]} and {d} differ: {diff}")
     w = parse_floats(weights, len(dirs), "weights") or [1.0] * len(dirs)
     if any(x < 0 for x in w) or sum(w) <= 0:
-        raise ValueError(f"weights must be >= 0 and sum to a positive number, got {weights!r}")
+        raise UserError(f"weights must be >= 0 and sum to a positive number, got {weights!r}")
     w = [x / sum(w) for x in w]
     models = [load_model(d) for d in dirs]
     flat = [dict(tree_flatten(m.parameters())) for m in models]

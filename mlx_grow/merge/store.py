@@ -9,6 +9,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     FORMAT_VERSION,
     META,
@@ -38,14 +39,14 @@ def read_experts(expert_dirs):
     """Check that every expert exists and that all share substrate, tokenizer and vocabulary."""
     dirs = [Path(d) for d in expert_dirs]
     if len(dirs) < 2:
-        raise ValueError(f"merge needs at least two expert model directories, got {len(dirs)}")
+        raise UserError(f"merge needs at least two expert model directories, got {len(dirs)}")
     metas, vocab = [], []
     for d in dirs:
         if not d.is_dir():
             raise FileNotFoundError(f"expert model directory {d} does not exist")
         meta = read_meta(d)
         if "experts" in meta:
-            raise ValueError(f"{d} is already a merge; merge its source experts instead")
+            raise UserError(f"{d} is already a merge; merge its source experts instead")
         if not meta or not (d / "config.json").exists():
             raise FileNotFoundError(f"{d} is not a mlx-grow model directory (no config.json / {META})")
         metas.append(meta)
@@ -53,12 +54,12 @@ def read_experts(expert_dirs):
     a = dirs[0]
     for d, m, v in zip(dirs[1:], metas[1:], vocab[1:]):
         if m.get("tokenizer") != metas[0].get("tokenizer"):
-            raise ValueError(f"experts use different tokenizers:\n  {a}: {_short(metas[0].get('tokenizer'))}\n"
+            raise UserError(f"experts use different tokenizers:\n  {a}: {_short(metas[0].get('tokenizer'))}\n"
                              f"  {d}: {_short(m.get('tokenizer'))}\nmerge only experts trained with the same tokenizer")
         if v != vocab[0]:
-            raise ValueError(f"experts have different vocabularies: {a} has {vocab[0]:,} ids, {d} has {v:,}")
+            raise UserError(f"experts have different vocabularies: {a} has {vocab[0]:,} ids, {d} has {v:,}")
         if m.get("substrate") != metas[0].get("substrate"):
-            raise ValueError(f"experts differ in their substrate, so their inputs mean different things:\n"
+            raise UserError(f"experts differ in their substrate, so their inputs mean different things:\n"
                              f"  {a}: {_short(metas[0].get('substrate'))}\n  {d}: {_short(m.get('substrate'))}\n"
                              "merge only experts trained on the same frozen substrate table")
     return dirs, metas
@@ -142,7 +143,7 @@ def run_sources(metas) -> list:
         except (FileNotFoundError, ValueError):
             found = []
         if not found:
-            raise ValueError("tuning needs data, and an expert's run directory was not found to read its "
+            raise UserError("tuning needs data, and an expert's run directory was not found to read its "
                              "sources from: give --tune-data SOURCE (repeat it for each domain)")
         sources += [s for s in found if s not in sources]
     return sources

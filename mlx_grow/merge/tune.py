@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import load_model
 from mlx_grow.merge.combine import MergedModel, make_combiner
 from mlx_grow.merge.store import load_merged, read_experts
@@ -27,9 +28,9 @@ def tune_merged(model: MergedModel, tokenizer, sources, part="adapter", steps=10
     )
 
     if part not in TUNE_PARTS:
-        raise ValueError(f"unknown tune part {part!r}: use {', '.join(TUNE_PARTS)}")
+        raise UserError(f"unknown tune part {part!r}: use {', '.join(TUNE_PARTS)}")
     if part != "heads" and model.adapter is None:
-        raise ValueError("tuning the adapter needs one: choose --adapter token, lowrank or gate")
+        raise UserError("tuning the adapter needs one: choose --adapter token, lowrank or gate")
     seq_len = seq_len or min(128, *(e.args.max_position_embeddings for e in model.experts))
     cfg = TrainConfig.from_dict({"batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed,
                                  "warmup_steps": max(1, steps // 10), "weight_decay": 0.0})
@@ -66,7 +67,7 @@ def compare(expert_dirs, sources, merged=(), seq_len=None, batches=4, batch_size
 
     dirs, _ = read_experts(expert_dirs)
     if not sources:
-        raise ValueError("compare needs at least one --data SOURCE whose validation text to score")
+        raise UserError("compare needs at least one --data SOURCE whose validation text to score")
     experts = [load_model(d) for d in dirs]
     tok = load_tokenizer(dirs[0])
     seq_len = seq_len or min(128, *(e.args.max_position_embeddings for e in experts))

@@ -2,11 +2,13 @@
 
 import numpy as np
 
+from mlx_grow.base import UserError
+
 
 def id_bits(vocab_size: int, bits: int, order: str = "msb") -> np.ndarray:
     """[V, bits] 0/1 table of the token ids."""
     if vocab_size > 2**bits:
-        raise ValueError(f"{bits} bits cannot number {vocab_size} tokens; need {int(np.ceil(np.log2(vocab_size)))}")
+        raise UserError(f"{bits} bits cannot number {vocab_size} tokens; need {int(np.ceil(np.log2(vocab_size)))}")
     ids = np.arange(vocab_size, dtype=np.int64)[:, None]
     shifts = np.arange(bits - 1, -1, -1) if order == "msb" else np.arange(bits)
     return ((ids >> shifts) & 1).astype(np.float32)
@@ -46,7 +48,7 @@ def gf2_code(vocab_size: int, bits: int, seed: int) -> np.ndarray:
 def random_code(vocab_size: int, bits: int, seed: int) -> np.ndarray:
     """Collision-free random codes: colliding rows are redrawn from the same RNG."""
     if vocab_size > 2**bits:
-        raise ValueError(f"{bits}-bit codes cannot be distinct for {vocab_size} tokens")
+        raise UserError(f"{bits}-bit codes cannot be distinct for {vocab_size} tokens")
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 2, (vocab_size, bits), dtype=np.uint8)
     while True:
@@ -77,5 +79,5 @@ def pca_l2(x: np.ndarray, n_components: int) -> np.ndarray:
 def padded_width(bits: int, d_model: int) -> int:
     """Smallest divisor of d_model that holds `bits` (the code is zero-padded to it)."""
     if bits > d_model:
-        raise ValueError(f"a {bits}-bit code does not fit d_model {d_model}")
+        raise UserError(f"a {bits}-bit code does not fit d_model {d_model}")
     return next(w for w in range(bits, d_model + 1) if d_model % w == 0)

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
+
 
 def load_table_file(path) -> np.ndarray:
     """Read a table from .npy, .safetensors (first tensor, or 'table') or a
@@ -27,11 +29,11 @@ def load_table_file(path) -> np.ndarray:
                 obj = next(iter(obj.values()))
             table = np.asarray(obj)
         else:
-            raise ValueError(f"unknown table format {path.suffix!r}: use .npy, .safetensors or .pt")
+            raise UserError(f"unknown table format {path.suffix!r}: use .npy, .safetensors or .pt")
     except Exception as e:  # safetensors, numpy and pickle readers raise their own types
         if isinstance(e, ValueError) and "unknown table format" in str(e):
             raise
-        raise ValueError(f"cannot read substrate table {path}: {e}") from e
+        raise UserError(f"cannot read substrate table {path}: {e}") from e
     if table.ndim != 2:
-        raise ValueError(f"substrate table {path} has shape {table.shape}; expected [V, d]")
+        raise UserError(f"substrate table {path} has shape {table.shape}; expected [V, d]")
     return np.ascontiguousarray(table, dtype=np.float32)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from mlx_grow.base import UserError
+
 UNIFONT_PATHS = (
     "/usr/share/fonts/opentype/unifont/unifont.otf",
     "/usr/share/fonts/truetype/unifont/unifont.ttf",
@@ -123,7 +125,7 @@ def augment_constants(cls: str, width: int, height: int, augment: str = "2-3"):
 
 def _table(augment: str) -> dict:
     if augment not in AUGMENT:
-        raise ValueError(f"unknown glyph augmentation {augment!r}; use one of {', '.join(AUGMENT)}")
+        raise UserError(f"unknown glyph augmentation {augment!r}; use one of {', '.join(AUGMENT)}")
     return AUGMENT[augment]
 
 
@@ -175,7 +177,7 @@ def glyph_bits(
     strings = [str(s) for s in strings]
     cell = int(cell or font_size)
     if cell != font_size:
-        raise ValueError(f"the glyph recipe draws font size {font_size} in {font_size}-px cells, got cell {cell}")
+        raise UserError(f"the glyph recipe draws font size {font_size} in {font_size}-px cells, got cell {cell}")
     _table(augment)
     font = load_font(find_font(font), cell)
     out = np.empty((len(strings), cell * cell), np.uint8)

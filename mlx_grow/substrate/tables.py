@@ -21,6 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.substrate.codes import (
     gf2_code,
     id_bits,
@@ -50,11 +51,11 @@ class SubstrateArgs:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown substrate kind {self.kind!r}; use one of {', '.join(KINDS)}")
+            raise UserError(f"unknown substrate kind {self.kind!r}; use one of {', '.join(KINDS)}")
         if self.order not in ("msb", "lsb"):
-            raise ValueError(f"substrate order must be 'msb' or 'lsb', got {self.order!r}")
+            raise UserError(f"substrate order must be 'msb' or 'lsb', got {self.order!r}")
         if self.expansion not in ("repeat", "tile"):
-            raise ValueError(f"substrate expansion must be 'repeat' or 'tile', got {self.expansion!r}")
+            raise UserError(f"substrate expansion must be 'repeat' or 'tile', got {self.expansion!r}")
 
     @classmethod
     def from_dict(cls, params: dict, where: str = "substrate config"):
@@ -96,7 +97,7 @@ def build_table(args: SubstrateArgs, vocab_size: int, d_model: int, token_string
         from mlx_grow.substrate.glyph import glyph_table
 
         if token_strings is None:
-            raise ValueError("the glyph substrate needs the tokenizer's token strings")
+            raise UserError("the glyph substrate needs the tokenizer's token strings")
         table = glyph_table(
             token_strings, d_model, font=args.font, font_size=args.font_size, augment=args.augment
         )
@@ -114,12 +115,12 @@ def pad_columns(table: np.ndarray, d_model: int) -> np.ndarray:
 def check_table(table, vocab_size: int, d_model: int):
     v, w = table.shape
     if v != vocab_size:
-        raise ValueError(
+        raise UserError(
             f"substrate table has {v} rows but the vocabulary has {vocab_size} tokens: "
             "build the substrate for this tokenizer"
         )
     if w > d_model or d_model % w:
-        raise ValueError(f"substrate width {w} does not divide d_model {d_model}")
+        raise UserError(f"substrate width {w} does not divide d_model {d_model}")
 
 
 def fingerprint(args: SubstrateArgs, table) -> dict:
@@ -161,9 +162,9 @@ def describe_file(path) -> dict:
         with safe_open(str(path), "numpy") as f:
             meta = f.metadata() or {}
     except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}; is it a substrate .safetensors file?") from e
+        raise UserError(f"cannot read {path}: {e}; is it a substrate .safetensors file?") from e
     if "fingerprint" not in meta:
-        raise ValueError(f"{path} carries no substrate fingerprint; build it with `mlx-grow substrate build`")
+        raise UserError(f"{path} carries no substrate fingerprint; build it with `mlx-grow substrate build`")
     return {"recipe": json.loads(meta["substrate"]), "fingerprint": json.loads(meta["fingerprint"])}
 
 

@@ -1,34 +1,79 @@
 """Layer-wise growth: train a few blocks + head, freeze them, stack new blocks,
 train only the newest (+ head), optionally with LoRA phases over the frozen
-blocks; or a monolithic baseline on the same token stream."""
+blocks; or a monolithic baseline on the same token stream.
+
+The run is a sequence of named steps: `start_stage` (grow, adapters, trainable
+set, a fresh compiled step), `train_step`, `evaluate_now` + `plateaued`,
+`restart_lora`, `save_checkpoint` (or explain why it could not), `end_stage`.
+"""
 
 import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from mlx_grow.base import UserError
+from mlx_grow.checkpoint import read_meta, save_model, verify_files
+from mlx_grow.config import RunConfig
+from mlx_grow.data.stream import open_stream
+from mlx_grow.io.progress import StepProgress
 from mlx_grow.model import Model, flops_per_token, init_weights
+from mlx_grow.substrate.tables import build_table
+from mlx_grow.tokenizer import load_tokenizer
 from mlx_grow.training import lora as L
 from mlx_grow.training.faults import armed, maybe_fail
-from mlx_grow.training.params import human, stage_active
+from mlx_grow.training.params import human
 from mlx_grow.training.prefix_cache import PrefixCache
-from mlx_grow.training.step import Stepper, TrainConfig, check_finite, split_xy
+from mlx_grow.training.runs import Run, load_checkpoint, remove_stale_temp
+from mlx_grow.training.schedule import Stage, plan
+from mlx_grow.training.step import Stepper, check_finite, evaluate, split_xy
 
 
-def set_trainable(model: Model, stage: dict, substrate_trainable: bool) -> int:
-    """Freeze everything, then unfreeze what this stage trains. Returns the
-    index of the lowest trainable block when nothing below it trains, else 0."""
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
+
+
+# Every random choice of a run derives from train.seed through one of these.
+def init_seed(seed: int) -> int:
+    """Initial weights of the first stage's blocks and head."""
+    return seed
+
+
+def block_seed(seed: int, stage: int) -> int:
+    """Weights of the blocks added at the start of stage `stage` (0-based)."""
+    return seed * 1000 + stage
+
+
+def adapter_key(seed: int, stage: int):
+    """LoRA A matrices added at the start of a stage."""
+    return mx.random.key(seed * 7919 + stage)
+
+
+def restart_key(seed: int, global_step: int):
+    """LoRA A matrices of a restart inside a stage."""
+    return mx.random.key(seed * 31 + global_step)
+
+
+def set_trainable(model: Model, stage: Stage, substrate_trainable: bool) -> int:
+    """Freeze everything, then unfreeze what this stage trains. Returns the index
+    of the block where the backward pass may stop (0 when something below it
+    trains: adapters or the substrate)."""
     model.freeze()
-    n = len(model.layers)
-    first = 0 if stage["train_all"] else n - stage["new"]
+    first = min(stage.first_trainable, len(model.layers))
     for block in model.layers[first:]:
         block.unfreeze()
-    if stage["train_head"] or stage["train_all"]:
+    if stage.train_head or stage.train_all:
         model.norm.unfreeze()
         model.lm_head.unfreeze()
-    subs = substrate_trainable or stage["train_substrate"]
+    subs = substrate_trainable or stage.train_substrate
     if subs:
         model.substrate.unfreeze()
     L.unfreeze_adapters(model.layers[:first])
@@ -36,30 +81,22 @@ def set_trainable(model: Model, stage: dict, substrate_trainable: bool) -> int:
     return 0 if subs or adapters_below else first
 
 
-def lora_for_stage(model: Model, stage: dict, lcfg, args, final: bool = False, key=None) -> int:
-    """Add adapters to frozen blocks if the schedule asks; return adapter params."""
-    if lcfg is None:
+def add_adapters(model: Model, stage: Stage, cfg: RunConfig, key) -> int:
+    """Adapters on the frozen blocks, at the rank the plan chose; returns their parameter count."""
+    if not stage.lora_rank:
         return 0
-    first = len(model.layers) if final else len(model.layers) - stage["new"]
-    wants = final or (lcfg.from_depth is not None and stage["depth"] >= lcfg.from_depth and first > 0)
-    if not wants or first == 0:
-        return 0
-    rank = lcfg.rank
-    if lcfg.budget:
-        base = stage_active(args, 0 if final else stage["new"], stage["train_head"] or final)
-        rank = L.rank_for_budget(args, first, lcfg.targets, lcfg.budget, base)
-    return L.add_lora(model.layers[:first], rank, lcfg.scale, lcfg.targets, key)
+    frozen = len(model.layers) if stage.final_lora else len(model.layers) - stage.new
+    lcfg = cfg.grow.lora
+    return L.add_lora(model.layers[:frozen], stage.lora_rank, lcfg.scale, lcfg.targets, key)
 
 
 def build_model(args, tokenizer, first_blocks: int, seed: int) -> Model:
     """A fresh model with the first stage's blocks; the substrate from its recipe."""
-    from mlx_grow.substrate.tables import build_table
-
     a = type(args).from_dict({**args.to_dict(), "num_hidden_layers": first_blocks})
     strings = tokenizer.token_strings() if a.substrate.kind == "glyph" and not a.substrate.path else None
     table = build_table(a.substrate, a.vocab_size, a.hidden_size, strings)
     model = Model(a, substrate_table=table)
-    init_weights(model, seed)
+    init_weights(model, init_seed(seed))
     return model
 
 
@@ -77,22 +114,14 @@ def train_flops(model, stage_first: int, head: bool, tokens: int, seq_len: int) 
     return tokens * (fwd_blocks + head_f + bwd + (2 * head_f if head or stage_first < n else 0))
 
 
-class TrainingDiverged(RuntimeError):
-    pass
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
-
-
-def stage_streams(d, tok, t, st, seed, progress):
-    """Return batch(local_step, rank, world) for a stage; a monolithic stage walks
-    the grown run's stage streams in order, so both see the same tokens."""
-    from mlx_grow.data.stream import open_stream
-
-    segments = st.get("segments") or [st["steps"]]
-    index = 0 if "segments" in st else st["index"]
-    streams = [open_stream(d, tok, t.seq_len, t.batch_size, seed, stage=index + j, progress=progress)
+def stage_streams(cfg: RunConfig, tok, st: Stage, seed: int, progress: bool):
+    """Return (batch(local_step, rank, world), first stream) for a stage; a
+    monolithic stage walks the grown run's stage streams in order, so both see
+    the same tokens."""
+    t = cfg.train
+    segments = st.segments or [st.steps]
+    index = 0 if st.segments else st.index
+    streams = [open_stream(cfg.data, tok, t.seq_len, t.batch_size, seed, stage=index + j, progress=progress)
                for j in range(len(segments))]
     bounds = np.cumsum([0] + segments)
 
@@ -104,188 +133,247 @@ def stage_streams(d, tok, t, st, seed, progress):
     return batch, streams[0]
 
 
-def grow(config, out, resume: bool = False, seed: int | None = None, progress: bool = True,
-         on_step=None, echo=print):
-    """Run a growth (or monolithic) schedule; return the final model directory."""
-    from pathlib import Path
+@dataclass
+class Progress:
+    """Where a run is: what a checkpoint stores and a resume restores."""
+    stage: int = 0
+    step: int = 0
+    global_step: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    plateau: list = field(default_factory=lambda: [math.inf, 0])  # [best val loss, evals without gain]
+    summary: list = field(default_factory=list)
 
-    from mlx_grow.data.stream import DataConfig
-    from mlx_grow.io.progress import StepProgress
-    from mlx_grow.tokenizer import load_tokenizer
-    from mlx_grow.training.lora import LoRAConfig
-    from mlx_grow.training.runs import Run, load_checkpoint, remove_stale_temp
-    from mlx_grow.training.schedule import GrowConfig, plan
-    from mlx_grow.training.step import evaluate
 
-    g = GrowConfig.from_dict(config.grow)
-    t = TrainConfig.from_dict(config.train)
-    d = DataConfig.from_dict(config.data)
-    lcfg = LoRAConfig.from_dict(g.lora) if g.lora else None
-    args = config.model
-    seed = t.seed if seed is None else int(seed)
-    depth = g.depth or args.num_hidden_layers
-    if t.seq_len > args.max_position_embeddings:
-        raise ValueError(f"train.seq_len {t.seq_len} exceeds the model context {args.max_position_embeddings}")
-    stages = plan(g, depth, t)
-    if lcfg and lcfg.final_phase_steps and not g.monolithic:
-        stages.append({"index": len(stages), "new": 0, "depth": depth, "steps": lcfg.final_phase_steps,
-                       "train_head": True, "train_substrate": False, "train_all": False, "final_lora": True})
-    group = mx.distributed.init()
-    world, rank = group.size(), group.rank()
-    if t.batch_size % (world * t.grad_accum):
-        raise ValueError(f"batch_size {t.batch_size} must divide by ranks x grad_accum = {world * t.grad_accum}")
-    tok = load_tokenizer(config.tokenizer)
-    if tok.vocab_size != args.vocab_size:
-        raise ValueError(f"tokenizer {config.tokenizer} has {tok.vocab_size} ids but model.vocab_size is "
-                         f"{args.vocab_size}: make them equal")
-    run = Run(out, rank)
-    say = echo if rank == 0 else (lambda *a, **k: None)
-    record = {**config.to_dict(), "seed": seed, "depth": depth}
-    run.init(record, {"tokenizer": tok.fingerprint}, resume, barrier=lambda: barrier(group))
-    if rank == 0:
-        remove_stale_temp(Path(out))
-        from mlx_grow.training.memory import fit_warning
+class Grower:
+    """One run of a growth (or monolithic) schedule; `run()` returns the final model dir."""
 
-        if warning := fit_warning(config, world):
-            say(warning)
+    def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print):
+        self.cfg, self.out, self.resume = cfg, Path(out), resume
+        self.on_step, self.show_progress = on_step, progress
+        self.t, self.g, self.args = cfg.train, cfg.grow, cfg.model
+        self.seed = self.t.seed
+        self.stages = plan(cfg)
+        self.group = mx.distributed.init()
+        self.world, self.rank = self.group.size(), self.group.rank()
+        self.say = echo if self.rank == 0 else (lambda *a, **k: None)
+        if self.t.batch_size % (self.world * self.t.grad_accum):
+            raise UserError(f"train.batch_size {self.t.batch_size} must divide by ranks x train.grad_accum = "
+                            f"{self.world * self.t.grad_accum}")
+        self.tok = load_tokenizer(cfg.tokenizer)
+        if self.tok.vocab_size != self.args.vocab_size:
+            raise UserError(f"tokenizer {cfg.tokenizer} has {self.tok.vocab_size} ids but model.vocab_size is "
+                            f"{self.args.vocab_size}: make them equal")
+        self.pcache = PrefixCache(self.g.prefix_cache_mb) if self.g.prefix_cache else None
+        self.val_batches = None
+        self.prev = None  # the last stage's Stepper, for carry_optimizer
 
-    state, opt_flat = None, None
-    if resume and (ckpt := shared_checkpoint(run, group)) is not None:
-        model, state, opt_flat = load_checkpoint(ckpt)
-        run.truncate_metrics(state["global_step"])
-        say(f"resuming from {ckpt} (stage {state['stage'] + 1}, step {state['step']})")
-    else:
-        model = build_model(args, tok, stages[0]["new"], seed)
-    if t.dtype != "float32":
-        model.set_dtype(getattr(mx, t.dtype))
-    g_step = state["global_step"] if state else 0
-    tokens = state.get("tokens", 0) if state else 0
-    flops = state.get("flops", 0.0) if state else 0.0
-    val_batches = None
-    prev = None
-    summary = state.get("summary", []) if state else []
-    pcache = PrefixCache(g.prefix_cache_mb) if g.prefix_cache else None
-    bar = StepProgress(sum(s["steps"] for s in stages), enabled=progress and rank == 0)
-    bar.advance_to(g_step)
-    try:
-        for k in range(state["stage"] if state else 0, len(stages)):
-            st = stages[k]
-            resumed = state is not None and k == state["stage"]
-            final = st.get("final_lora", False)
-            if not resumed and k > 0 and st["new"]:
-                model.add_blocks(st["new"], g.block_init, seed=seed * 1000 + k)
-                maybe_fail("grow", k + 1)
-                run.log({"event": "grow", "global_step": g_step, "stage": k + 1, "depth": len(model.layers),
-                         "tokens": tokens})
-            if not resumed:
-                lora_for_stage(model, st, lcfg, args, final=final, key=mx.random.key(seed * 7919 + k))
-                if t.dtype != "float32":  # new blocks and adapters are built in float32
-                    model.set_dtype(getattr(mx, t.dtype))
-            first = set_trainable(model, st, args.substrate.trainable)
-            model.stop_gradient_below = first
-            if pcache is not None:
-                pcache.invalidate()
-            use_cache = pcache is not None and first > 0
-            batch_of, stream0 = stage_streams(d, tok, t, st, seed, progress and rank == 0)
-            if val_batches is None:
-                val_batches = stream0.val_batches(t.val_batches)
-            seg = st["steps"]
-            if lcfg and lcfg.restarts and L.has_lora(model):
-                seg = math.ceil(st["steps"] / (lcfg.restarts + 1))
-            active = trainable_count(model)
-            stepper = Stepper(model, t, seg, group, carry=prev if g.carry_optimizer and not resumed else None,
-                              prefix_start=first if use_cache else None)
-            prev = None  # free the last stage's optimizer state
-            if resumed:
-                stepper.load_state_dict(opt_flat)
-            step = state["step"] if resumed else 0
-            best, bad = (state.get("plateau", [math.inf, 0]) if resumed else [math.inf, 0])
-            label = "LoRA phase" if final else f"stage {k + 1}/{len(stages)}"
-            say(f"{label}: {len(model.layers)} blocks, training {human(active)} parameters"
-                + (f" (blocks {first + 1}-{len(model.layers)} + head)" if first else ""))
-            t0, last_loss = time.perf_counter(), math.nan
-            while step < st["steps"]:
-                maybe_fail("step", g_step + 1)
-                x, y = split_xy(batch_of(step, rank, world))
-                if on_step is not None:
-                    on_step(g_step, model)
-                if use_cache:
-                    x = pcache(model, np.array(x), first)
-                loss, gnorm = stepper.step(x, y)
-                if armed("step", g_step + 1) == "nan" or getattr(on_step, "poison", None) == g_step:
-                    loss = math.nan
-                try:
-                    check_finite(loss, g_step)
-                except FloatingPointError as e:
-                    last = run.checkpoints()[-1] if run.checkpoints() else None
-                    raise TrainingDiverged(
-                        f"{e} (stage {k + 1}); stopped. The last good checkpoint is {last or 'none yet'}: "
-                        "lower train.lr and run again with --resume"
-                    ) from None
-                step, g_step, last_loss = step + 1, g_step + 1, loss
-                tokens += t.batch_size * t.seq_len
-                flops += train_flops(model, first, st["train_head"], t.batch_size * t.seq_len, t.seq_len)
+    # --- the run ---
+
+    def run(self):
+        run = self.run_dir = Run(self.out, self.rank)
+        record = {**self.cfg.to_dict(), "seed": self.seed, "depth": self.cfg.depth}
+        run.init(record, {"tokenizer": self.tok.fingerprint}, self.resume, barrier=lambda: barrier(self.group))
+        if self.rank == 0:
+            remove_stale_temp(self.out)
+            from mlx_grow.training.memory import fit_warning
+
+            if warning := fit_warning(self.cfg, self.world):
+                self.say(warning)
+        state, opt_flat = None, None
+        if self.resume and (ckpt := shared_checkpoint(run, self.group)) is not None:
+            self.model, state, opt_flat = load_checkpoint(ckpt)
+            run.truncate_metrics(state["global_step"])
+            self.say(f"resuming from {ckpt} (stage {state['stage'] + 1}, step {state['step']})")
+        else:
+            self.model = build_model(self.args, self.tok, self.stages[0].new, self.seed)
+        self.cast()
+        self.pos = Progress(**{k: v for k, v in (state or {}).items() if k in Progress.__dataclass_fields__})
+        self.bar = StepProgress(sum(s.steps for s in self.stages), enabled=self.show_progress and self.rank == 0)
+        self.bar.advance_to(self.pos.global_step)
+        try:
+            for k in range(self.pos.stage, len(self.stages)):
+                resumed = state is not None and k == state["stage"]
+                self.start_stage(self.stages[k], resumed, opt_flat if resumed else None)
+                self.train_stage(self.stages[k])
+                self.end_stage(self.stages[k])
+        finally:
+            self.bar.close()
+        return self.finish()
+
+    def cast(self):
+        if self.t.dtype != "float32":  # new blocks and adapters are built in float32
+            self.model.set_dtype(getattr(mx, self.t.dtype))
+
+    def start_stage(self, st: Stage, resumed: bool, opt_flat=None):
+        """Grow the model, add this stage's adapters, set the trainable set and
+        build a fresh compiled step (mx.compile does not re-trace when only the
+        trainable set changes)."""
+        model, pos = self.model, self.pos
+        if not resumed:
+            pos.step, pos.plateau = 0, [math.inf, 0]
+            if st.index > 0 and st.new:
+                model.add_blocks(st.new, self.g.block_init, seed=block_seed(self.seed, st.index))
+                maybe_fail("grow", st.index + 1)
+                self.run_dir.log({"event": "grow", "global_step": pos.global_step, "stage": st.index + 1,
+                                  "depth": len(model.layers), "tokens": pos.tokens})
+            add_adapters(model, st, self.cfg, adapter_key(self.seed, st.index))
+            self.cast()
+        carry = self.prev if self.g.carry_optimizer and not resumed else None
+        self.prev = None  # free the last stage's optimizer state once carried
+        self.set_stepper(st, carry)
+        if resumed:
+            self.stepper.load_state_dict(opt_flat)
+        if self.pcache is not None:
+            self.pcache.invalidate()
+        self.batch_of, stream0 = stage_streams(self.cfg, self.tok, st, self.seed, self.show_progress and self.rank == 0)
+        if self.val_batches is None:
+            self.val_batches = stream0.val_batches(self.t.val_batches)
+        self.active = trainable_count(model)
+        self.label = st.label if st.final_lora else f"{st.label}/{len(self.stages)}"
+        self.say(f"{self.label}: {len(model.layers)} blocks, training {human(self.active)} parameters"
+                 + (f" (blocks {self.first + 1}-{len(model.layers)} + head)" if self.first else ""))
+
+    def set_stepper(self, st: Stage, carry=None):
+        self.first = set_trainable(self.model, st, self.args.substrate.trainable)
+        self.use_cache = self.pcache is not None and self.first > 0
+        lcfg = self.g.lora
+        self.segment = st.steps
+        if lcfg and lcfg.restarts and L.has_lora(self.model):
+            self.segment = math.ceil(st.steps / (lcfg.restarts + 1))
+        self.stepper = Stepper(self.model, self.t, self.segment, self.group, carry=carry,
+                               prefix_start=self.first if self.use_cache else None, frozen_below=self.first)
+
+    def train_stage(self, st: Stage):
+        t, pos = self.t, self.pos
+        t0, self.last_loss, start_step = time.perf_counter(), math.nan, pos.step
+        while pos.step < st.steps:
+            loss, gnorm = self.train_step(st)
+            pos.step, pos.global_step, self.last_loss = pos.step + 1, pos.global_step + 1, loss
+            tokens = t.batch_size * t.seq_len
+            pos.tokens += tokens
+            pos.flops += train_flops(self.model, self.first, st.train_head, tokens, t.seq_len)
+            self.bar.update(pos.global_step, f"{self.label} loss {loss:.3f}")
+            if pos.step % t.log_every == 0 or pos.step == st.steps:
                 dt = time.perf_counter() - t0
-                bar.update(g_step, f"{label} loss {loss:.3f}")
-                if step % t.log_every == 0 or step == st["steps"]:
-                    run.log({"event": "train", "global_step": g_step, "stage": k + 1, "step": step,
-                             "loss": loss, "lr": stepper.lr, "grad_norm": gnorm, "tokens": tokens,
-                             "tok_s": t.batch_size * t.seq_len * step / max(dt, 1e-9) if not resumed else None,
-                             "active_params": active, "flops": flops,
-                             "peak_mem_mb": mx.get_peak_memory() / 2**20})
-                if t.eval_every and step % t.eval_every == 0 and step < st["steps"]:
-                    val = evaluate(model, val_batches, (pcache, first) if use_cache else None, group)
-                    run.log({"event": "eval", "global_step": g_step, "stage": k + 1, "val_loss": val,
-                             "tokens": tokens, "flops": flops})
-                    if g.plateau:
-                        if val < best - g.plateau.get("min_delta", 0.0):
-                            best, bad = val, 0
-                        else:
-                            bad += 1
-                        if bad >= g.plateau.get("patience", 3):
-                            say(f"{label}: validation loss plateaued at {val:.4f}; ending the stage")
-                            step = st["steps"]
-                if lcfg and lcfg.restarts and L.has_lora(model) and step % seg == 0 and step < st["steps"]:
-                    L.fuse_lora(model.layers)
-                    lora_for_stage(model, st, lcfg, args, final=final, key=mx.random.key(seed * 31 + g_step))
-                    if t.dtype != "float32":
-                        model.set_dtype(getattr(mx, t.dtype))
-                    first = set_trainable(model, st, args.substrate.trainable)
-                    stepper = Stepper(model, t, seg, group, prefix_start=first if use_cache else None)
-                if t.checkpoint_every and g_step % t.checkpoint_every == 0:
-                    ck = {"stage": k, "step": step, "global_step": g_step, "tokens": tokens, "flops": flops,
-                          "lora": L.lora_structure(model), "plateau": [best, bad], "summary": summary,
-                          "lineage": {"run": str(out), "stage": k + 1, "step": g_step}}
-                    try:
-                        run.save_checkpoint(model, tok, stepper, ck, t.keep_checkpoints)
-                    except OSError as e:
-                        last = run.checkpoints()[-1] if run.checkpoints() else "none yet"
-                        raise CheckpointWriteError(e.errno, f"cannot write the step-{g_step:06d} checkpoint "
-                                                   f"({e.strerror}); the last good checkpoint is {last}: "
-                                                   "free space, then run again with --resume") from e
-            L.fuse_lora(model.layers)
-            val = evaluate(model, val_batches, (pcache, first) if use_cache else None, group)
-            run.log({"event": "eval", "global_step": g_step, "stage": k + 1, "val_loss": val,
-                     "tokens": tokens, "flops": flops, "stage_end": True,
-                     **({"prefix_cache_hits": pcache.hits, "prefix_cache_misses": pcache.misses} if use_cache else {})})
-            summary.append({"stage": k + 1, "depth": len(model.layers), "active_params": active,
-                            "steps": st["steps"], "tokens": tokens, "train_loss": last_loss, "val_loss": val})
-            if rank == 0:
-                save_stage(model, tok, run.stage_dir(k), out, k, summary)
-            prev = stepper
-            say(f"{label} done: validation loss {val:.4f}")
-    finally:
-        bar.close()
-    final_dir = run.root / "final"
-    if rank == 0:
-        from mlx_grow.checkpoint import save_model
-        from mlx_grow.training.plot import plot_run
+                self.run_dir.log({"event": "train", "global_step": pos.global_step, "stage": st.index + 1,
+                                  "step": pos.step, "loss": loss, "lr": self.stepper.lr, "grad_norm": gnorm,
+                                  "tokens": pos.tokens,
+                                  "tok_s": tokens * (pos.step - start_step) / max(dt, 1e-9) if start_step == 0 else None,
+                                  "active_params": self.active, "flops": pos.flops,
+                                  "peak_mem_mb": mx.get_peak_memory() / 2**20})
+            if t.eval_every and pos.step % t.eval_every == 0 and pos.step < st.steps:
+                val = self.evaluate_now(st)
+                if self.plateaued(val):
+                    self.say(f"{self.label}: validation loss plateaued at {val:.4f}; ending the stage")
+                    pos.step = st.steps
+            lcfg = self.g.lora
+            if lcfg and lcfg.restarts and L.has_lora(self.model) and pos.step % self.segment == 0 \
+                    and pos.step < st.steps:
+                self.restart_lora(st)
+            if t.checkpoint_every and pos.global_step % t.checkpoint_every == 0:
+                self.save_checkpoint(st)
 
-        model.set_dtype(mx.float32)
-        save_model(model, final_dir, tok, meta={"lineage": {"run": str(out), "stage": len(stages), "summary": summary},
-                                                "seed": seed}, overwrite=True)
-        plot_run(run.root)
-    return final_dir, summary
+    def train_step(self, st: Stage):
+        """One optimizer step; a NaN or infinite loss stops the run."""
+        g_step = self.pos.global_step
+        maybe_fail("step", g_step + 1)
+        x, y = split_xy(self.batch_of(self.pos.step, self.rank, self.world))
+        if self.on_step is not None:
+            self.on_step(g_step, self.model)
+        if self.use_cache:
+            x = self.pcache(self.model, np.array(x), self.first)
+        loss, gnorm = self.stepper.step(x, y)
+        if armed("step", g_step + 1) == "nan":
+            loss = math.nan
+        try:
+            check_finite(loss, g_step)
+        except FloatingPointError as e:
+            last = self.run_dir.checkpoints()[-1] if self.run_dir.checkpoints() else None
+            raise TrainingDiverged(
+                f"{e} (stage {st.index + 1}); stopped. The last good checkpoint is {last or 'none yet'}: "
+                "lower train.lr and run again with --resume") from None
+        return loss, gnorm
+
+    def evaluate_now(self, st: Stage, **extra) -> float:
+        val = evaluate(self.model, self.val_batches, (self.pcache, self.first) if self.use_cache else None,
+                       self.group)
+        self.run_dir.log({"event": "eval", "global_step": self.pos.global_step, "stage": st.index + 1,
+                          "val_loss": val, "tokens": self.pos.tokens, "flops": self.pos.flops, **extra})
+        return val
+
+    def plateaued(self, val: float) -> bool:
+        """True when `grow.plateau.patience` evaluations in a row brought no gain
+        of at least `min_delta` nats."""
+        p = self.g.plateau
+        if p is None:
+            return False
+        best, bad = self.pos.plateau
+        if val < best - p.min_delta:
+            best, bad = val, 0
+        else:
+            bad += 1
+        self.pos.plateau = [best, bad]
+        return bad >= p.patience
+
+    def restart_lora(self, st: Stage):
+        """Merge the adapters, add fresh ones, reset their optimizer and re-warm the LR."""
+        L.fuse_lora(self.model.layers)
+        add_adapters(self.model, st, self.cfg, restart_key(self.seed, self.pos.global_step))
+        self.cast()
+        self.set_stepper(st)
+
+    def save_checkpoint(self, st: Stage):
+        pos, run = self.pos, self.run_dir
+        state = {"stage": st.index, "step": pos.step, "global_step": pos.global_step, "tokens": pos.tokens,
+                 "flops": pos.flops, "lora": L.lora_structure(self.model), "plateau": pos.plateau,
+                 "summary": pos.summary, "lineage": {"run": str(self.out), "stage": st.index + 1,
+                                                     "step": pos.global_step}}
+        try:
+            run.save_checkpoint(self.model, self.tok, self.stepper, state, self.t.keep_checkpoints)
+        except OSError as e:
+            last = run.checkpoints()[-1] if run.checkpoints() else "none yet"
+            raise CheckpointWriteError(e.errno, f"cannot write the step-{pos.global_step:06d} checkpoint "
+                                       f"({e.strerror}); the last good checkpoint is {last}: "
+                                       "free space, then run again with --resume") from e
+
+    def end_stage(self, st: Stage):
+        """Merge adapters, evaluate, and save the stage's model."""
+        L.fuse_lora(self.model.layers)
+        extra = {"stage_end": True}
+        if self.use_cache:
+            extra.update(prefix_cache_hits=self.pcache.hits, prefix_cache_misses=self.pcache.misses)
+        val = self.evaluate_now(st, **extra)
+        self.pos.summary.append({"stage": st.index + 1, "depth": len(self.model.layers), "active_params": self.active,
+                                 "steps": st.steps, "tokens": self.pos.tokens, "train_loss": self.last_loss,
+                                 "val_loss": val})
+        if self.rank == 0:
+            save_model(self.model, self.run_dir.stage_dir(st.index), self.tok, overwrite=True,
+                       meta={"lineage": {"run": str(self.out), "stage": st.index + 1,
+                                         "summary": self.pos.summary[-1]}})
+        self.prev = self.stepper
+        self.say(f"{self.label} done: validation loss {val:.4f}")
+
+    def finish(self):
+        final_dir = self.run_dir.root / "final"
+        if self.rank == 0:
+            from mlx_grow.training.plot import plot_run
+
+            self.model.set_dtype(mx.float32)
+            save_model(self.model, final_dir, self.tok, overwrite=True,
+                       meta={"lineage": {"run": str(self.out), "stage": len(self.stages),
+                                         "summary": self.pos.summary}, "seed": self.seed})
+            plot_run(self.run_dir.root)
+        return final_dir, self.pos.summary
+
+
+def grow(config: RunConfig, out, resume: bool = False, seed: int | None = None, progress: bool = True,
+         on_step=None, echo=print):
+    """Run a growth (or monolithic) schedule; return (final model directory, stage summary).
+    `seed` overrides train.seed; `on_step(global_step, model)` observes each step."""
+    if seed is not None:
+        config.override(train={"seed": int(seed)})
+    return Grower(config, out, resume, progress, on_step, echo).run()
 
 
 def barrier(group):
@@ -297,8 +385,6 @@ def barrier(group):
 def shared_checkpoint(run, group):
     """The checkpoint to resume from: rank 0 picks the newest one that passes its
     checksums, and every rank loads that one (None: start afresh)."""
-    from mlx_grow.checkpoint import read_meta, verify_files
-
     ckpt = run.latest() if group.rank() == 0 else None
     if group.size() == 1:
         return ckpt
@@ -314,10 +400,3 @@ def shared_checkpoint(run, group):
                 "same path on every host (a shared disk, or copy it there first)")
         verify_files(ckpt, read_meta(ckpt))
     return ckpt
-
-
-def save_stage(model, tok, path, out, k, summary):
-    from mlx_grow.checkpoint import save_model
-
-    save_model(model, path, tok, meta={"lineage": {"run": str(out), "stage": k + 1, "summary": summary[-1]}},
-               overwrite=True)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from mlx_grow.base import UserError
 from mlx_grow.training.params import human, stage_active, totals
 
 # Figures as the papers print them, shown next to ours.
@@ -21,12 +22,12 @@ def describe(target: str) -> dict:
     if p.is_dir() and (p / "config.json").exists():
         from mlx_grow.checkpoint import load_args
 
-        args, name, grow = load_args(p), p.name, None
+        args, name, cfg = load_args(p), p.name, None
     else:
         from mlx_grow.config import load_config
 
         cfg = load_config(target)
-        args, name, grow = cfg.model, cfg.name, cfg.grow
+        args, name = cfg.model, cfg.name
     t = totals(args)
     rows = [[part, f"{n:,}", human(n), "frozen" if part == "substrate" and t["frozen"] else "trainable"]
             for part, n in t["parts"].items()]
@@ -34,8 +35,8 @@ def describe(target: str) -> dict:
                  f"trainable {human(t['trainable'])}"])
     notes = [f"per block: {t['per_block']:,}; substrate: {args.substrate.kind}"
              + (f", {args.substrate.bits} bits" if args.substrate.kind in ("binary", "gf2", "random", "float") else "")]
-    if grow is not None:
-        notes += stage_notes(args, grow, t)
+    if cfg is not None:
+        notes += stage_notes(cfg, t)
     for key, val in PUBLISHED.get(name, {}).items():
         notes.append(f"published ({key}): {val}")
     return {"title": f"{name}: parameters", "columns": ["part", "count", "", "status"], "rows": rows,
@@ -49,28 +50,34 @@ def memory(target: str, batch=None, seq=None, stage=None, ranks: int = 1) -> dic
 
     p = Path(target)
     if p.is_dir() and (p / "config.json").exists():
-        raise ValueError(f"{target} is a model directory; memory prediction needs a run config "
+        raise UserError(f"{target} is a model directory; memory prediction needs a run config "
                          "(a YAML path or a packaged name such as paper-9l-glyph)")
     for name, v in (("--batch", batch), ("--seq", seq), ("--stage", stage), ("--ranks", ranks)):
         if v is not None and v < 1:
-            raise ValueError(f"{name} must be at least 1, got {v}")
+            raise UserError(f"{name} must be at least 1, got {v}")
     return report(load_config(target), batch, seq, stage, ranks)
 
 
-def stage_notes(args, grow: dict, t: dict) -> list:
-    from mlx_grow.training.schedule import GrowConfig, plan
-    from mlx_grow.training.step import TrainConfig
+def stage_notes(cfg, t: dict) -> list:
+    """One line per stage of the plan: blocks, active parameters, steps and tokens."""
+    from mlx_grow.training.schedule import plan
 
-    g = GrowConfig.from_dict(grow)
-    depth = g.depth or args.num_hidden_layers
-    if g.monolithic:
-        return [f"monolithic: trains {human(t['trainable'])} ({t['trainable']:,}) at once"]
+    args = cfg.model
+    per_step = cfg.train.batch_size * cfg.train.seq_len
     out = []
-    for st in plan(g, depth, TrainConfig()):
-        n = stage_active(args, st["new"], st["train_head"], train_substrate=st["train_substrate"])
-        out.append(f"stage {st['index'] + 1}: +{st['new']} blocks -> depth {st['depth']}, "
-                   f"active {n:,} ({human(n)})")
-    out.append(f"monolithic baseline trainable: {t['trainable']:,} ({human(t['trainable'])})")
+    for st in plan(cfg):
+        if st.train_all and cfg.grow.monolithic:
+            out.append(f"monolithic: trains {human(t['trainable'])} ({t['trainable']:,}) at once, "
+                       f"{st.steps:,} steps, {human(st.steps * per_step)} tokens")
+            continue
+        n = stage_active(args, st.new, st.train_head, st.lora_params, train_substrate=st.train_substrate)
+        what = f"+{st.new} blocks -> depth {st.depth}" if st.new else f"LoRA rank {st.lora_rank} on {st.depth} blocks"
+        out.append(f"{st.label}: {what}, active {n:,} ({human(n)}), "
+                   f"{st.steps:,} steps, {human(st.steps * per_step)} tokens")
+    total = sum(s.steps for s in plan(cfg)) * per_step
+    out.append(f"planned tokens: {total:,} ({human(total)})")
+    if not cfg.grow.monolithic:
+        out.append(f"monolithic baseline trainable: {t['trainable']:,} ({human(t['trainable'])})")
     return out
 
 

@@ -1,34 +1,10 @@
 """LoRA adapters on frozen blocks (mlx-lm's LoRALinear), rank budgeting and fusing."""
 
-from dataclasses import dataclass, field
-
 import mlx.core as mx
 from mlx_lm.tuner.lora import LoRALinear
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
-
-
-@dataclass
-class LoRAConfig:
-    rank: int = 8
-    scale: float = 2.0
-    targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
-    from_depth: int | None = None  # adapters on all frozen blocks once the model is this deep
-    budget: int | None = None  # cap on active params; the rank is chosen to fit
-    restarts: int = 0  # per stage: merge, fresh adapters, optimizer reset, LR re-warmup
-    final_phase_steps: int = 0  # a last phase: adapters on every block, merged at the end
-    final_phase_tokens: int | None = None
-
-    def __post_init__(self):
-        bad = [t for t in self.targets if t not in TARGETS]
-        if bad:
-            raise ValueError(f"unknown LoRA target(s) {bad}; choose from {', '.join(TARGETS)}")
-
-    @classmethod
-    def from_dict(cls, d, where="grow.lora"):
-        from mlx_grow.base import strict_from_dict
-
-        return strict_from_dict(cls, dict(d), where)
+from mlx_grow.base import UserError
+from mlx_grow.config import LORA_TARGETS as TARGETS
 
 
 def _linears(block, targets):
@@ -52,7 +28,7 @@ def rank_for_budget(args, n_blocks: int, targets, budget: int, base_active: int,
         return 0
     rank = min(max_rank, room // per_rank)
     if rank < 1:
-        raise ValueError(
+        raise UserError(
             f"LoRA budget {budget:,} leaves no room for adapters: the stage already trains "
             f"{base_active:,} parameters; raise grow.lora.budget or adapt fewer blocks"
         )
@@ -67,7 +43,7 @@ def add_lora(blocks, rank: int, scale: float, targets, key) -> int:
         for parent, name in _linears(block, targets):
             base = getattr(parent, name)
             if isinstance(base, LoRALinear):
-                raise ValueError(f"{name} already has an adapter; fuse it first")
+                raise UserError(f"{name} already has an adapter; fuse it first")
             lora = LoRALinear.from_base(base, r=rank, scale=scale)
             key, sub = mx.random.split(key)
             bound = 1 / base.weight.shape[1] ** 0.5

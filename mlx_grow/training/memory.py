@@ -28,6 +28,7 @@ attention differently, so treat GPU figures as estimates.
 import os
 from dataclasses import dataclass
 
+from mlx_grow.base import UserError
 from mlx_grow.training.params import human, stage_active, totals
 
 # [B, T, d] tensors each trainable block keeps for its backward pass
@@ -55,22 +56,22 @@ class Shape:
     eval_batch: int  # rows of a validation batch per rank
 
 
-def stage_peak(args, stage: dict, shape: Shape, dtype: str = "float32", lora_params: int = 0,
+def stage_peak(args, stage, shape: Shape, dtype: str = "float32", lora_params: int = 0,
                prefix_cache_bytes: int = 0, ranks: int = 1) -> dict:
-    """Predicted bytes by part, and the peak, of one stage from `schedule.plan`."""
+    """Predicted bytes by part, and the peak, of one `schedule.Stage`."""
     pb = DTYPE_BYTES.get(dtype)
     if pb is None:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
+        raise UserError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
     d, V, H = args.hidden_size, args.vocab_size, args.num_attention_heads
-    depth = stage["depth"]
-    everything = stage.get("train_all") or stage.get("train_substrate") or args.substrate.trainable
+    depth = stage.depth
+    everything = stage.train_all or stage.train_substrate or args.substrate.trainable
     if everything:
-        active = totals(args, depth)["trainable"] if stage.get("train_all") else \
-            stage_active(args, stage["new"], stage["train_head"], lora_params, train_substrate=True)
+        active = totals(args, depth)["trainable"] if stage.train_all else \
+            stage_active(args, stage.new, stage.train_head, lora_params, train_substrate=True)
     else:
-        active = stage_active(args, stage["new"], stage["train_head"], lora_params)
+        active = stage_active(args, stage.new, stage.train_head, lora_params)
     # gradients flow through every block when anything below the new blocks trains
-    backprop = depth if everything or lora_params else stage["new"]
+    backprop = depth if everything or lora_params else stage.new
     frozen = depth - backprop
 
     def acts(rows):
@@ -84,7 +85,7 @@ def stage_peak(args, stage: dict, shape: Shape, dtype: str = "float32", lora_par
     bf16_logits = 2 * shape.batch * shape.seq * V * pb if pb < 4 else 0
     head_tensors = HEAD_FP32 * z + bf16_logits
     averaging = active * pb if ranks > 1 else 0
-    head = saved + head_tensors + (V * d * pb if stage["train_head"] else 0) + averaging
+    head = saved + head_tensors + (V * d * pb if stage.train_head else 0) + averaging
     blocks = saved + head_tensors + BACKWARD_ACTS * u + BACKWARD_SCORES * s + averaging if backprop else 0
     update = UPDATE_COPIES * active * pb + averaging
     ue, se, ze = acts(shape.eval_batch)
@@ -103,54 +104,25 @@ def stage_peak(args, stage: dict, shape: Shape, dtype: str = "float32", lora_par
             "peak": sum(resident.values()) + moments[worst]}
 
 
-def config_stages(cfg) -> list:
-    """The stages `grow` runs for a config, with the LoRA adapters each one trains."""
-    from mlx_grow.training.lora import LoRAConfig, lora_param_count, rank_for_budget
-    from mlx_grow.training.schedule import GrowConfig, plan
-    from mlx_grow.training.step import TrainConfig
-
-    g, t, args = GrowConfig.from_dict(cfg.grow), TrainConfig.from_dict(cfg.train), cfg.model
-    depth = g.depth or args.num_hidden_layers
-    stages = plan(g, depth, t)
-    lcfg = LoRAConfig.from_dict(g.lora) if g.lora else None
-    if lcfg and lcfg.final_phase_steps and not g.monolithic:
-        stages.append({"index": len(stages), "new": 0, "depth": depth, "steps": lcfg.final_phase_steps,
-                       "train_head": True, "train_substrate": False, "train_all": False, "final_lora": True})
-    for st in stages:
-        final = st.get("final_lora", False)
-        first = st["depth"] if final else st["depth"] - st["new"]
-        st["lora"] = 0
-        if lcfg and first and (final or (lcfg.from_depth is not None and st["depth"] >= lcfg.from_depth)):
-            rank = lcfg.rank
-            if lcfg.budget:
-                base = stage_active(args, 0 if final else st["new"], st["train_head"] or final)
-                rank = rank_for_budget(args, first, lcfg.targets, lcfg.budget, base)
-            st["lora"] = lora_param_count(args, first, rank, lcfg.targets)
-    return stages
-
-
 def plan_config(cfg, batch: int | None = None, seq: int | None = None, ranks: int = 1) -> dict:
     """Predictions for every stage of `cfg` and for monolithic training of the
     same depth: {"stages": [...], "monolithic": {...}, "batch", "seq", "dtype"}."""
-    from mlx_grow.training.schedule import GrowConfig
-    from mlx_grow.training.step import TrainConfig
+    from mlx_grow.training.schedule import Stage, plan
 
-    t = TrainConfig.from_dict(cfg.train)
-    g = GrowConfig.from_dict(cfg.grow)
+    t, g = cfg.train, cfg.grow
     batch, seq = batch or t.batch_size, seq or t.seq_len
     if batch % (ranks * t.grad_accum):
-        raise ValueError(f"batch {batch} must divide by ranks x grad_accum = {ranks * t.grad_accum}")
+        raise UserError(f"batch {batch} must divide by ranks x grad_accum = {ranks * t.grad_accum}")
     shape = Shape(batch // (ranks * t.grad_accum), seq, batch // ranks)
     out = []
-    for st in config_stages(cfg):
+    for st in plan(cfg):
         cache = 0
-        if g.prefix_cache and st["depth"] > st["new"] and not st.get("train_all"):
-            rows = st["steps"] * batch // ranks + t.val_batches * batch
+        if g.prefix_cache and st.depth > st.new and not st.train_all:
+            rows = st.steps * batch // ranks + t.val_batches * batch
             cache = min(g.prefix_cache_mb << 20, rows * seq * cfg.model.hidden_size * DTYPE_BYTES[t.dtype])
-        out.append({**stage_peak(cfg.model, st, shape, t.dtype, st["lora"], cache, ranks), "stage": st})
-    depth = g.depth or cfg.model.num_hidden_layers
-    mono = {"index": 0, "new": depth, "depth": depth, "train_head": True, "train_substrate": False,
-            "train_all": True}
+        out.append({**stage_peak(cfg.model, st, shape, t.dtype, st.lora_params, cache, ranks), "stage": st})
+    depth = cfg.depth
+    mono = Stage(index=0, new=depth, depth=depth, steps=1, train_all=True)
     return {"stages": out, "monolithic": stage_peak(cfg.model, mono, shape, t.dtype, ranks=ranks), "batch": batch,
             "seq": seq, "dtype": t.dtype, "ranks": ranks}
 
@@ -176,7 +148,7 @@ def fit_warning(cfg, ranks: int = 1) -> str | None:
     have, source = machine_memory()
     if worst["peak"] <= have:
         return None
-    k = worst["stage"]["index"] + 1
+    k = worst["stage"].index + 1
     return (f"warning: stage {k} is predicted to need {gb(worst['peak'])} per rank at batch {p['batch']} x "
             f"seq {p['seq']} ({p['dtype']}), but this machine has {gb(have)} ({source}); lower "
             "train.batch_size (raise train.grad_accum to keep the global batch) or add ranks")
@@ -191,9 +163,9 @@ def report(cfg, batch=None, seq=None, stage: int | None = None, ranks: int = 1) 
     p = plan_config(cfg, batch, seq, ranks)
     n = len(p["stages"])
     if stage is not None and not 1 <= stage <= n:
-        raise ValueError(f"--stage {stage} is out of range: this schedule has stages 1-{n}")
+        raise UserError(f"--stage {stage} is out of range: this schedule has stages 1-{n}")
     chosen = [p["stages"][stage - 1]] if stage else p["stages"]
-    cols = [(f"stage {r['stage']['index'] + 1}", r) for r in chosen] + [("monolithic", p["monolithic"])]
+    cols = [(f"stage {r['stage'].index + 1}", r) for r in chosen] + [("monolithic", p["monolithic"])]
     keys = ["weights", "optimizer", "gradients", "activations", "logits", "prefix cache"]
     rows = [[k] + [gb(r["parts"][k]) for _, r in cols] for k in keys]
     rows.append(["active params"] + [human(r["active"]) for _, r in cols])

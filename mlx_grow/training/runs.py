@@ -17,6 +17,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     CheckpointError,
     check_shapes,
@@ -58,13 +59,14 @@ class Run:
                 )
             for key in ("tokenizer", "substrate"):
                 if old.get(key) != record.get(key):
-                    raise ValueError(
+                    raise UserError(
                         f"cannot resume {self.root}: its {key} fingerprint differs from this config's "
                         f"({old.get(key)} vs {record.get(key)})"
                     )
-            if old["config"] != config:
-                diff = sorted(k for k in set(old["config"]) | set(config) if old["config"].get(k) != config.get(k))
-                raise ValueError(
+            before = normalized(old["config"])
+            if before != config:
+                diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+                raise UserError(
                     f"cannot resume {self.root}: it was started with a different config "
                     f"(sections differ: {', '.join(diff)}); resume with the same config and flags"
                 )
@@ -162,7 +164,29 @@ def read_run_config(root):
     f = Path(root) / "run.json"
     if not f.exists():
         raise FileNotFoundError(f"nothing to resume: {f} does not exist")
-    cfg = dict(json.loads(f.read_text())["config"])
-    cfg.pop("seed", None)
+    try:
+        cfg = dict(json.loads(f.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{f} is damaged ({e}); it cannot be resumed") from None
+    seed = cfg.pop("seed", None)
     cfg.pop("depth", None)
-    return RunConfig.from_dict(cfg, where=str(f))
+    config = RunConfig.from_dict(cfg, where=str(f))
+    if seed is not None and config.train.seed != seed:  # runs written before the seed lived in train.seed
+        config.override(train={"seed": seed})
+    return config
+
+
+def normalized(record: dict) -> dict:
+    """A run.json config record as this version writes it (older runs kept only
+    the keys their YAML gave)."""
+    from mlx_grow.config import RunConfig
+
+    cfg = dict(record)
+    extra = {k: cfg.pop(k) for k in ("seed", "depth") if k in cfg}
+    try:
+        config = RunConfig.from_dict(cfg, where="run.json")
+    except ValueError:
+        return record
+    if extra.get("seed") is not None and config.train.seed != extra["seed"]:
+        config.override(train={"seed": extra["seed"]})
+    return {**config.to_dict(), "seed": extra.get("seed", config.train.seed), "depth": config.depth}

@@ -1,75 +1,89 @@
-"""Growth schedules: which blocks each stage adds, for how long, and what trains."""
+"""The stage plan: which blocks each stage adds, for how long, what trains, and
+which LoRA adapters it puts on the frozen blocks. `grow`, `info` and the memory
+planner all read the plan from `plan(cfg)`."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mlx_grow.base import strict_from_dict
-from mlx_grow.model import BLOCK_INITS
-from mlx_grow.training.step import TrainConfig
+from mlx_grow.base import UserError
+from mlx_grow.config import RunConfig, per_stage
+from mlx_grow.training.lora import lora_param_count, rank_for_budget
+from mlx_grow.training.params import stage_active
 
 
 @dataclass
-class GrowConfig:
-    depth: int | None = None  # default: model.num_hidden_layers
-    blocks_per_stage: int = 3
-    stages: list | None = None  # explicit new-block counts, e.g. [3, 3, 3, 3, 4]
-    monolithic: bool = False  # all blocks at once on the same token stream
-    steps_per_stage: int | list = 200
-    tokens_per_stage: int | list | None = None  # overrides steps_per_stage
-    plateau: dict | None = None  # {patience: evals, min_delta: nats}: end a stage early
-    train_head: bool | list = True  # per stage; False = only the new blocks train
-    train_substrate_first: bool = False  # substrate trainable in stage 1, frozen after
-    train_all_last: bool = False  # the last stage trains every block (never a paper default)
-    block_init: str = "random"  # random | zero-out | copy-top
-    carry_optimizer: bool = True  # keep head/norm Adam moments across growth events
-    prefix_cache: bool = False  # cache the frozen prefix's hidden states
-    prefix_cache_mb: int = 512
-    lora: dict | None = None  # see lora.LoRAConfig
+class Stage:
+    index: int  # 0-based
+    new: int  # blocks added at the start of the stage
+    depth: int  # blocks after the stage
+    steps: int
+    train_head: bool = True
+    train_substrate: bool = False
+    train_all: bool = False  # every block trains (monolithic, or train_all_last)
+    final_lora: bool = False  # the last LoRA phase: adapters on every block, no new block
+    segments: list = field(default_factory=list)  # monolithic: steps of each grown stage it mirrors
+    lora_rank: int = 0  # adapters on the frozen blocks below (0: none)
+    lora_params: int = 0
 
-    def __post_init__(self):
-        if self.block_init not in BLOCK_INITS:
-            raise ValueError(f"grow.block_init must be one of {', '.join(BLOCK_INITS)}")
+    @property
+    def first_trainable(self) -> int:
+        """Index of the lowest block whose weights train (adapters aside)."""
+        if self.train_all:
+            return 0
+        return self.depth if self.final_lora else self.depth - self.new
 
-    @classmethod
-    def from_dict(cls, d, where="grow config"):
-        return strict_from_dict(cls, dict(d or {}), where)
-
-
-def per_stage(value, k: int):
-    if isinstance(value, (list, tuple)):
-        return value[min(k, len(value) - 1)]
-    return value
+    @property
+    def label(self) -> str:
+        return "LoRA phase" if self.final_lora else f"stage {self.index + 1}"
 
 
-def plan(g: GrowConfig, depth: int, t: TrainConfig) -> list:
-    """One dict per stage: new blocks, depth after, steps and what trains."""
-    if g.stages:
-        sizes = [int(s) for s in g.stages]
-        if sum(sizes) != depth:
-            raise ValueError(
-                f"stages {sizes} add up to {sum(sizes)} blocks but the depth is {depth}: "
-                "make the stage list reach the depth (e.g. --stages 3,3,3,3,4 for 16)"
-            )
-    else:
-        k = g.blocks_per_stage
-        if k < 1:
-            raise ValueError("blocks_per_stage must be at least 1")
-        sizes = [k] * (depth // k) + ([depth % k] if depth % k else [])
-    if g.monolithic:
-        sizes_m = sizes
-        sizes = [depth]
+def steps_for(cfg: RunConfig, k: int, steps, tokens) -> int:
+    """Optimizer steps of stage `k`: from its token budget when one is given."""
+    t = per_stage(tokens, k) if tokens is not None else None
+    if t:
+        return math.ceil(t / (cfg.train.batch_size * cfg.train.seq_len))
+    return int(per_stage(steps, k))
+
+
+def lora_rank(cfg: RunConfig, st: Stage) -> int:
+    """The adapter rank a stage uses on its frozen blocks (0: none). With
+    `lora.budget`, the largest rank whose adapters fit next to the stage's own
+    trainable parameters."""
+    lcfg, args = cfg.grow.lora, cfg.model
+    frozen = st.depth if st.final_lora else st.depth - st.new
+    if lcfg is None or frozen == 0 or st.train_all:
+        return 0
+    if not st.final_lora and (lcfg.from_depth is None or st.depth < lcfg.from_depth):
+        return 0
+    if not lcfg.budget:
+        return lcfg.rank
+    base = stage_active(args, 0 if st.final_lora else st.new, st.train_head or st.final_lora)
+    return rank_for_budget(args, frozen, lcfg.targets, lcfg.budget, base)
+
+
+def plan(cfg: RunConfig) -> list:
+    """The stages `grow` runs for `cfg`, in order, LoRA phases included."""
+    g = cfg.grow
+    depth = cfg.depth
+    sizes = g.sizes(depth)
     stages, built = [], 0
-    tokens_per_step = t.batch_size * t.seq_len
-    for k, n in enumerate(sizes if not g.monolithic else sizes_m):
-        tokens = per_stage(g.tokens_per_stage, k) if g.tokens_per_stage is not None else None
-        steps = math.ceil(tokens / tokens_per_step) if tokens else int(per_stage(g.steps_per_stage, k))
+    for k, n in enumerate(sizes):
         built += n
-        stages.append({"index": k, "new": n, "depth": built, "steps": steps,
-                       "train_head": bool(per_stage(g.train_head, k)),
-                       "train_substrate": g.train_substrate_first and k == 0,
-                       "train_all": g.train_all_last and k == len(sizes) - 1})
-    if g.monolithic:  # one stage: every block from scratch, the stage streams in order
-        return [{"index": 0, "new": depth, "depth": depth, "steps": sum(s["steps"] for s in stages),
-                 "train_head": True, "train_substrate": False, "train_all": True,
-                 "segments": [s["steps"] for s in stages]}]
+        stages.append(Stage(index=k, new=n, depth=built, steps=steps_for(cfg, k, g.steps_per_stage, g.tokens_per_stage),
+                            train_head=bool(per_stage(g.train_head, k)),
+                            train_substrate=g.train_substrate_first and k == 0,
+                            train_all=g.train_all_last and k == len(sizes) - 1))
+    if g.monolithic:  # one stage: every block from scratch, walking the grown run's streams in order
+        stages = [Stage(index=0, new=depth, depth=depth, steps=sum(s.steps for s in stages), train_all=True,
+                        segments=[s.steps for s in stages])]
+    lcfg = g.lora
+    if lcfg and not g.monolithic and (lcfg.final_phase_steps or lcfg.final_phase_tokens):
+        steps = steps_for(cfg, 0, lcfg.final_phase_steps, lcfg.final_phase_tokens)
+        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=steps, final_lora=True))
+    for st in stages:
+        st.lora_rank = lora_rank(cfg, st)
+        frozen = st.depth if st.final_lora else st.depth - st.new
+        st.lora_params = lora_param_count(cfg.model, frozen, st.lora_rank, lcfg.targets) if st.lora_rank else 0
+    if any(s.steps < 1 for s in stages):
+        raise UserError("every stage needs at least one step: raise grow.steps_per_stage or grow.tokens_per_stage")
     return stages

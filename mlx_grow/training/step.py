@@ -2,7 +2,6 @@
 trainable set changes, LR schedules, optimizer state I/O and evaluation."""
 
 import math
-from dataclasses import dataclass, field
 from functools import partial
 
 import mlx.core as mx
@@ -11,32 +10,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mlx_grow.base import strict_from_dict
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 16  # global batch, in sequences
-    seq_len: int = 128
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = 20  # re-warmed at every growth event
-    weight_decay: float = 0.01
-    betas: list = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    grad_checkpoint: bool = False
-    dtype: str = "float32"  # bfloat16 on Metal/CUDA; float32 on CPU
-    eval_every: int = 50
-    val_batches: int = 4
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d, where="train config"):
-        return strict_from_dict(cls, dict(d or {}), where)
+from mlx_grow.base import UserError
+from mlx_grow.config import TrainConfig
 
 
 @mx.custom_function
@@ -65,12 +40,17 @@ def cross_entropy(logits, targets):
     return _cross_entropy(logits.reshape(-1, v), targets.reshape(-1))[0]
 
 
-def loss_fn(model, inputs, targets):
-    return cross_entropy(model(inputs).astype(mx.float32), targets)
+def loss_fn(model, inputs, targets, frozen_below=0, checkpoint=False):
+    if frozen_below or checkpoint:  # a grown Model: stop the backward pass / recompute activations
+        logits = model.lm_head(model.hidden(inputs, frozen_below=frozen_below, checkpoint=checkpoint))
+    else:  # any model, e.g. a merge being tuned
+        logits = model(inputs)
+    return cross_entropy(logits.astype(mx.float32), targets)
 
 
-def loss_from_prefix(model, h, targets, start=0):
-    return cross_entropy(model.lm_head(model.hidden(None, start=start, h=h)).astype(mx.float32), targets)
+def loss_from_prefix(model, h, targets, start=0, checkpoint=False):
+    h = model.hidden(None, start=start, h=h, frozen_below=start, checkpoint=checkpoint)
+    return cross_entropy(model.lm_head(h).astype(mx.float32), targets)
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int, scale: float = 1.0):
@@ -96,10 +76,12 @@ class Stepper:
     parameters that stay trainable (e.g. the head) from the previous Stepper.
     """
 
-    def __init__(self, model, cfg: TrainConfig, total_steps: int, world=None, carry=None, prefix_start=None):
+    def __init__(self, model, cfg: TrainConfig, total_steps: int, world=None, carry=None, prefix_start=None,
+                 frozen_below: int = 0):
         self.model, self.cfg = model, cfg
         self.group = world
         self.prefix_start = prefix_start
+        self.frozen_below = frozen_below  # the backward pass stops at this block's input
         self.optimizer = make_optimizer(cfg, lr_schedule(cfg, total_steps))
         self.optimizer.init(model.trainable_parameters())
         if carry is not None:
@@ -119,9 +101,10 @@ class Stepper:
     def _build(self):
         model, cfg, opt = self.model, self.cfg, self.optimizer
         if self.prefix_start is None:
-            grad_fn = nn.value_and_grad(model, loss_fn)
+            loss = partial(loss_fn, frozen_below=self.frozen_below, checkpoint=cfg.grad_checkpoint)
         else:
-            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=self.prefix_start))
+            loss = partial(loss_from_prefix, start=self.prefix_start, checkpoint=cfg.grad_checkpoint)
+        grad_fn = nn.value_and_grad(model, loss)
         group = self.group
         state = [model.state, opt.state]
 
@@ -157,7 +140,7 @@ class Stepper:
             mx.eval(loss, norm, self.model.state, self.optimizer.state)
             return float(loss), float(norm)
         if x.shape[0] % n:
-            raise ValueError(f"batch rows {x.shape[0]} per rank are not divisible by grad_accum {n}")
+            raise UserError(f"batch rows {x.shape[0]} per rank are not divisible by grad_accum {n}")
         m = x.shape[0] // n
         total, acc = 0.0, None
         for i in range(n):
@@ -182,7 +165,7 @@ class Stepper:
         missing = sorted(set(want) - set(flat))
         bad = [k for k in want if k in flat and flat[k].shape != want[k].shape]
         if missing or bad:
-            raise ValueError(
+            raise UserError(
                 "optimizer state does not match the trainable set of this stage "
                 f"(missing: {missing[:5]}, mis-shaped: {bad[:5]}); was the checkpoint made by another config?"
             )

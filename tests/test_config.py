@@ -1,0 +1,150 @@
+"""The typed run config: every section parsed and validated once, errors that
+name the key, flag precedence (flag > YAML > default), and one stage plan."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mlx_grow.base import UserError
+from mlx_grow.cli import app
+from mlx_grow.config import GrowConfig, LoRAConfig, RunConfig, TrainConfig, load_config, packaged_configs
+from mlx_grow.data.stream import DataConfig
+from mlx_grow.model import ModelArgs
+from mlx_grow.training.schedule import Stage, plan
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("name", sorted(packaged_configs()))
+def test_every_packaged_config_parses_every_section(name):
+    cfg = load_config(name)
+    assert isinstance(cfg.model, ModelArgs) and isinstance(cfg.data, DataConfig)
+    assert isinstance(cfg.grow, GrowConfig) and isinstance(cfg.train, TrainConfig)
+    assert cfg.grow.lora is None or isinstance(cfg.grow.lora, LoRAConfig)
+    stages = plan(cfg)
+    assert stages and all(isinstance(s, Stage) and s.steps >= 1 for s in stages)
+    assert stages[-1].depth == cfg.depth == cfg.model.num_hidden_layers
+    # what run.json stores parses back to the same config
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("train", "dtype", "float64", "train.dtype must be one of float32, bfloat16, float16"),
+    ("train", "batch_size", 0, "train.batch_size must be a positive integer, got 0"),
+    ("train", "lr", -1e-3, "train.lr must be a number > 0"),
+    ("train", "seq_len", "long", "train.seq_len must be a positive integer"),
+    ("train", "grad_checkpoint", "yes", "train.grad_checkpoint must be true or false"),
+    ("grow", "stages", [0, 2], "grow.stages[0] must be a positive integer"),
+    ("grow", "steps_per_stage", 0, "grow.steps_per_stage must be a positive integer"),
+    ("grow", "block_init", "ones", "grow.block_init must be one of random, zero-out, copy-top"),
+    ("grow", "plateau", {"patience": 0}, "grow.plateau.patience must be a positive integer"),
+    ("grow", "lora", {"targets": ["q"]}, "unknown LoRA target(s) ['q'] in grow.lora.targets"),
+    ("grow", "warp", 1, "unknown key(s) warp in grow"),
+    ("model", "num_hidden_layers", 0, "model.num_hidden_layers must be a positive integer"),
+])
+def test_bad_values_fail_at_parse_time_naming_the_key(tmp_path, section, key, value, words):
+    d = {"model": {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3}, section: {key: value}}
+    if section == "model":
+        d["model"][key] = value
+    with pytest.raises(UserError) as e:
+        RunConfig.from_dict(d, where="my.yaml")
+    assert str(e.value).startswith("my.yaml: ") and words in str(e.value)
+
+
+def test_stages_must_reach_the_depth_and_seq_fit_the_context():
+    with pytest.raises(UserError, match="add up to 4 blocks but the depth is 5"):
+        RunConfig.from_dict({"model": {"num_hidden_layers": 5}, "grow": {"stages": [2, 2]}})
+    with pytest.raises(UserError, match="train.seq_len 256 exceeds the model context"):
+        RunConfig.from_dict({"model": {"max_position_embeddings": 128}, "train": {"seq_len": 256}})
+
+
+def test_depth_lives_in_one_place():
+    cfg = RunConfig.from_dict({"model": {"hidden_size": 32, "num_attention_heads": 2}, "grow": {"depth": 6}})
+    assert cfg.depth == cfg.model.num_hidden_layers == 6 and "depth" not in cfg.to_dict()["grow"]
+    with pytest.raises(UserError, match="disagree"):
+        RunConfig.from_dict({"model": {"num_hidden_layers": 4}, "grow": {"depth": 6}})
+
+
+def test_flags_override_only_what_was_given():
+    cfg = load_config("tiny")
+    assert cfg.train.lr == 2e-3 and cfg.train.seed == 0
+    changed = cfg.override(train={"lr": 1e-3, "seed": None, "batch_size": None}, model={"num_hidden_layers": 6})
+    assert changed == ["train.lr", "model.num_hidden_layers"]
+    assert cfg.train.lr == 1e-3 and cfg.train.batch_size == 8 and cfg.depth == 6
+    assert [s.depth for s in plan(cfg)] == [3, 6]
+    with pytest.raises(UserError, match="train.batch_size must be a positive integer"):
+        cfg.override(train={"batch_size": 0})
+    assert cfg.train.batch_size == 8  # a refused override changes nothing
+
+
+def test_plan_holds_lora_phases_and_token_budgets():
+    cfg = RunConfig.from_dict({
+        "model": {"hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 4},
+        "grow": {"blocks_per_stage": 2, "tokens_per_stage": 4096,
+                 "lora": {"rank": 4, "from_depth": 4, "final_phase_tokens": 2048}},
+        "train": {"batch_size": 4, "seq_len": 64}})
+    stages = plan(cfg)
+    assert [(s.new, s.depth, s.steps, s.final_lora) for s in stages] == [(2, 2, 16, False), (2, 4, 16, False),
+                                                                          (0, 4, 8, True)]
+    assert [s.lora_rank for s in stages] == [0, 4, 4]
+    assert stages[1].lora_params == 2 * 4 * (64 + 64) * 2  # 2 frozen blocks x q,v x rank 4
+    assert stages[2].first_trainable == 4 and stages[2].label == "LoRA phase"
+
+
+def yaml_config(tmp_path, corpus, **train):
+    t = {"batch_size": 2, "seq_len": 16, "eval_every": 0, "val_batches": 1, **train}
+    f = tmp_path / "c.yaml"
+    f.write_text(json.dumps({
+        "name": "c", "tokenizer": "bvv241-2-3",
+        "model": {"vocab_size": 65536, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "max_position_embeddings": 32, "substrate": {"kind": "binary", "bits": 16}},
+        "data": {"sources": [str(corpus)]},
+        "grow": {"blocks_per_stage": 1, "steps_per_stage": 2}, "train": t}))
+    return f
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from conftest import kjv_slice
+
+    return kjv_slice(tmp_path_factory.mktemp("corpus") / "kjv.txt", docs=40)
+
+
+def test_yaml_seed_is_honoured_and_flag_wins(tmp_path, corpus, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml_config(tmp_path, corpus, seed=5)
+    r = runner.invoke(app, ["grow", "-c", str(cfg), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "c-grow-s5"
+    rec = json.loads((run / "run.json").read_text())["config"]
+    assert rec["seed"] == 5 and rec["train"]["seed"] == 5
+    r = runner.invoke(app, ["grow", "-c", str(cfg), "--seed", "7", "-o", str(tmp_path / "s7"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s7" / "run.json").read_text())["config"]["train"]["seed"] == 7
+
+
+def test_resume_refuses_flags_that_change_the_run_and_names_them(tmp_path, corpus):
+    cfg = yaml_config(tmp_path, corpus)
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["grow", "-c", str(cfg), "-o", str(out), "--no-progress"]).exit_code == 0
+    before = (out / "run.json").read_bytes()
+    r = runner.invoke(app, ["grow", "--resume", str(out), "--lr", "0.5", "--depth", "4", "--no-progress"])
+    assert r.exit_code == 2
+    assert "train.lr" in r.output and "model.num_hidden_layers" in r.output
+    assert (out / "run.json").read_bytes() == before
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch):
+    import mlx_grow.training.info as info
+
+    def broken(target):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(info, "describe", broken)
+    r = runner.invoke(app, ["info", "tiny"])
+    assert isinstance(r.exception, KeyError)  # not turned into a one-word "error"
+    monkeypatch.setattr(info, "describe", lambda t: (_ for _ in ()).throw(UserError("say [this] clearly")))
+    r = runner.invoke(app, ["info", "tiny"])
+    assert r.exit_code == 2 and "say [this] clearly" in r.output
