@@ -2,7 +2,6 @@
 the same weights as one process with the same global batch, resumable on
 another number of ranks; workers get OpenBLAS through `--env LD_PRELOAD=…`."""
 
-import json
 import shutil
 import socket
 import subprocess
@@ -12,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import kjv_slice, tiny_run
-from mlx.utils import tree_flatten
+from helpers import kjv_slice, tiny_run, train_steps, weights
 
 from mlx_grow.launcher import find_openblas
 
@@ -81,12 +79,6 @@ def one_rank(cfg_path: Path, out: Path, resume=False):
     return grow(cfg, out, resume=resume, progress=False, echo=lambda *a, **k: None)[0]
 
 
-def weights(path):
-    from mlx_grow.checkpoint import load_model
-
-    return {k: np.array(v) for k, v in tree_flatten(load_model(path).parameters())}
-
-
 def assert_close(a, b):
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
@@ -102,11 +94,6 @@ def cut_after(run: Path, step: int):
     for p in [*run.glob("stage-*"), *run.glob("checkpoints/step-*")]:
         if (int(p.name[6:]) * 6 if p.name.startswith("stage-") else int(p.name[5:])) > step:
             shutil.rmtree(p)
-
-
-def train_steps(run: Path) -> list:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["global_step"] for r in rows if r["event"] == "train"]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import kjv_slice, tiny_run
-from mlx.utils import tree_flatten
+from helpers import kjv_slice, tiny_run, train_steps, weights
 
 from mlx_grow.checkpoint import CheckpointError, load_model, read_meta, verify_files
 from mlx_grow.launcher import openblas_env
@@ -65,10 +64,6 @@ def resume_here(run) -> str:
     return "\n".join(map(str, said))
 
 
-def weights(path):
-    return {k: np.array(v) for k, v in tree_flatten(load_model(path).parameters())}
-
-
 def assert_same_final(run, reference):
     a, b = weights(run / "final"), weights(reference / "final")
     assert a.keys() == b.keys()
@@ -90,11 +85,6 @@ def assert_sound(run) -> list:
 def temps(run) -> list:
     return [p for base in (run, run / "checkpoints") if base.exists() for p in base.iterdir()
             if ".tmp-" in p.name or ".old-" in p.name]
-
-
-def train_steps(run) -> list:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["global_step"] for r in rows if r["event"] == "train"]
 
 
 # --- kill -9, resume ---

@@ -5,8 +5,7 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import kjv_slice
-from mlx.utils import tree_flatten
+from helpers import kjv_slice, weights
 
 from mlx_grow.checkpoint import load_model
 from mlx_grow.config import RunConfig
@@ -37,10 +36,6 @@ def config(corpus, depth=4, grow=None, train=None, **model):
 
 def run(cfg, out, **kw):
     return grow(cfg, out, progress=False, echo=lambda *a, **k: None, **kw)
-
-
-def weights(path):
-    return {k: np.array(v) for k, v in tree_flatten(load_model(path).parameters())}
 
 
 def test_plan_even_uneven_and_bad_depth():
