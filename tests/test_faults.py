@@ -129,13 +129,25 @@ def test_disk_full_keeps_previous_checkpoint(cfg_path, reference, tmp_path):
     assert_same_final(run, reference)
 
 
-def test_nan_loss_stops_at_last_good_checkpoint(cfg_path, reference, tmp_path):
+def test_nan_loss_stops_at_last_good_checkpoint(cfg_path, reference, tmp_path, monkeypatch):
+    # in this process: a TrainingDiverged error that names the last good checkpoint
+    from mlx_grow.config import load_config
+    from mlx_grow.training.grow import TrainingDiverged, grow
+
+    monkeypatch.setenv("MLX_GROW_FAULT", "nan@step:5")
+    with pytest.raises(TrainingDiverged, match="step-000004"):
+        grow(load_config(str(cfg_path)), tmp_path / "here", progress=False, echo=lambda *a, **k: None)
+    assert sorted(c.name for c in (tmp_path / "here" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    monkeypatch.delenv("MLX_GROW_FAULT")
+
+    # through the CLI: one clear message, no traceback, and the run resumes to the same weights
     run = tmp_path / "run"
     p = cli("--config", cfg_path, "--out", run, fault="nan@step:5")
     assert p.returncode == 1
     assert "loss is nan" in p.stderr and "step-000004" in p.stderr and "--resume" in p.stderr
     assert "Traceback" not in p.stderr
     assert assert_sound(run) == [2, 4] and not (run / "final").exists()
+    assert sorted(c.name for c in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     resume_here(run)
     assert_same_final(run, reference)
 
