@@ -2,7 +2,7 @@ import json
 
 import mlx.core as mx
 import pytest
-from conftest import tiny_args
+from helpers import tiny_args
 
 from mlx_grow.checkpoint import CheckpointError, load_model, save_model
 from mlx_grow.model import Model, init_weights

@@ -8,7 +8,14 @@ from typer.testing import CliRunner
 
 from mlx_grow.base import UserError
 from mlx_grow.cli import app
-from mlx_grow.config import GrowConfig, LoRAConfig, RunConfig, TrainConfig, load_config, packaged_configs
+from mlx_grow.config import (
+    GrowConfig,
+    LoRAConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+    packaged_configs,
+)
 from mlx_grow.data.stream import DataConfig
 from mlx_grow.model import ModelArgs
 from mlx_grow.training.schedule import Stage, plan
@@ -107,7 +114,7 @@ def yaml_config(tmp_path, corpus, **train):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from conftest import kjv_slice
+    from helpers import kjv_slice
 
     return kjv_slice(tmp_path_factory.mktemp("corpus") / "kjv.txt", docs=40)
 

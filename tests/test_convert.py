@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_args
+from helpers import tiny_args
 from mlx.utils import tree_flatten
 
 from mlx_grow import convert

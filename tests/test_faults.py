@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import kjv_slice, tiny_run
-from mlx.utils import tree_flatten
+from helpers import kjv_slice, tiny_run, train_steps, weights
 
 from mlx_grow.checkpoint import CheckpointError, load_model, read_meta, verify_files
 from mlx_grow.launcher import openblas_env
@@ -65,10 +64,6 @@ def resume_here(run) -> str:
     return "\n".join(map(str, said))
 
 
-def weights(path):
-    return {k: np.array(v) for k, v in tree_flatten(load_model(path).parameters())}
-
-
 def assert_same_final(run, reference):
     a, b = weights(run / "final"), weights(reference / "final")
     assert a.keys() == b.keys()
@@ -90,11 +85,6 @@ def assert_sound(run) -> list:
 def temps(run) -> list:
     return [p for base in (run, run / "checkpoints") if base.exists() for p in base.iterdir()
             if ".tmp-" in p.name or ".old-" in p.name]
-
-
-def train_steps(run) -> list:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["global_step"] for r in rows if r["event"] == "train"]
 
 
 # --- kill -9, resume ---
@@ -139,13 +129,25 @@ def test_disk_full_keeps_previous_checkpoint(cfg_path, reference, tmp_path):
     assert_same_final(run, reference)
 
 
-def test_nan_loss_stops_at_last_good_checkpoint(cfg_path, reference, tmp_path):
+def test_nan_loss_stops_at_last_good_checkpoint(cfg_path, reference, tmp_path, monkeypatch):
+    # in this process: a TrainingDiverged error that names the last good checkpoint
+    from mlx_grow.config import load_config
+    from mlx_grow.training.grow import TrainingDiverged, grow
+
+    monkeypatch.setenv("MLX_GROW_FAULT", "nan@step:5")
+    with pytest.raises(TrainingDiverged, match="step-000004"):
+        grow(load_config(str(cfg_path)), tmp_path / "here", progress=False, echo=lambda *a, **k: None)
+    assert sorted(c.name for c in (tmp_path / "here" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    monkeypatch.delenv("MLX_GROW_FAULT")
+
+    # through the CLI: one clear message, no traceback, and the run resumes to the same weights
     run = tmp_path / "run"
     p = cli("--config", cfg_path, "--out", run, fault="nan@step:5")
     assert p.returncode == 1
     assert "loss is nan" in p.stderr and "step-000004" in p.stderr and "--resume" in p.stderr
     assert "Traceback" not in p.stderr
     assert assert_sound(run) == [2, 4] and not (run / "final").exists()
+    assert sorted(c.name for c in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     resume_here(run)
     assert_same_final(run, reference)
 

@@ -4,7 +4,7 @@ import string
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_args
+from helpers import tiny_args
 
 from mlx_grow.generate import batch_generate, encode_prompt, generate, stream_generate
 from mlx_grow.merge.combine import MergedModel, make_combiner

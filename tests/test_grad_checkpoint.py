@@ -3,7 +3,7 @@ the backward pass; the update is the same as without it."""
 
 import mlx.core as mx
 import numpy as np
-from conftest import tiny_args
+from helpers import tiny_args
 from mlx.utils import tree_flatten
 
 from mlx_grow.config import TrainConfig

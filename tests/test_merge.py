@@ -4,7 +4,7 @@ import string
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_args
+from helpers import tiny_args
 from test_generate import char_tokenizer, tiny
 
 from mlx_grow import load

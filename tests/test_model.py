@@ -1,7 +1,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import tiny_args
+from helpers import tiny_args
 from mlx.utils import tree_flatten
 
 from mlx_grow.config import load_config, packaged_configs

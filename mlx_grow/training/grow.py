@@ -247,6 +247,7 @@ class Grower:
     def train_stage(self, st: Stage):
         t, pos = self.t, self.pos
         t0, self.last_loss, start_step = time.perf_counter(), math.nan, pos.step
+        self.steps_run = None  # set when a plateau ends the stage early
         while pos.step < st.steps:
             loss, gnorm = self.train_step(st)
             pos.step, pos.global_step, self.last_loss = pos.step + 1, pos.global_step + 1, loss
@@ -265,8 +266,9 @@ class Grower:
             if t.eval_every and pos.step % t.eval_every == 0 and pos.step < st.steps:
                 val = self.evaluate_now(st)
                 if self.plateaued(val):
-                    self.say(f"{self.label}: validation loss plateaued at {val:.4f}; ending the stage")
-                    pos.step = st.steps
+                    self.say(f"{self.label}: validation loss plateaued at {val:.4f}; ending the stage "
+                             f"after {pos.step} of {st.steps} steps")
+                    self.steps_run, pos.step = pos.step, st.steps
             lcfg = self.g.lora
             if lcfg and lcfg.restarts and L.has_lora(self.model) and pos.step % self.segment == 0 \
                     and pos.step < st.steps:
@@ -345,7 +347,8 @@ class Grower:
             extra.update(prefix_cache_hits=self.pcache.hits, prefix_cache_misses=self.pcache.misses)
         val = self.evaluate_now(st, **extra)
         self.pos.summary.append({"stage": st.index + 1, "depth": len(self.model.layers), "active_params": self.active,
-                                 "steps": st.steps, "tokens": self.pos.tokens, "train_loss": self.last_loss,
+                                 "steps": self.steps_run or st.steps, "tokens": self.pos.tokens,
+                                 "train_loss": self.last_loss,
                                  "val_loss": val})
         if self.rank == 0:
             save_model(self.model, self.run_dir.stage_dir(st.index), self.tok, overwrite=True,

@@ -1,0 +1,53 @@
+"""Plain helpers shared by the tests (fixtures live in conftest.py).
+
+Tests import them with `from helpers import ...`: tests/ has no __init__.py, so
+pytest's default (prepend) import mode puts tests/ on sys.path."""
+
+
+def tiny_args(**kw):
+    from mlx_grow.model import ModelArgs
+
+    base = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=64, substrate={"kind": "binary", "bits": 9})
+    base.update(kw)
+    return ModelArgs.from_dict(base)
+
+
+def kjv_slice(path, docs: int = 120):
+    """Write the first `docs` KJV chapters (real text, small) to `path`."""
+    import itertools
+
+    from mlx_grow.data.corpora import BUILTINS
+
+    path.write_text("\n\n".join(itertools.islice(BUILTINS["kjv"].read(), docs)), encoding="utf-8")
+    return path
+
+
+def tiny_run(corpus, name: str, **train) -> dict:
+    """A 4-block, 2-stage run config on bvv241-2-3 that trains in seconds."""
+    t = {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "val_batches": 1, "log_every": 1}
+    return {"name": name, "tokenizer": "bvv241-2-3",
+            "model": dict(vocab_size=65536, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                          max_position_embeddings=32, substrate={"kind": "binary", "bits": 16}),
+            "data": {"sources": [str(corpus)]},
+            "grow": {"stages": [2, 2], "steps_per_stage": 6},
+            "train": {**t, **train}}
+
+
+def weights(path) -> dict:
+    """Every parameter of the model directory at `path`, as numpy arrays by name."""
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    from mlx_grow.checkpoint import load_model
+
+    return {k: np.array(v) for k, v in tree_flatten(load_model(path).parameters())}
+
+
+def train_steps(run) -> list:
+    """The global steps of the `train` lines in a run's metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [r["global_step"] for r in rows if r["event"] == "train"]
