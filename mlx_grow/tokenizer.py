@@ -290,6 +290,20 @@ def build_bvv241(variant: str, use_cache: bool = True) -> Tokenizer:
     return _wrap_bvv241(backend, variant)
 
 
+# --- tokenizer files ---
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model")
+
+
+def copy_tokenizer(src: Path, dst: Path) -> bool:
+    """Copy the tokenizer files in `src` to `dst` as they are; True if there was a tokenizer.json."""
+    for n in TOKENIZER_FILES:
+        if (src / n).is_file():
+            shutil.copy2(src / n, dst / n)
+    return (src / "tokenizer.json").is_file()
+
+
 # --- loading ---
 
 

@@ -1,7 +1,6 @@
 """Shared pieces of import and export: file names, RoPE permutations, block shapes."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,6 @@ from mlx_grow.substrate.files import load_table_file
 EXPORT_META = "mlx_grow_export.json"
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model")
-
-
 OUT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
@@ -26,13 +21,6 @@ TARGETS = ("starcoder2", "gpt-neox")
 
 NEOX = {"input_layernorm": "input_layernorm", "post_attention_layernorm": "post_attention_layernorm",
         "self_attn.o_proj": "attention.dense", "mlp.c_fc": "mlp.dense_h_to_4h", "mlp.c_proj": "mlp.dense_4h_to_h"}
-
-
-def copy_tokenizer(src: Path, dst: Path) -> bool:
-    for n in TOKENIZER_FILES:
-        if (src / n).is_file():
-            shutil.copy2(src / n, dst / n)
-    return (src / "tokenizer.json").is_file()
 
 
 def rope_perm(head_dim: int, to_half: bool) -> np.ndarray:

@@ -8,7 +8,11 @@ import numpy as np
 
 from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
+    ADAPTER,
+    CONFIG,
+    EXPERTS,
     FORMAT_VERSION,
+    SUBSTRATE,
     load_args,
     read_meta,
     verify_files,
@@ -20,7 +24,6 @@ from mlx_grow.convert.common import (
     OUT_DTYPES,
     TARGETS,
     block_shapes,
-    copy_tokenizer,
     permute_heads,
     rope_perm,
 )
@@ -29,6 +32,7 @@ from mlx_grow.io.tensors import SHARD_BYTES, Source, write_weights
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.files import load_table_file
 from mlx_grow.substrate.tables import fingerprint
+from mlx_grow.tokenizer import copy_tokenizer
 
 
 def hf_config(args: ModelArgs, to: str, dtype: str, tok=None) -> dict:
@@ -105,7 +109,7 @@ def export_model(model_dir, out, to="starcoder2", dtype="float32", overwrite=Fal
     if dtype not in OUT_DTYPES:
         raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a mlx-grow model directory (no config.json)")
     meta = read_meta(model_dir)
     verify_files(model_dir, meta)
@@ -148,16 +152,16 @@ def export_merged(model_dir: Path, meta: dict, tmp: Path, to, dtype, shard_bytes
     """Each expert as its own Hugging Face directory under experts/N (each loads
     on its own), plus the combiner and any fusion adapter for a re-import."""
     notes, experts = [], []
-    table = load_table_file(model_dir / "substrate.safetensors")
+    table = load_table_file(model_dir / SUBSTRATE)
     for i, e in enumerate(meta["experts"]):
-        sub = tmp / "experts" / str(i)
+        sub = tmp / EXPERTS / str(i)
         sub.mkdir(parents=True)
         m = {"substrate": meta.get("substrate"), "tokenizer": meta.get("tokenizer"), "lineage": e.get("lineage")}
         notes += [f"expert {i}: {n}" for n in export_one(model_dir / e["dir"], m, sub, to, dtype, shard_bytes,
                                                           table, model_dir)]
-        experts.append({"dir": f"experts/{i}", "origin": e.get("origin"), "lineage": e.get("lineage")})
-    if (model_dir / "adapter.safetensors").is_file():
-        shutil.copy2(model_dir / "adapter.safetensors", tmp / "adapter.safetensors")
+        experts.append({"dir": f"{EXPERTS}/{i}", "origin": e.get("origin"), "lineage": e.get("lineage")})
+    if (model_dir / ADAPTER).is_file():
+        shutil.copy2(model_dir / ADAPTER, tmp / ADAPTER)
     copy_tokenizer(model_dir, tmp)
     (tmp / EXPORT_META).write_text(json.dumps({
         "format_version": FORMAT_VERSION, "target": to, "dtype": dtype, "substrate": meta.get("substrate"),

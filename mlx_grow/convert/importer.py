@@ -1,26 +1,22 @@
 """Import PyTorch / Hugging Face checkpoints into mlx-grow model directories."""
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from mlx_grow.base import UserError
-from mlx_grow.checkpoint import FORMAT_VERSION, META
+from mlx_grow.checkpoint import ADAPTER, write_model_dir
 from mlx_grow.convert import layouts as L
 from mlx_grow.convert.common import (
     EXPORT_META,
     OUT_DTYPES,
     block_shapes,
-    copy_tokenizer,
     permute_heads,
     read_export_meta,
     read_table,
     rope_perm,
 )
-from mlx_grow.io import atomic_dir, sha256_file
-from mlx_grow.io.tensors import SHARD_BYTES, TABLE_FILES, Source, write_weights
+from mlx_grow.io.tensors import SHARD_BYTES, TABLE_FILES, Source
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.tables import fingerprint
 
@@ -194,22 +190,16 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
         notes.append("no tokenizer found: pass --tokenizer to make the directory loadable with load()")
     if unplaced:
         notes.append(f"{len(unplaced)} tensor(s) not placed (left out): {', '.join(L.compact(unplaced)[:12])}")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    copy_from = source.root if tokenizer is None else None  # the source's own tokenizer files, as they are
+    with write_model_dir(out, overwrite=overwrite, shard_bytes=shard_bytes) as w:
         if split is None:
-            write_weights(tmp, plan, {"format": "mlx"}, shard_bytes)
-            (tmp / "config.json").write_text(json.dumps(args.to_dict(), indent=2))
-            meta = {"substrate": fingerprint(args.substrate, plan[0][3]()),
-                    "tokenizer": getattr(tok, "fingerprint", None), **info["meta"]}
+            w.single(args, plan, plan[0][3](), tok, copy_from)
+            w.meta.update(info["meta"])
         else:
-            meta = write_merged(tmp, results, tok, record, source.root)
-        if tok is not None and not (tokenizer is None and copy_tokenizer(source.root, tmp)):
-            tok.save(tmp)
-        meta = {"format_version": FORMAT_VERSION, **meta,
-                "converted_from": {"path": str(source.path), "layout": info["layout"], "recipe": info["recipe"]}}
-        meta["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / META).write_text(json.dumps(meta, indent=2))
+            write_merged(w, results, tok, record, source.root, copy_from)
+        w.meta["converted_from"] = {"path": str(source.path), "layout": info["layout"], "recipe": info["recipe"]}
     return {"out": str(out), "layout": info["layout"], "layers": info["layers"], "recipe": info["recipe"],
-            "experts": len(results) if split else 0, "args": args.to_dict(), "substrate": meta["substrate"],
+            "experts": len(results) if split else 0, "args": args.to_dict(), "substrate": w.meta["substrate"],
             "notes": notes}
 
 
@@ -236,30 +226,19 @@ def split_experts(source, mapping=None):
             source.get(shared) if shared else None, None)
 
 
-def write_merged(tmp: Path, results, tok, record, origin: Path) -> dict:
-    """A merged model directory laid out as mlx_grow/merge.py writes it."""
+def write_merged(w, results, tok, record, origin: Path, copy_tokenizer_from=None):
+    """The experts of `results` as a merged directory, through the model-directory writer `w`."""
     from dataclasses import asdict
 
     from mlx_grow.merge.combine import Combiner
-    from mlx_grow.substrate.tables import save_table
 
     tables = [plan[0][3]() for _, plan, _ in results]
     fps = [fingerprint(a.substrate, t) for (a, _, _), t in zip(results, tables)]
     if any(fp != fps[0] for fp in fps):
         raise UserError(f"the experts in {origin} have different input tables; a merge needs one shared substrate")
-    save_table(tmp / "substrate.safetensors", results[0][0].substrate, tables[0])
-    experts = []
-    for i, (args, plan, info) in enumerate(results):
-        sub = tmp / "experts" / str(i)
-        sub.mkdir(parents=True)
-        write_weights(sub, plan[1:], {"format": "mlx"})  # the table is shared, stored once
-        (sub / "config.json").write_text(json.dumps(args.to_dict(), indent=2))
-        experts.append({"dir": f"experts/{i}", "origin": info["origin"], "substrate": fps[0],
-                        "tokenizer": tok.fingerprint, "lineage": info["meta"].get("lineage"), "files": {}})
-    (tmp / "config.json").write_text(json.dumps(results[0][0].to_dict(), indent=2))
-    if record and (origin / "adapter.safetensors").is_file():
-        shutil.copy2(origin / "adapter.safetensors", tmp / "adapter.safetensors")
-    return {"substrate": fps[0], "tokenizer": tok.fingerprint, "experts": experts,
-            "combiner": (record or {}).get("combiner") or asdict(Combiner()),
-            "lineage": {"merge": [e["origin"] for e in experts]}, **({"tuned": record["tuned"]}
-                                                                   if record and record.get("tuned") else {})}
+    experts = [(args, plan[1:], {"origin": info["origin"], "substrate": fps[0], "tokenizer": tok.fingerprint,
+                                 "lineage": info["meta"].get("lineage"), "files": {}})
+               for args, plan, info in results]  # the table is shared, stored once
+    adapter = origin / ADAPTER if record and (origin / ADAPTER).is_file() else None
+    w.merged(experts, tables[0], tok, (record or {}).get("combiner") or asdict(Combiner()), adapter,
+             tuned=(record or {}).get("tuned"), substrate=fps[0], copy_tokenizer_from=copy_tokenizer_from)

@@ -173,8 +173,9 @@ class Source:
 
 
 def to_dtype(arr: np.ndarray, st: str) -> np.ndarray:
+    """`arr` as the bytes of safetensors dtype `st` (BF16: float32 rounded to the top half)."""
     if st != "BF16":
-        return np.ascontiguousarray(arr, np.float32 if st == "F32" else np.float16)
+        return np.ascontiguousarray(arr, ST_DTYPES[st])
     bits = np.ascontiguousarray(arr, np.float32).view(np.uint32)  # round to nearest even
     return np.where(np.isnan(arr), np.uint16(0x7FC0), ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16))
 
@@ -202,12 +203,15 @@ def write_safetensors(path: Path, plan, metadata: dict):
 
 
 def write_weights(out: Path, plan, metadata: dict, shard_bytes: int = SHARD_BYTES):
-    """model.safetensors, or shards plus model.safetensors.index.json."""
-    shards = [[]]
+    """model.safetensors, or shards plus model.safetensors.index.json (the one
+    sharding rule: a new shard when the next tensor would pass `shard_bytes`)."""
+    shards, size = [[]], 0
     for entry in plan:
-        if shards[-1] and sum(map(nbytes, shards[-1])) + nbytes(entry) > shard_bytes:
+        if shards[-1] and size + nbytes(entry) > shard_bytes:
             shards.append([])
+            size = 0
         shards[-1].append(entry)
+        size += nbytes(entry)
     if len(shards) == 1:
         return write_safetensors(out / "model.safetensors", plan, metadata)
     index = {}

@@ -1,7 +1,6 @@
 """Build a merged directory from expert directories: a combiner over their
 outputs (optionally tuned), or an average of their weights."""
 
-import json
 from pathlib import Path
 
 from mlx.utils import tree_flatten
@@ -10,6 +9,7 @@ from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     META,
     check_vocab,
+    load_args,
     load_model,
     save_model,
 )
@@ -54,7 +54,7 @@ def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
         raise UserError("parameter averaging needs experts of one growth lineage (a common run or parent "
                          f"recorded in {META}); these come from different ones ({seen}). Weights of separately "
                          "trained models do not line up: use a logit combiner (mean-logits, weighted, mixture)")
-    cfgs = [json.loads((d / "config.json").read_text()) for d in dirs]
+    cfgs = [load_args(d).to_dict() for d in dirs]
     for d, c in zip(dirs[1:], cfgs[1:]):
         if c != cfgs[0]:
             diff = ", ".join(f"{k} {cfgs[0].get(k)} vs {c.get(k)}" for k in sorted(set(c) | set(cfgs[0]))

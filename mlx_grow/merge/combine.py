@@ -8,7 +8,7 @@ each predicted the sequence so far) and small fusion adapters that `--tune`
 trains with the experts frozen. `average` averages the weights instead, which
 only makes sense for experts of one growth lineage.
 
-A merged directory is self-contained:
+A merged directory is self-contained (checkpoint.py writes and reads it):
   config.json             the first expert's ModelArgs (tools reading vocab_size work)
   substrate.safetensors   the shared substrate table, once
   experts/0/, experts/1/  each expert's config.json and weights, without the table

@@ -1,31 +1,27 @@
-"""Merged model directories: read experts, write and load merges, weight averaging."""
+"""Merged model directories: check experts, write and load merges (through
+checkpoint.py's writer and reader), find the experts' data sources."""
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
-    FORMAT_VERSION,
+    ADAPTER,
     META,
     CheckpointError,
-    check_shapes,
-    check_vocab,
     load_args,
+    load_experts,
+    model_weights,
+    open_model_dir,
     read_meta,
-    read_weights,
-    verify_files,
-    write_weights,
+    read_tokenizer,
+    write_model_dir,
 )
-from mlx_grow.io import atomic_dir, sha256_file
 from mlx_grow.merge.combine import Combiner, MergedModel
-from mlx_grow.model import Model
-from mlx_grow.tokenizer import load_tokenizer
 
 
 def _short(fp) -> str:
@@ -66,64 +62,30 @@ def read_experts(expert_dirs):
 
 
 def save_merged(model: MergedModel, out, tokenizer, dirs, metas, tuned=None, overwrite=False) -> Path:
-    from mlx_grow.substrate.tables import save_table
-
-    first = model.experts[0]
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        save_table(tmp / "substrate.safetensors", first.args.substrate, np.array(first.substrate.table))
-        experts = []
-        for i, (e, d, m) in enumerate(zip(model.experts, dirs, metas)):
-            sub = tmp / "experts" / str(i)
-            sub.mkdir(parents=True)
-            weights = {k: v for k, v in tree_flatten(e.parameters()) if k != "substrate.table"}
-            write_weights(weights, sub)
-            (sub / "config.json").write_text(json.dumps(e.args.to_dict(), indent=2))
-            experts.append({"dir": f"experts/{i}", "origin": str(d.resolve()), "substrate": m.get("substrate"),
-                            "tokenizer": m.get("tokenizer"), "lineage": m.get("lineage"),
-                            "files": m.get("files", {})})
-        if model.adapter is not None:
-            mx.save_safetensors(str(tmp / "adapter.safetensors"), dict(tree_flatten(model.adapter.parameters())))
-        (tmp / "config.json").write_text(json.dumps(first.args.to_dict(), indent=2))
-        tokenizer.save(tmp)
-        info = {"format_version": FORMAT_VERSION, "substrate": metas[0].get("substrate"),
-                "tokenizer": tokenizer.fingerprint, "experts": experts, "combiner": asdict(model.combiner),
-                "lineage": {"merge": [e["origin"] for e in experts]}, **({"tuned": tuned} if tuned else {})}
-        info["files"] = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / META).write_text(json.dumps(info, indent=2))
+    experts = [(e.args, model_weights(e, table=False),
+                {"origin": str(d.resolve()), "substrate": m.get("substrate"), "tokenizer": m.get("tokenizer"),
+                 "lineage": m.get("lineage"), "files": m.get("files", {})})
+               for e, d, m in zip(model.experts, dirs, metas)]
+    adapter = dict(tree_flatten(model.adapter.parameters())) if model.adapter is not None else None
+    with write_model_dir(out, overwrite=overwrite) as w:
+        w.merged(experts, model.experts[0].substrate.table, tokenizer, asdict(model.combiner), adapter, tuned,
+                 substrate=metas[0].get("substrate"))
     return Path(out)
 
 
 def load_merged(path, verify: bool = True):
     """(MergedModel, tokenizer) from a merged directory."""
-    from mlx_grow.substrate.files import load_table_file
-
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"merged model directory {path} does not exist")
-    meta = read_meta(path)
-    if verify:
-        verify_files(path, meta)
-    table = load_table_file(path / "substrate.safetensors")
-    shared = mx.array(table)
-    experts = []
-    for entry in meta["experts"]:
-        sub = path / entry["dir"]
-        expert = Model(load_args(sub), substrate_table=table)
-        weights = {**read_weights(sub), "substrate.table": shared}
-        check_shapes(expert, weights, sub)
-        expert.load_weights(list(weights.items()), strict=True)
-        experts.append(expert)
+    meta = open_model_dir(path, verify, what="merged model directory")
     comb = meta["combiner"]
-    model = MergedModel(experts, Combiner(**comb))
+    model = MergedModel(load_experts(path, meta), Combiner(**comb))
     if model.adapter is not None:
-        f = path / "adapter.safetensors"
+        f = path / ADAPTER
         if not f.exists():
             raise CheckpointError(f"{f} is missing: the merge's {comb['adapter']} adapter has no weights")
         model.adapter.load_weights(str(f), strict=True)
     mx.eval(model.parameters())
-    tok = load_tokenizer(path)
-    check_vocab(model.args, tok, path)
-    return model, tok
+    return model, read_tokenizer(path, model.args)
 
 
 def lineage_roots(meta) -> set:

@@ -138,14 +138,15 @@ def same_interface(a, b, atol: float = 1e-5) -> bool:
 
 
 def save_table(path, args: SubstrateArgs, table: np.ndarray):
-    """Write a substrate file: the table plus recipe and fingerprint as metadata (atomic)."""
-    from safetensors.numpy import save_file
-
+    """Write a substrate file: the table plus recipe and fingerprint as metadata
+    (atomic; the same bytes for the same table, as the metadata keeps its order)."""
     from mlx_grow.io import atomic_path
+    from mlx_grow.io.tensors import write_safetensors
 
+    table = np.ascontiguousarray(table, np.float32)
     meta = {"substrate": json.dumps(asdict(args)), "fingerprint": json.dumps(fingerprint(args, table))}
     with atomic_path(path) as tmp:
-        save_file({"table": np.ascontiguousarray(table, np.float32)}, str(tmp), metadata=meta)
+        write_safetensors(tmp, [("table", table.shape, "F32", lambda: table)], meta)
 
 
 def describe_file(path) -> dict:

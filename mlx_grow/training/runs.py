@@ -15,21 +15,22 @@ import shutil
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 
 from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     CheckpointError,
-    check_shapes,
+    build_model,
     load_args,
     read_meta,
     read_weights,
-    save_model,
     verify_files,
+    write_model_dir,
 )
 from mlx_grow.io import atomic_path
-from mlx_grow.model import Model
 from mlx_grow.training.faults import maybe_fail
+
+OPTIMIZER = "optimizer.safetensors"
+TRAINER = "trainer.json"
 
 
 class Run:
@@ -104,13 +105,12 @@ class Run:
         if not self.writer:
             return None
         out = self.ckpt_dir / f"step-{state['global_step']:06d}"
-
-        def extra(tmp):
-            mx.save_safetensors(str(tmp / "optimizer.safetensors"), stepper.state_dict())
+        with write_model_dir(out, overwrite=True) as w:
+            w.model(model, tokenizer)
+            w.arrays(OPTIMIZER, stepper.state_dict())
             maybe_fail("checkpoint", state["global_step"])  # test hook: die / disk full mid-write
-            (tmp / "trainer.json").write_text(json.dumps(state, indent=2))
-
-        save_model(model, out, tokenizer, meta={"lineage": state.get("lineage")}, overwrite=True, extra_writer=extra)
+            w.json(TRAINER, state)
+            w.meta["lineage"] = state.get("lineage")
         for old in self.checkpoints()[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         return out
@@ -135,16 +135,10 @@ def load_checkpoint(ckpt: Path):
     """(model with adapters rebuilt, trainer state, optimizer flat state)."""
     from mlx_grow.training.lora import rebuild_lora
 
-    state = json.loads((ckpt / "trainer.json").read_text())
-    args = load_args(ckpt)
-    weights = read_weights(ckpt)
-    table = weights.get("substrate.table")
-    model = Model(args, substrate_table=np.array(table) if table is not None else None)
-    rebuild_lora(model, state.get("lora", []))
-    check_shapes(model, weights, ckpt)
-    model.load_weights(list(weights.items()), strict=True)
-    mx.eval(model.parameters())
-    opt = mx.load(str(ckpt / "optimizer.safetensors"))
+    state = json.loads((ckpt / TRAINER).read_text())
+    model = build_model(load_args(ckpt), read_weights(ckpt), ckpt,
+                        prepare=lambda m: rebuild_lora(m, state.get("lora", [])))
+    opt = mx.load(str(ckpt / OPTIMIZER))
     return model, state, opt
 
 
