@@ -204,3 +204,79 @@ def test_cross_entropy_matches_reference():
     l2, g2 = mx.value_and_grad(lambda a: cross_entropy(a, y))(x)
     assert abs(l1.item() - l2.item()) < 1e-5
     assert mx.allclose(g1, g2, atol=1e-7).item()
+
+
+# --- every stage reads new data (data.stage_data) ---
+
+
+def recorded(cfg, out, **kw):
+    """Run `cfg` and return every training batch it read, in order."""
+    from mlx_grow.training import grow as G
+
+    batches, original = [], G.split_xy
+    G.split_xy = lambda b: (batches.append(np.array(b)), original(b))[1]
+    try:
+        run(cfg, out, **kw)
+    finally:
+        G.split_xy = original
+    return batches
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    """Random letters: no two windows of it are equal by chance, so a repeated row is a repeated read."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("noise") / "noise.jsonl"
+    docs = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 400)) for _ in range(60)]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return str(path)
+
+
+def test_each_stage_reads_on_where_the_last_stopped(noise, tmp_path):
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+
+    cfg = config(noise, depth=4, grow={"steps_per_stage": [5, 7]})
+    seen = recorded(cfg, tmp_path / "grow")
+    stream = open_stream(cfg.data, load_tokenizer("bvv241-2-3"), 16, 4, 0, progress=False)
+    assert len(seen) == 12
+    assert np.array_equal(seen[5], stream.batch(5))  # stage 2's first batch is global batch steps_1
+    assert all(np.array_equal(b, stream.batch(k)) for k, b in enumerate(seen))
+    rows = [r.tobytes() for b in seen for r in b]
+    assert len(set(rows)) == len(rows) < stream._n[0]  # within one epoch, no row is read twice
+    mono = recorded(config(noise, depth=4, grow={"steps_per_stage": [5, 7], "monolithic": True}), tmp_path / "m")
+    assert all(np.array_equal(a, b) for a, b in zip(seen, mono)) and len(mono) == 12
+    restart = config(noise, depth=4, grow={"steps_per_stage": [5, 7]})
+    restart.override(data={"stage_data": "restart"})
+    again = recorded(restart, tmp_path / "restart")
+    assert np.array_equal(again[5], seen[0]) and np.array_equal(again[4], seen[4])  # the old behaviour
+
+
+def test_stage_mixtures_each_read_on(corpus, noise, tmp_path):
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+
+    def cfg(**grow):
+        c = config(corpus, depth=3, grow={"blocks_per_stage": 1, "steps_per_stage": [3, 2, 2], **grow})
+        c.override(data={"stages": [[noise], [corpus], [noise]]})
+        return c
+
+    seen = recorded(cfg(), tmp_path / "grow")
+    tok = load_tokenizer("bvv241-2-3")
+    a = open_stream({"sources": [noise]}, tok, 16, 4, 0, progress=False)
+    b = open_stream({"sources": [corpus]}, tok, 16, 4, 0, progress=False)
+    want = [a.batch(0), a.batch(1), a.batch(2), b.batch(0), b.batch(1), a.batch(3), a.batch(4)]
+    assert len(seen) == len(want) and all(np.array_equal(x, y) for x, y in zip(seen, want))
+    mono = recorded(cfg(monolithic=True), tmp_path / "mono")
+    assert len(mono) == len(want) and all(np.array_equal(x, y) for x, y in zip(mono, want))
+
+
+def test_reads_rebuilt_for_a_checkpoint_without_them():
+    from mlx_grow.training.grow import rebuild_reads
+
+    cfg = RunConfig(model={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2},
+                    grow={"blocks_per_stage": 2, "steps_per_stage": 6},
+                    data={"stages": [["a.txt"], ["b.txt"]]})
+    key = cfg.data.mixture_key
+    state = {"stage": 1, "step": 2, "summary": [{"steps": 4}]}  # stage 1 ended early (plateau) after 4 steps
+    assert rebuild_reads(cfg, plan(cfg), state) == {key(0): 4, key(1): 2}
