@@ -248,7 +248,8 @@ def grow_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
     block_init: Optional[str] = typer.Option(None, "--block-init", help="random | zero-out | copy-top"),
     freeze_head: Optional[bool] = typer.Option(None, "--freeze-head/--train-head",
-                                               help="Train only the new blocks (grow.train_head false)"),
+                                               help="Head + final norm train in stage 1 only; later stages "
+                                               "train only the new blocks (grow.train_head false)"),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Cache the frozen prefix's hidden states"),
     progress: bool = typer.Option(True, help="Show a progress bar"),

@@ -176,7 +176,7 @@ class GrowConfig:
     steps_per_stage: int | list = 200
     tokens_per_stage: int | list | None = None  # wins over steps_per_stage
     plateau: PlateauConfig | None = None  # end a stage early when validation loss stops falling
-    train_head: bool | list = True  # per stage; False = only the new blocks train
+    train_head: bool | list = True  # False: head + final norm train in stage 1, frozen after; or one per stage
     train_substrate_first: bool = False  # substrate trainable in stage 1, frozen after
     train_all_last: bool = False  # the last stage trains every block (never a paper default)
     block_init: str = "random"  # random | zero-out | copy-top
@@ -201,6 +201,10 @@ class GrowConfig:
         if self.tokens_per_stage is not None:
             need_per_stage("grow.tokens_per_stage", self.tokens_per_stage, lambda k, v: need_int(k, v, 1))
         need_per_stage("grow.train_head", self.train_head, need_bool)
+        if isinstance(self.train_head, (list, tuple)) and not self.train_head[0]:
+            raise UserError("grow.train_head[0] is false, so the LM head and final norm would never train from "
+                            "their random start; `train_head: false` (--freeze-head) already trains them in stage 1 "
+                            "and freezes them after")
         for key in ("monolithic", "train_substrate_first", "train_all_last", "carry_optimizer", "prefix_cache"):
             need_bool(f"grow.{key}", getattr(self, key))
         need_choice("grow.block_init", self.block_init, BLOCK_INITS)
@@ -209,6 +213,14 @@ class GrowConfig:
     @classmethod
     def from_dict(cls, d, where="grow"):
         return strict_from_dict(cls, dict(d or {}), where)
+
+    def head_trains(self, k: int) -> bool:
+        """Whether the LM head and final norm train in stage `k` (0-based). A scalar
+        false means: they train in stage 1 and are frozen from stage 2 on (v1: after
+        stage 1 "only the weights of the newly added layer are trainable")."""
+        if isinstance(self.train_head, (list, tuple)):
+            return bool(per_stage(self.train_head, k))
+        return k == 0 or bool(self.train_head)
 
     def sizes(self, depth: int) -> list:
         """New blocks per growth stage; they must add up to `depth`."""

@@ -79,6 +79,27 @@ def test_frozen_head_stage_trains_only_new_blocks(corpus, tmp_path):
             assert np.array_equal(a[k], b[k]), k
 
 
+def test_freeze_head_trains_the_head_in_stage_1_only(corpus, tmp_path):
+    cfg = config(corpus, depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 4, "train_head": False,
+                                        "lora": {"rank": 2, "final_phase_steps": 2}})
+    assert [(s.train_head, s.final_lora) for s in plan(cfg)] == [(True, False), (False, False), (False, True)]
+    start = {}
+
+    def keep(step, model):
+        if step == 0:
+            start["lm_head"] = np.array(model.lm_head.weight)
+
+    final, summary = run(cfg, tmp_path / "r", on_step=keep)
+    s1, s2 = weights(tmp_path / "r" / "stage-01"), weights(tmp_path / "r" / "stage-02")
+    assert not np.array_equal(start["lm_head"], s1["lm_head.weight"])  # stage 1 trains the head
+    for k in ("lm_head.weight", "norm.weight", "norm.bias"):  # frozen from stage 2 on, LoRA phase included
+        assert np.array_equal(s1[k], s2[k]) and np.array_equal(s1[k], weights(final)[k]), k
+    args = ModelArgs.from_dict(cfg.model.to_dict())
+    assert [s["active_params"] for s in summary[:2]] == [stage_active(args, 1), stage_active(args, 1, False)]
+    with pytest.raises(ValueError, match=r"train_head\[0\] is false"):
+        config(corpus, depth=2, grow={"blocks_per_stage": 1, "train_head": [False, True]})
+
+
 def test_resume_is_bit_identical_across_growth(corpus, tmp_path):
     cfg = lambda: config(corpus, depth=4, train={"checkpoint_every": 4})
     full, _ = run(cfg(), tmp_path / "full")
