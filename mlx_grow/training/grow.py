@@ -308,7 +308,7 @@ class Grower:
                                   "peak_mem_mb": mx.get_peak_memory() / 2**20})
             if t.eval_every and pos.step % t.eval_every == 0 and pos.step < st.steps:
                 val = self.evaluate_now(st)
-                if self.plateaued(val):
+                if self.plateaued(val, st):
                     self.say(f"{self.label}: validation loss plateaued at {val:.4f}; ending the stage "
                              f"after {pos.step} of {st.steps} steps")
                     self.steps_run, pos.step = pos.step, st.steps
@@ -347,11 +347,11 @@ class Grower:
                           "val_loss": val, "tokens": self.pos.tokens, "flops": self.pos.flops, **extra})
         return val
 
-    def plateaued(self, val: float) -> bool:
+    def plateaued(self, val: float, st: Stage) -> bool:
         """True when `grow.plateau.patience` evaluations in a row brought no gain
-        of at least `min_delta` nats."""
+        of at least `min_delta` nats (in the stages `grow.plateau.stages` names)."""
         p = self.g.plateau
-        if p is None:
+        if p is None or not p.applies(st.index):
             return False
         best, bad = self.pos.plateau
         if val < best - p.min_delta:

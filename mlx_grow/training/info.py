@@ -72,8 +72,10 @@ def stage_notes(cfg, t: dict) -> list:
             continue
         n = stage_active(args, st.new, st.train_head, st.lora_params, train_substrate=st.train_substrate)
         what = f"+{st.new} blocks -> depth {st.depth}" if st.new else f"LoRA rank {st.lora_rank} on {st.depth} blocks"
+        upto = "at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.index) else ""
         out.append(f"{st.label}: {what}, active {n:,} ({human(n)}), "
-                   f"{st.steps:,} steps, {human(st.steps * per_step)} tokens")
+                   f"{upto}{st.steps:,} steps, {human(st.steps * per_step)} tokens"
+                   + (" (ends at a validation plateau)" if upto else ""))
     total = sum(s.steps for s in plan(cfg)) * per_step
     out.append(f"planned tokens: {total:,} ({human(total)})")
     if not cfg.grow.monolithic:
