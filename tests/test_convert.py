@@ -354,6 +354,14 @@ def test_round_trip_bit_identical(tmp_path, kind):
     load_model(tmp_path / "back")  # checksums verify
 
 
+def test_rmsnorm_model_loads_back_and_export_says_why_not(tmp_path):
+    m, src = saved(tmp_path, norm="rmsnorm")
+    assert np.array_equal(np.array(m(mx.array([IDS]))), np.array(load_model(src)(mx.array([IDS]))))
+    with pytest.raises(ValueError, match="RMSNorm.*LayerNorm"):
+        convert.export_model(src, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_sharded_gpt_neox_round_trip(tmp_path):
     _, src = saved(tmp_path, rope_traditional=True)
     convert.export_model(src, tmp_path / "hf", to="gpt-neox", shard_bytes=40_000)
