@@ -330,8 +330,10 @@ def merge_cmd(
                                 "predicted it so far"),
     adapter: str = typer.Option("none", help="Fusion adapter: none | token | lowrank | gate"),
     rank: int = typer.Option(8, help="Rank of the lowrank adapter"),
-    tune: bool = typer.Option(False, "--tune", help="Fine-tune the adapter and/or heads, experts frozen"),
-    tune_part: str = typer.Option("adapter", "--tune-part", help="adapter | heads | both"),
+    tune: bool = typer.Option(False, "--tune", help="Train the merged model further: the adapter and/or heads "
+                              "(experts' blocks frozen), or everything with --tune-part all"),
+    tune_part: str = typer.Option("adapter", "--tune-part", help="adapter | heads | both | all (the experts' blocks, "
+                                  "norms and heads too, as the papers' *_moe models)"),
     tune_data: Optional[List[str]] = typer.Option(None, "--tune-data", help="Data source (repeatable; "
                                                   "default: the experts' own sources)"),
     tune_steps: int = typer.Option(100, "--tune-steps"),
@@ -442,7 +444,9 @@ def eval_cmd(
     protocol: str = typer.Option("loglik", help="loglik (as lm-evaluation-harness) | paper (the papers' "
                                  "generative first-letter protocol)"),
     limit: Optional[int] = typer.Option(None, help="Score a fixed random subset of N items per task"),
-    runs: int = typer.Option(10, help="Sampled runs of the paper protocol: mean ± 1.96·σ/√n (σ with ddof=1)"),
+    runs: int = typer.Option(10, help="Sampled runs of the paper protocol: mean ± 1.96·σ/√n"),
+    ci_ddof: int = typer.Option(0, "--ci-ddof", help="σ of the paper protocol's interval: 0 (np.std, as the "
+                                "papers' harness) or 1 (the sample standard deviation)"),
     temp: float = typer.Option(1.0, help="Sampling temperature of the paper protocol (a greedy run is added)"),
     top_k: int = typer.Option(0, "--top-k", help="Top-k of the paper protocol's sampling (0: off)"),
     seed: int = typer.Option(0, help="Seed of the paper protocol's sampling"),
@@ -459,7 +463,7 @@ def eval_cmd(
 
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
                       top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress,
-                      echo=lambda s: console.print(s, highlight=False))
+                      echo=lambda s: console.print(s, highlight=False), ci_ddof=ci_ddof)
     paths = write(report, out)
     console.print(markdown(report), highlight=False, markup=False, soft_wrap=True)
     for p in paths:
