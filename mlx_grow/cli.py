@@ -397,6 +397,9 @@ def generate_cmd(
     seed: Optional[int] = typer.Option(None, help="Seed for sampling"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable); </s> always stops"),
     instruct: bool = typer.Option(False, "--instruct", help="Wrap the prompt as [INST] … [/INST]"),
+    prompt_start: Optional[str] = typer.Option(None, "--prompt-start", help="none | sep: start the prompt bare, or "
+                                               "after the start token (</s>); default: as the model's tokenizer "
+                                               "says (a model mlx-grow trained: after its separator)"),
 ):
     """Generate text from a model or a merge (streamed; tokens/s at the end, on stderr)."""
     import sys
@@ -416,7 +419,8 @@ def generate_cmd(
         prompts = [sys.stdin.read().rstrip("\n") if prompt == "-" else prompt]
     m, tok = load(model)
     opts = dict(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                repetition_penalty=repetition_penalty, seed=seed, stop=stop, instruct=instruct)
+                repetition_penalty=repetition_penalty, seed=seed, stop=stop, instruct=instruct,
+                prompt_start=prompt_start)
     if prompt_file is not None:
         stats = {}
         for i, text in enumerate(batch_generate(m, tok, prompts, stats=stats, **opts)):
@@ -447,6 +451,8 @@ def eval_cmd(
     runs: int = typer.Option(10, help="Sampled runs of the paper protocol: mean ± 1.96·σ/√n"),
     ci_ddof: int = typer.Option(0, "--ci-ddof", help="σ of the paper protocol's interval: 0 (np.std, as the "
                                 "papers' harness) or 1 (the sample standard deviation)"),
+    prompt_start: Optional[str] = typer.Option(None, "--prompt-start", help="Paper protocol: none | sep (start "
+                                               "prompts bare or after </s>); default: as each model's tokenizer says"),
     temp: float = typer.Option(1.0, help="Sampling temperature of the paper protocol (a greedy run is added)"),
     top_k: int = typer.Option(0, "--top-k", help="Top-k of the paper protocol's sampling (0: off)"),
     seed: int = typer.Option(0, help="Seed of the paper protocol's sampling"),
@@ -463,7 +469,7 @@ def eval_cmd(
 
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
                       top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress,
-                      echo=lambda s: console.print(s, highlight=False), ci_ddof=ci_ddof)
+                      echo=lambda s: console.print(s, highlight=False), ci_ddof=ci_ddof, prompt_start=prompt_start)
     paths = write(report, out)
     console.print(markdown(report), highlight=False, markup=False, soft_wrap=True)
     for p in paths:

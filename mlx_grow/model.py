@@ -19,7 +19,6 @@ from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attenti
 from mlx_grow.base import UserError, strict_from_dict
 from mlx_grow.substrate.tables import Substrate, SubstrateArgs
 
-
 NORMS = ("layernorm", "rmsnorm")
 
 

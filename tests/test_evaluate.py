@@ -407,6 +407,16 @@ def test_cli_eval_writes_report(tok, tmp_path):
     assert "± " in md and "best_bvv_moe (merge + tune)" in md and "Greedy run" in md  # reference rows: "mmlu"
     assert "| 16 layers 16-bit, grown (v3, 68.9B tokens) | 269.7M | 28.92 |" in md  # v3's headline row
     assert "ddof=0 as the papers' harness" in md and rep_settings(out)["ci_ddof"] == 0
+    rep = json.loads((out / "report.json").read_text())  # how prompts started: this tokenizer adds nothing
+    assert rep["settings"]["prompt_start"] == "model" and rep["models"][0]["prompt_start"] == []
+    assert "run/final: the bare prompt" in md
+    r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(task), "--protocol", "paper",
+                                 "--runs", "2", "--limit", "3", "--prompt-start", "sep", "--ci-ddof", "1", "-o",
+                                 str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["prompt_start"] == "sep" and rep["models"][0]["prompt_start"] == ["</s>"]
+    assert rep["settings"]["ci_ddof"] == 1 and "run/final: </s> + prompt" in (out / "report.md").read_text()
     bad = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 7}])
     r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(bad), "-o", str(out)])
     assert r.exit_code == 2 and "answer 7 is out of range" in r.output

@@ -96,6 +96,12 @@ def test_freeze_head_trains_the_head_in_stage_1_only(corpus, tmp_path):
         assert np.array_equal(s1[k], s2[k]) and np.array_equal(s1[k], weights(final)[k]), k
     args = ModelArgs.from_dict(cfg.model.to_dict())
     assert [s["active_params"] for s in summary[:2]] == [stage_active(args, 1), stage_active(args, 1, False)]
+    from mlx_grow.checkpoint import read_meta
+    from mlx_grow.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(final)  # the model records what its documents start after, for generation and exports
+    assert tok.affixes() == ([tok.eos_id], []) and read_meta(final)["separator"] == "</s>"
+    assert tok.encode("In") == load_tokenizer("bvv241-2-3").encode("In")  # data encoding never adds it
     with pytest.raises(ValueError, match=r"train_head\[0\] is false"):
         config(corpus, depth=2, grow={"blocks_per_stage": 1, "train_head": [False, True]})
 

@@ -130,6 +130,11 @@ def markdown(report: dict) -> str:
         sigma = "ddof=0 as the papers' harness (np.std)" if ddof == 0 else "sample standard deviation, ddof=1"
         lines.append(f"Accuracy % (BLEU for translation): mean ± 1.96·σ/√n over {s['runs']} sampled runs "
                      f"(σ: {sigma}), temperature {s['temp']}, top-k {s['top_k'] or 'off'}, seed {s['seed']}.")
+        how = s.get("prompt_start", "model")
+        rule = "as each model's tokenizer says" if how == "model" else f"by --prompt-start {how}"
+        each = [f"{m['name']}: " + (f"{' '.join(m['prompt_start'])} + prompt" if m.get("prompt_start") else
+                                    "the bare prompt") for m in report["models"]]
+        lines.append(f"Prompts start {rule} ({'; '.join(each)}).")
     else:
         lines.append("acc % / acc_norm % (log-likelihood of each choice; acc_norm divides by its characters); "
                      "SQuAD / translation: bits per byte of the reference answer.")

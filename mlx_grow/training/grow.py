@@ -200,6 +200,9 @@ class Grower:
             raise UserError(f"train.batch_size {self.t.batch_size} must divide by ranks x train.grad_accum = "
                             f"{self.world * self.t.grad_accum}")
         self.tok = load_tokenizer(cfg.tokenizer)
+        # Saved models record what their documents start after: a prompt starts the same way
+        # in mlx-grow, transformers and mlx-lm (the tokenizer's post-processor; data encoding never uses it).
+        self.tok_out = self.tok.with_prompt_start(cfg.data.separator)
         if self.tok.vocab_size != self.args.vocab_size:
             raise UserError(f"tokenizer {cfg.tokenizer} has {self.tok.vocab_size} ids but model.vocab_size is "
                             f"{self.args.vocab_size}: make them equal")
@@ -375,7 +378,7 @@ class Grower:
                  "summary": pos.summary, "lineage": {"run": str(self.out), "stage": st.index + 1,
                                                      "step": pos.global_step}}
         try:
-            run.save_checkpoint(self.model, self.tok, self.stepper, state, self.t.keep_checkpoints)
+            run.save_checkpoint(self.model, self.tok_out, self.stepper, state, self.t.keep_checkpoints)
         except OSError as e:
             last = run.checkpoints()[-1] if run.checkpoints() else "none yet"
             raise CheckpointWriteError(e.errno, f"cannot write the step-{pos.global_step:06d} checkpoint "
@@ -394,9 +397,9 @@ class Grower:
                                  "train_loss": self.last_loss,
                                  "val_loss": val})
         if self.rank == 0:
-            save_model(self.model, self.run_dir.stage_dir(st.index), self.tok, overwrite=True,
+            save_model(self.model, self.run_dir.stage_dir(st.index), self.tok_out, overwrite=True,
                        meta={"lineage": {"run": str(self.out), "stage": st.index + 1,
-                                         "summary": self.pos.summary[-1]}})
+                                         "summary": self.pos.summary[-1]}, "separator": self.cfg.data.separator})
         self.prev = self.stepper
         self.say(f"{self.label} done: validation loss {val:.4f}")
 
@@ -406,9 +409,10 @@ class Grower:
             from mlx_grow.training.plot import plot_run
 
             self.model.set_dtype(mx.float32)
-            save_model(self.model, final_dir, self.tok, overwrite=True,
+            save_model(self.model, final_dir, self.tok_out, overwrite=True,
                        meta={"lineage": {"run": str(self.out), "stage": len(self.stages),
-                                         "summary": self.pos.summary}, "seed": self.seed})
+                                         "summary": self.pos.summary}, "seed": self.seed,
+                             "separator": self.cfg.data.separator})
             plot_run(self.run_dir.root)
         return final_dir, self.pos.summary
 
