@@ -248,7 +248,8 @@ def grow_cmd(
     seq_len: Optional[int] = typer.Option(None, "--seq-len"),
     block_init: Optional[str] = typer.Option(None, "--block-init", help="random | zero-out | copy-top"),
     freeze_head: Optional[bool] = typer.Option(None, "--freeze-head/--train-head",
-                                               help="Train only the new blocks (grow.train_head false)"),
+                                               help="Head + final norm train in stage 1 only; later stages "
+                                               "train only the new blocks (grow.train_head false)"),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Cache the frozen prefix's hidden states"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
@@ -329,8 +330,10 @@ def merge_cmd(
                                 "predicted it so far"),
     adapter: str = typer.Option("none", help="Fusion adapter: none | token | lowrank | gate"),
     rank: int = typer.Option(8, help="Rank of the lowrank adapter"),
-    tune: bool = typer.Option(False, "--tune", help="Fine-tune the adapter and/or heads, experts frozen"),
-    tune_part: str = typer.Option("adapter", "--tune-part", help="adapter | heads | both"),
+    tune: bool = typer.Option(False, "--tune", help="Train the merged model further: the adapter and/or heads "
+                              "(experts' blocks frozen), or everything with --tune-part all"),
+    tune_part: str = typer.Option("adapter", "--tune-part", help="adapter | heads | both | all (the experts' blocks, "
+                                  "norms and heads too, as the papers' *_moe models)"),
     tune_data: Optional[List[str]] = typer.Option(None, "--tune-data", help="Data source (repeatable; "
                                                   "default: the experts' own sources)"),
     tune_steps: int = typer.Option(100, "--tune-steps"),
@@ -394,6 +397,9 @@ def generate_cmd(
     seed: Optional[int] = typer.Option(None, help="Seed for sampling"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable); </s> always stops"),
     instruct: bool = typer.Option(False, "--instruct", help="Wrap the prompt as [INST] … [/INST]"),
+    prompt_start: Optional[str] = typer.Option(None, "--prompt-start", help="none | sep: start the prompt bare, or "
+                                               "after the start token (</s>); default: as the model's tokenizer "
+                                               "says (a model mlx-grow trained: after its separator)"),
 ):
     """Generate text from a model or a merge (streamed; tokens/s at the end, on stderr)."""
     import sys
@@ -413,7 +419,8 @@ def generate_cmd(
         prompts = [sys.stdin.read().rstrip("\n") if prompt == "-" else prompt]
     m, tok = load(model)
     opts = dict(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                repetition_penalty=repetition_penalty, seed=seed, stop=stop, instruct=instruct)
+                repetition_penalty=repetition_penalty, seed=seed, stop=stop, instruct=instruct,
+                prompt_start=prompt_start)
     if prompt_file is not None:
         stats = {}
         for i, text in enumerate(batch_generate(m, tok, prompts, stats=stats, **opts)):
@@ -441,7 +448,11 @@ def eval_cmd(
     protocol: str = typer.Option("loglik", help="loglik (as lm-evaluation-harness) | paper (the papers' "
                                  "generative first-letter protocol)"),
     limit: Optional[int] = typer.Option(None, help="Score a fixed random subset of N items per task"),
-    runs: int = typer.Option(10, help="Sampled runs of the paper protocol: mean ± 1.96·σ/√n (σ with ddof=1)"),
+    runs: int = typer.Option(10, help="Sampled runs of the paper protocol: mean ± 1.96·σ/√n"),
+    ci_ddof: int = typer.Option(0, "--ci-ddof", help="σ of the paper protocol's interval: 0 (np.std, as the "
+                                "papers' harness) or 1 (the sample standard deviation)"),
+    prompt_start: Optional[str] = typer.Option(None, "--prompt-start", help="Paper protocol: none | sep (start "
+                                               "prompts bare or after </s>); default: as each model's tokenizer says"),
     temp: float = typer.Option(1.0, help="Sampling temperature of the paper protocol (a greedy run is added)"),
     top_k: int = typer.Option(0, "--top-k", help="Top-k of the paper protocol's sampling (0: off)"),
     seed: int = typer.Option(0, help="Seed of the paper protocol's sampling"),
@@ -458,7 +469,7 @@ def eval_cmd(
 
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
                       top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress,
-                      echo=lambda s: console.print(s, highlight=False))
+                      echo=lambda s: console.print(s, highlight=False), ci_ddof=ci_ddof, prompt_start=prompt_start)
     paths = write(report, out)
     console.print(markdown(report), highlight=False, markup=False, soft_wrap=True)
     for p in paths:

@@ -162,10 +162,22 @@ class LoRAConfig:
 class PlateauConfig:
     patience: int = 3  # evaluations without improvement before the stage ends
     min_delta: float = 0.0  # nats the validation loss must fall to count as improvement
+    stages: list | None = None  # 1-based stages it applies to (None: every stage); e.g. [1]
 
     def __post_init__(self):
         need_int("grow.plateau.patience", self.patience, 1)
         need_number("grow.plateau.min_delta", self.min_delta, 0)
+        if self.stages is not None:
+            if not isinstance(self.stages, (list, tuple)) or not self.stages:
+                raise UserError(f"grow.plateau.stages must be a non-empty list of stage numbers (1-based), "
+                                f"got {self.stages!r}")
+            for i, k in enumerate(self.stages):
+                need_int(f"grow.plateau.stages[{i}]", k, 1)
+            self.stages = list(self.stages)
+
+    def applies(self, k: int) -> bool:
+        """Whether stage `k` (0-based) may end at a plateau."""
+        return self.stages is None or k + 1 in self.stages
 
 
 @dataclass
@@ -176,7 +188,7 @@ class GrowConfig:
     steps_per_stage: int | list = 200
     tokens_per_stage: int | list | None = None  # wins over steps_per_stage
     plateau: PlateauConfig | None = None  # end a stage early when validation loss stops falling
-    train_head: bool | list = True  # per stage; False = only the new blocks train
+    train_head: bool | list = True  # False: head + final norm train in stage 1, frozen after; or one per stage
     train_substrate_first: bool = False  # substrate trainable in stage 1, frozen after
     train_all_last: bool = False  # the last stage trains every block (never a paper default)
     block_init: str = "random"  # random | zero-out | copy-top
@@ -200,7 +212,18 @@ class GrowConfig:
         need_per_stage("grow.steps_per_stage", self.steps_per_stage, lambda k, v: need_int(k, v, 1))
         if self.tokens_per_stage is not None:
             need_per_stage("grow.tokens_per_stage", self.tokens_per_stage, lambda k, v: need_int(k, v, 1))
+            if self.monolithic and self.stages is None and not isinstance(self.tokens_per_stage, (list, tuple)):
+                raise UserError(
+                    "grow.monolithic with a single grow.tokens_per_stage and no grow.stages is ambiguous: a "
+                    "monolithic run reads the token budget of every stage of its grown twin, and the stages here "
+                    f"come only from grow.blocks_per_stage ({self.blocks_per_stage}). Name them: grow.stages "
+                    "(--stages 3,3,3) for the grown twin's segments, or one stage of every block (e.g. "
+                    "--stages 16 for depth 16) for a single segment of tokens_per_stage tokens")
         need_per_stage("grow.train_head", self.train_head, need_bool)
+        if isinstance(self.train_head, (list, tuple)) and not self.train_head[0]:
+            raise UserError("grow.train_head[0] is false, so the LM head and final norm would never train from "
+                            "their random start; `train_head: false` (--freeze-head) already trains them in stage 1 "
+                            "and freezes them after")
         for key in ("monolithic", "train_substrate_first", "train_all_last", "carry_optimizer", "prefix_cache"):
             need_bool(f"grow.{key}", getattr(self, key))
         need_choice("grow.block_init", self.block_init, BLOCK_INITS)
@@ -209,6 +232,14 @@ class GrowConfig:
     @classmethod
     def from_dict(cls, d, where="grow"):
         return strict_from_dict(cls, dict(d or {}), where)
+
+    def head_trains(self, k: int) -> bool:
+        """Whether the LM head and final norm train in stage `k` (0-based). A scalar
+        false means: they train in stage 1 and are frozen from stage 2 on (v1: after
+        stage 1 "only the weights of the newly added layer are trainable")."""
+        if isinstance(self.train_head, (list, tuple)):
+            return bool(per_stage(self.train_head, k))
+        return k == 0 or bool(self.train_head)
 
     def sizes(self, depth: int) -> list:
         """New blocks per growth stage; they must add up to `depth`."""

@@ -4,9 +4,13 @@ One KV cache per model (a merge holds one per expert and combines the experts'
 next-token scores at every step), greedy or sampled decoding, stop at `</s>`
 or user stop strings, streaming, and batched prompts with left padding.
 
-A text prompt starts after the document separator `</s>`, as every training
-document does; with `instruct` it is wrapped as `[INST] prompt [/INST]`, the
-layout of the instruction data. A list of ids is used exactly as given.
+A text prompt is encoded as the model's tokenizer says (its post-processor, as
+transformers and mlx-lm apply it): bare for bvv241 as built, after the separator
+`</s>` for a model mlx-grow trained (its directory records the separator its
+documents follow). `prompt_start` overrides it: "none" (the bare prompt) or
+"sep" (after the tokenizer's start token, or `</s>` when it has none). With
+`instruct` the prompt is wrapped as `[INST] prompt [/INST]`, the layout of the
+instruction data. A list of ids is used exactly as given.
 """
 
 import logging
@@ -39,8 +43,31 @@ class GenerationResponse:
     finish_reason: Optional[str] = None  # "stop", "length" or None while going
 
 
-def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the prompt") -> List[int]:
-    """Token ids of a prompt; warns when characters fall outside the vocabulary."""
+PROMPT_STARTS = ("none", "sep")
+
+
+def prompt_affixes(tokenizer, start: Optional[str] = None) -> tuple:
+    """(ids before, ids after) a prompt: the tokenizer's own (start None), none, or the
+    start token ("sep": the one its post-processor puts first, else `</s>`)."""
+    if start is not None and start not in PROMPT_STARTS:
+        raise UserError(f"prompt start must be one of {', '.join(PROMPT_STARTS)}, got {start!r}")
+    before, after = tokenizer.affixes() if hasattr(tokenizer, "affixes") else ([], [])
+    if start == "none":
+        return [], []
+    if start == "sep":
+        if before:
+            return before[:1], []
+        sep = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+        if sep is None:
+            raise UserError("--prompt-start sep: this tokenizer has no start token, no </s> and no <s>")
+        return [sep], []
+    return list(before), list(after)
+
+
+def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the prompt",
+                  start: Optional[str] = None) -> List[int]:
+    """Token ids of a prompt, started as `prompt_affixes(tokenizer, start)` says;
+    warns when characters fall outside the vocabulary."""
     if not isinstance(prompt, str):
         ids = [int(i) for i in prompt]
         if not ids:
@@ -59,8 +86,8 @@ def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the p
             raise UserError("this tokenizer has no [INST] / [/INST] tokens, so --instruct cannot be used")
         a, b = tokenizer.inst_ids
         body = [a, *body, b]
-    start = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    return start + body
+    before, after = prompt_affixes(tokenizer, start)
+    return before + body + after
 
 
 def cache_offset(cache) -> int:
@@ -171,11 +198,13 @@ def _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_p
 
 
 def stream_generate(model, tokenizer, prompt, max_tokens=256, temp=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                    repetition_penalty=1.0, seed=None, stop=None, instruct=False) -> Iterator[GenerationResponse]:
+                    repetition_penalty=1.0, seed=None, stop=None, instruct=False,
+                    prompt_start=None) -> Iterator[GenerationResponse]:
     """Yield a GenerationResponse per generated token; the last one carries
-    finish_reason ("stop" at `</s>` or a stop string, else "length")."""
+    finish_reason ("stop" at `</s>` or a stop string, else "length"). `prompt_start`:
+    None (as the model's tokenizer says), "none" or "sep" (see encode_prompt)."""
     sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop)
-    ids = encode_prompt(tokenizer, prompt, instruct)
+    ids = encode_prompt(tokenizer, prompt, instruct, start=prompt_start)
     eos = tokenizer.eos_id
     text = TextStream(tokenizer, stop)
     tic = time.perf_counter()
@@ -228,13 +257,14 @@ def print_stats(r, file=None):
 
 def batch_generate(model, tokenizer, prompts: List[str], max_tokens=256, verbose=False, temp=0.0, top_k=0,
                    top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None, stop=None, instruct=False,
-                   stats: Optional[dict] = None) -> List[str]:
+                   stats: Optional[dict] = None, prompt_start=None) -> List[str]:
     """Generate for several prompts at once (left padding + attention mask);
     each row stops on its own. `stats`, when given, receives the timings."""
     sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop)
     if isinstance(prompts, str) or not len(prompts):
         raise UserError("batch_generate takes a non-empty list of prompts")
-    rows = [encode_prompt(tokenizer, p, instruct, where=f"prompt {i + 1}") for i, p in enumerate(prompts)]
+    rows = [encode_prompt(tokenizer, p, instruct, where=f"prompt {i + 1}", start=prompt_start)
+            for i, p in enumerate(prompts)]
     width = max(len(r) for r in rows)
     fill = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
     pad = mx.array([width - len(r) for r in rows])

@@ -1,8 +1,10 @@
 """Decoder-only Transformer on a frozen input substrate.
 
-Pre-LayerNorm blocks with biased q/k/v/o projections, rotary positions and a
-4x GELU MLP with biases; a final LayerNorm and an untied LM head without bias.
-Module names follow mlx-lm's Starcoder2 port, so export is a renaming.
+Pre-norm blocks with biased q/k/v/o projections, rotary positions and a 4x GELU
+MLP with biases; a final norm and an untied LM head without bias. The norm is
+LayerNorm with bias by default, or RMSNorm (`norm: rmsnorm`): the papers'
+parameter counts do not decide between them. Module names follow mlx-lm's
+Starcoder2 port, so export (LayerNorm models) is a renaming.
 """
 
 import math
@@ -17,6 +19,14 @@ from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attenti
 from mlx_grow.base import UserError, strict_from_dict
 from mlx_grow.substrate.tables import Substrate, SubstrateArgs
 
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(args) -> nn.Module:
+    if args.norm == "rmsnorm":
+        return nn.RMSNorm(args.hidden_size, eps=args.norm_eps)
+    return nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+
 
 @dataclass
 class ModelArgs:
@@ -30,6 +40,7 @@ class ModelArgs:
     rope_traditional: bool = False  # False: rotate-half; True: interleaved pairs
     hidden_act: str = "gelu"  # "gelu" (exact) or "gelu_tanh"
     norm_eps: float = 1e-5
+    norm: str = "layernorm"  # layernorm (with bias) | rmsnorm (a gain only)
     substrate: SubstrateArgs = field(default_factory=SubstrateArgs)
     model_type: str = "mlx_grow"
 
@@ -45,6 +56,8 @@ class ModelArgs:
             )
         if self.hidden_act not in ("gelu", "gelu_tanh"):
             raise UserError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {self.hidden_act!r}")
+        if self.norm not in NORMS:
+            raise UserError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
     @classmethod
     def from_dict(cls, params: dict, where: str = "model config"):
@@ -99,9 +112,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.input_layernorm = make_norm(args)
         self.self_attn = Attention(args)
-        self.post_attention_layernorm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.post_attention_layernorm = make_norm(args)
         self.mlp = MLP(args)
 
     def __call__(self, x, mask=None, cache=None):
@@ -120,7 +133,7 @@ def checkpointed(block: nn.Module, h, mask):
 
 
 class Model(nn.Module):
-    """Substrate -> blocks -> final LayerNorm -> LM head.
+    """Substrate -> blocks -> final norm -> LM head.
 
     `layers` is a plain list so growth can append blocks.
     """
@@ -130,7 +143,7 @@ class Model(nn.Module):
         self.args = args
         self.substrate = Substrate(args.substrate, args.vocab_size, args.hidden_size, substrate_table)
         self.layers = [Block(args) for _ in range(args.num_hidden_layers)]
-        self.norm = nn.LayerNorm(args.hidden_size, eps=args.norm_eps)
+        self.norm = make_norm(args)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def hidden(self, inputs, mask=None, cache=None, start=0, h=None, frozen_below=0, checkpoint=False):
@@ -205,13 +218,18 @@ def block_param_count(args: ModelArgs) -> int:
     d, f = args.hidden_size, args.intermediate_size
     attn = 4 * (d * d + d)
     mlp = d * f + f + f * d + d
-    return attn + mlp + 4 * d
+    return attn + mlp + 2 * norm_param_count(args)
+
+
+def norm_param_count(args: ModelArgs) -> int:
+    """One norm: gain and bias (LayerNorm) or a gain only (RMSNorm)."""
+    return args.hidden_size * (1 if args.norm == "rmsnorm" else 2)
 
 
 def flops_per_token(args: ModelArgs, n_layers: int, seq_len: int) -> float:
     """Forward FLOPs per token of the blocks and head (2 per multiply-add)."""
     d = args.hidden_size
-    per_block = 2 * (block_param_count(args) - 4 * d) + 4 * seq_len * d  # matmuls + attention
+    per_block = 2 * (block_param_count(args) - 2 * norm_param_count(args)) + 4 * seq_len * d  # matmuls + attention
     return n_layers * per_block + 2 * d * args.vocab_size
 
 

@@ -15,7 +15,11 @@ Choices where the layout spec is silent:
 - Merge halves are single characters or placed n-grams, never special tokens.
 - All of 0xE000-0xE0FF are registered as special tokens. `encode` treats
   special-token strings in the text as plain characters unless asked.
-- Encoding never adds BOS/EOS; callers add them.
+- Encoding never adds BOS/EOS; callers add them. A tokenizer may carry a
+  post-processor (a template such as `</s> $A`) that says how a prompt starts:
+  transformers and mlx-lm apply it by default, mlx-grow's generation and paper
+  evaluation apply it through `affixes()`, and data encoding never does. A model
+  that mlx-grow trains records its separator there (`with_prompt_start`).
 """
 
 import ast
@@ -32,7 +36,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Iterable, List, Sequence
 
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
 from mlx_grow.base import UserError
@@ -126,6 +130,35 @@ class Tokenizer:
         if bad:
             raise UserError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
         return self.backend.decode(ids, skip_special_tokens=skip_special)
+
+    def affixes(self) -> tuple:
+        """(ids before, ids after) a single text that this tokenizer's post-processor
+        adds: what transformers' `tokenizer(text)` and mlx-lm's `encode` put around a
+        prompt. ([], []) when it has none (bvv241 as built)."""
+        if self.backend.post_processor is None:
+            return [], []
+        with self._lock:
+            bare = self.backend.encode("a", add_special_tokens=False).ids
+            full = self.backend.encode("a", add_special_tokens=True).ids
+        at = next((i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), None)
+        if not bare or at is None:
+            raise UserError(f"cannot tell where tokenizer {self.name or ''} puts its special tokens around a text")
+        return full[:at], full[at + len(bare):]
+
+    def with_prompt_start(self, token) -> "Tokenizer":
+        """A copy whose post-processor puts `token` (a special-token string, e.g. the
+        documents' separator `</s>`) before every single text, or nothing (None). Only
+        generation and exports see it: `encode` never applies it."""
+        backend = HFTokenizer.from_str(self.backend.to_str())
+        if token is None:
+            backend.post_processor = None
+        else:
+            i = backend.token_to_id(token)
+            if i is None:
+                raise UserError(f"prompt start {token!r} is not a token of tokenizer {self.name or ''}")
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{token} $A", pair=f"{token} $A {token} $B", special_tokens=[(token, i)])
+        return Tokenizer(backend, name=self.name, **self.special)
 
     @cached_property
     def fingerprint(self) -> str:

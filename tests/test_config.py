@@ -37,6 +37,52 @@ def test_every_packaged_config_parses_every_section(name):
     assert again.to_dict() == cfg.to_dict()
 
 
+def test_every_packaged_config_plans_the_tokens_its_description_states():
+    """`mlx-grow info` prints the planned total; each description states the figure it must be."""
+    import re
+
+    from mlx_grow.training.info import describe
+
+    names = sorted(packaged_configs())
+    assert {"paper-16l-16bit", "es-16l-16bit", "d4096-1layer", "tiny"} <= set(names)
+    unit = {"K": 1e3, "M": 1e6, "B": 1e9}
+    for name in names:
+        stated = re.findall(r"Planned: (\d+(?:\.\d+)?)([KMB]) tokens", " ".join(load_config(name).description.split()))
+        assert len(stated) == 1, f"{name}: its description must state 'Planned: <N>[KMB] tokens' once"
+        figure, u = stated[0]
+        line = next(n for n in describe(name)["notes"] if n.startswith("planned tokens: "))
+        total = int(line.split()[2].replace(",", ""))
+        decimals = len(figure.partition(".")[2])
+        assert round(total / unit[u], decimals) == float(figure), f"{name}: plans {total:,}, states {figure}{u}"
+    # the papers' own figures
+    assert round(sum(s.steps for s in plan(load_config("paper-16l-16bit"))) * 32 * 1024 / 1e9, 1) == 68.9
+    assert [s.steps for s in plan(load_config("es-16l-16bit"))] == [-(-9_000_000_000 // (32 * 1024))]
+
+
+def test_monolithic_scalar_token_budget_needs_named_stages():
+    grow = {"monolithic": True, "tokens_per_stage": 4096}
+    model = {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 4}
+    with pytest.raises(UserError, match="ambiguous.*grow.stages"):
+        RunConfig.from_dict({"model": model, "grow": {**grow, "blocks_per_stage": 2}})
+    train = {"batch_size": 4, "seq_len": 64}
+    one = plan(RunConfig.from_dict({"model": model, "grow": {**grow, "stages": [4]}, "train": train}))
+    assert [(s.steps, s.segments) for s in one] == [(16, [16])]  # one segment of 4,096 tokens
+    twin = plan(RunConfig.from_dict({"model": model, "grow": {**grow, "stages": [2, 2]}, "train": train}))
+    assert [(s.steps, s.segments) for s in twin] == [(32, [16, 16])]  # the grown twin's two stages
+    cfg = load_config("paper-9l-16bit")  # a grown paper config takes --monolithic as it is
+    cfg.override(grow={"monolithic": True})
+    assert [s.segments for s in plan(cfg)] == [[91553] * 3]
+
+
+def test_one_layer_series_configs_follow_the_cards_and_v1():
+    for name, lora_from in (("d4096-1layer", 5), ("d4096-1layer-v1", 3)):
+        cfg = load_config(name)
+        stages = plan(cfg)
+        assert [s.train_head for s in stages] == [True] + [False] * 5  # only the newest layer after stage 1
+        assert [s.depth for s in stages if s.lora_rank] == list(range(lora_from, 7))
+        assert [cfg.grow.plateau.applies(s.index) for s in stages] == [True] + [False] * 5
+
+
 @pytest.mark.parametrize("section, key, value, words", [
     ("train", "dtype", "float64", "train.dtype must be one of float32, bfloat16, float16"),
     ("train", "batch_size", 0, "train.batch_size must be a positive integer, got 0"),

@@ -354,6 +354,14 @@ def test_round_trip_bit_identical(tmp_path, kind):
     load_model(tmp_path / "back")  # checksums verify
 
 
+def test_rmsnorm_model_loads_back_and_export_says_why_not(tmp_path):
+    m, src = saved(tmp_path, norm="rmsnorm")
+    assert np.array_equal(np.array(m(mx.array([IDS]))), np.array(load_model(src)(mx.array([IDS]))))
+    with pytest.raises(ValueError, match="RMSNorm.*LayerNorm"):
+        convert.export_model(src, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_sharded_gpt_neox_round_trip(tmp_path):
     _, src = saved(tmp_path, rope_traditional=True)
     convert.export_model(src, tmp_path / "hf", to="gpt-neox", shard_bytes=40_000)
@@ -392,6 +400,60 @@ def test_mlx_lm_greedy_tokens_match(tmp_path, to, act):
     theirs = [int(t) for t, _ in lm_step(mx.array(IDS), lm, max_tokens=12, sampler=greedy)]
     mine = [int(t.item()) for t, _ in generate_step(m, mx.array([IDS]), 12, greedy)]
     assert theirs == mine and len(set(mine)) > 1
+
+
+def three_tools_greedy(hf_dir, ours_dir, prompt, n=8):
+    """Greedy tokens for a text prompt from transformers and mlx-lm (on the Hugging Face directory)
+    and from mlx-grow (on its model directory), each encoding the prompt its own default way."""
+    import mlx_lm
+    import torch
+    import transformers
+
+    from mlx_grow import load
+    from mlx_grow.generate import stream_generate
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    ids = hf_tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = hf.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=hf_tok.eos_token_id)
+    theirs = out[0, ids.shape[1]:].tolist()
+    lm, lm_tok = mlx_lm.load(str(hf_dir))
+    greedy = lambda lp: mx.argmax(lp, axis=-1)  # noqa: E731
+    lm_tokens = [r.token for r in mlx_lm.stream_generate(lm, lm_tok, prompt, max_tokens=n, sampler=greedy)]
+    m, tok = load(ours_dir)
+    mine = [r.token for r in stream_generate(m, tok, prompt, max_tokens=n)]
+    return ids[0].tolist(), theirs, lm_tokens, mine
+
+
+def test_prompts_start_alike_in_mlx_grow_transformers_and_mlx_lm(tmp_path):
+    pytest.importorskip("torch")
+    from mlx_grow.generate import encode_prompt
+    from mlx_grow.tokenizer import load_tokenizer
+
+    prompt = "w17 w200 w5 w42"
+    bare = [17, 200, 5, 42]
+    save_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    # a model mlx-grow trained records its separator in the tokenizer it saves (as the grow loop does)
+    grown = tok.with_prompt_start("</s>")
+    save_model(make_model(seed=5), tmp_path / "grown", tokenizer=grown, meta={"separator": "</s>"})
+    assert encode_prompt(grown, prompt) == [2] + bare and encode_prompt(grown, prompt, start="none") == bare
+    convert.export_model(tmp_path / "grown", tmp_path / "hf")
+    ids, theirs, lm_tokens, mine = three_tools_greedy(tmp_path / "hf", tmp_path / "grown", prompt)
+    assert ids == [2] + bare  # transformers starts the prompt after </s>, as mlx-grow trained it
+    assert theirs == lm_tokens == mine and len(set(mine)) > 1
+    # the other direction: a Hugging Face checkpoint whose tokenizer adds nothing (bvv241 as built)
+    save_model(make_model(seed=5), tmp_path / "plain", tokenizer=tok)
+    convert.export_model(tmp_path / "plain", tmp_path / "hf-plain")
+    convert.import_checkpoint(tmp_path / "hf-plain", tmp_path / "imported")
+    ids, theirs, lm_tokens, mine = three_tools_greedy(tmp_path / "hf-plain", tmp_path / "imported", prompt)
+    assert ids == bare and encode_prompt(load_tokenizer(tmp_path / "imported"), prompt) == bare
+    assert theirs == lm_tokens == mine
+    assert mine != three_tools_greedy(tmp_path / "hf", tmp_path / "grown", prompt)[3]  # the start matters
+    assert encode_prompt(tok, prompt, start="sep") == [2] + bare  # --prompt-start sep on a bare tokenizer
+    with pytest.raises(ValueError, match="prompt start must be one of none, sep"):
+        encode_prompt(tok, prompt, start="bos")
 
 
 def test_export_dtypes(tmp_path):

@@ -198,6 +198,10 @@ def test_per_sample_bleu():
     assert met["score"] != pytest.approx(both)
 
 
+def rep_settings(out) -> dict:
+    return json.loads((out / "report.json").read_text())["settings"]
+
+
 def test_interval_matches_hand_computation():
     m = T.mean_ci([50, 75, 100, 75])
     std = math.sqrt((25 ** 2 + 0 + 25 ** 2 + 0) / 3)  # sample standard deviation, ddof=1
@@ -218,7 +222,10 @@ def test_paper_eval_through_the_generate_seam(tmp_path):
     (label, met), = paper_eval(task, outputs_from_generate(fake, runs=4, temp=0.7, top_k=5, seed=0))
     assert calls == [(0.7, 0, (1,) * 4), (0.7, 1, (1,) * 4), (0.7, 2, (1,) * 4), (0.7, 3, (1,) * 4), (0.0, 0, (1,) * 4)]
     assert met["runs"] == [50, 75, 100, 75] and met["score"] == 75
-    assert met["ci95"] == pytest.approx(T.mean_ci([50, 75, 100, 75])["ci95"])
+    assert met["ci95"] == pytest.approx(T.mean_ci([50, 75, 100, 75], ddof=0)["ci95"])  # the papers' np.std
+    assert met["ci95"] == pytest.approx(1.96 * math.sqrt((25 ** 2 + 0 + 25 ** 2 + 0) / 4) / 2)
+    (_, sample), = paper_eval(task, outputs_from_generate(fake, runs=4, temp=0.7, top_k=5, seed=0), ddof=1)
+    assert sample["ci95"] == pytest.approx(T.mean_ci([50, 75, 100, 75])["ci95"]) and sample["ci95"] > met["ci95"]
     assert met["greedy"] == 0 and met["format_valid_greedy"] == 0  # every greedy answer was " "
     assert met["format_valid"] == pytest.approx((0.5 + 0.75 + 1 + 0.75) / 4)
 
@@ -397,7 +404,19 @@ def test_cli_eval_writes_report(tok, tmp_path):
                                  "--runs", "2", "--limit", "3", "-o", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     md = (out / "report.md").read_text()
-    assert "± " in md and "best_bvv_moe (merge)" in md and "Greedy run" in md  # reference rows: task "mmlu"
+    assert "± " in md and "best_bvv_moe (merge + tune)" in md and "Greedy run" in md  # reference rows: "mmlu"
+    assert "| 16 layers 16-bit, grown (v3, 68.9B tokens) | 269.7M | 28.92 |" in md  # v3's headline row
+    assert "ddof=0 as the papers' harness" in md and rep_settings(out)["ci_ddof"] == 0
+    rep = json.loads((out / "report.json").read_text())  # how prompts started: this tokenizer adds nothing
+    assert rep["settings"]["prompt_start"] == "model" and rep["models"][0]["prompt_start"] == []
+    assert "run/final: the bare prompt" in md
+    r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(task), "--protocol", "paper",
+                                 "--runs", "2", "--limit", "3", "--prompt-start", "sep", "--ci-ddof", "1", "-o",
+                                 str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["prompt_start"] == "sep" and rep["models"][0]["prompt_start"] == ["</s>"]
+    assert rep["settings"]["ci_ddof"] == 1 and "run/final: </s> + prompt" in (out / "report.md").read_text()
     bad = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 7}])
     r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(bad), "-o", str(out)])
     assert r.exit_code == 2 and "answer 7 is out of range" in r.output

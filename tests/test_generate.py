@@ -129,9 +129,15 @@ def test_length_finish_and_stats(tok):
 
 
 def test_prompt_layout(tok):
-    assert encode_prompt(tok, "ab") == [tok.eos_id, *tok.encode("ab")]
+    # as the tokenizer says: this one adds nothing (bvv241 as built); --prompt-start sep puts </s> first
+    assert encode_prompt(tok, "ab") == tok.encode("ab")
+    assert encode_prompt(tok, "ab", start="sep") == [tok.eos_id, *tok.encode("ab")]
     a, b = tok.inst_ids
-    assert encode_prompt(tok, "ab", instruct=True) == [tok.eos_id, a, *tok.encode(" ab "), b]
+    assert encode_prompt(tok, "ab", instruct=True) == [a, *tok.encode(" ab "), b]
+    trained = tok.with_prompt_start("</s>")  # what a model mlx-grow trained records
+    assert encode_prompt(trained, "ab") == [tok.eos_id, *tok.encode("ab")]
+    assert encode_prompt(trained, "ab", instruct=True) == [tok.eos_id, a, *tok.encode(" ab "), b]
+    assert encode_prompt(trained, "ab", start="none") == tok.encode("ab")
     assert encode_prompt(tok, [5, 6]) == [5, 6]
 
 
@@ -186,3 +192,11 @@ def test_cli_generate(tok, tmp_path):
     assert run.exit_code == 0 and want in run.output and "--- 2: The fox" in run.output
     run = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "--prompt", ""])
     assert run.exit_code == 2 and "empty" in run.output
+    sep = generate(tiny(tok), tok, "Hello", max_tokens=8, prompt_start="sep")
+    run = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "--prompt", "Hello", "-n", "8",
+                                   "--prompt-start", "sep"])
+    assert run.exit_code == 0 and sep in run.output and "Prompt: 6 tokens" in run.output  # </s> + "Hello"
+    assert "Prompt: 5 tokens" in CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "-p", "Hello",
+                                                          "-n", "1"]).output  # this tokenizer adds nothing
+    run = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "--prompt", "Hello", "--prompt-start", "x"])
+    assert run.exit_code == 2 and "none, sep" in run.output

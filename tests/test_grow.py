@@ -79,6 +79,33 @@ def test_frozen_head_stage_trains_only_new_blocks(corpus, tmp_path):
             assert np.array_equal(a[k], b[k]), k
 
 
+def test_freeze_head_trains_the_head_in_stage_1_only(corpus, tmp_path):
+    cfg = config(corpus, depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 4, "train_head": False,
+                                        "lora": {"rank": 2, "final_phase_steps": 2}})
+    assert [(s.train_head, s.final_lora) for s in plan(cfg)] == [(True, False), (False, False), (False, True)]
+    start = {}
+
+    def keep(step, model):
+        if step == 0:
+            start["lm_head"] = np.array(model.lm_head.weight)
+
+    final, summary = run(cfg, tmp_path / "r", on_step=keep)
+    s1, s2 = weights(tmp_path / "r" / "stage-01"), weights(tmp_path / "r" / "stage-02")
+    assert not np.array_equal(start["lm_head"], s1["lm_head.weight"])  # stage 1 trains the head
+    for k in ("lm_head.weight", "norm.weight", "norm.bias"):  # frozen from stage 2 on, LoRA phase included
+        assert np.array_equal(s1[k], s2[k]) and np.array_equal(s1[k], weights(final)[k]), k
+    args = ModelArgs.from_dict(cfg.model.to_dict())
+    assert [s["active_params"] for s in summary[:2]] == [stage_active(args, 1), stage_active(args, 1, False)]
+    from mlx_grow.checkpoint import read_meta
+    from mlx_grow.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(final)  # the model records what its documents start after, for generation and exports
+    assert tok.affixes() == ([tok.eos_id], []) and read_meta(final)["separator"] == "</s>"
+    assert tok.encode("In") == load_tokenizer("bvv241-2-3").encode("In")  # data encoding never adds it
+    with pytest.raises(ValueError, match=r"train_head\[0\] is false"):
+        config(corpus, depth=2, grow={"blocks_per_stage": 1, "train_head": [False, True]})
+
+
 def test_resume_is_bit_identical_across_growth(corpus, tmp_path):
     cfg = lambda: config(corpus, depth=4, train={"checkpoint_every": 4})
     full, _ = run(cfg(), tmp_path / "full")
@@ -204,3 +231,83 @@ def test_cross_entropy_matches_reference():
     l2, g2 = mx.value_and_grad(lambda a: cross_entropy(a, y))(x)
     assert abs(l1.item() - l2.item()) < 1e-5
     assert mx.allclose(g1, g2, atol=1e-7).item()
+
+
+# --- every stage reads new data (data.stage_data) ---
+
+
+def recorded(cfg, out, **kw):
+    """Run `cfg` and return every training batch it read, in order."""
+    from mlx_grow.training import grow as G
+
+    batches, original = [], G.split_xy
+    G.split_xy = lambda b: (batches.append(np.array(b)), original(b))[1]
+    try:
+        run(cfg, out, **kw)
+    finally:
+        G.split_xy = original
+    return batches
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    """Random letters: no two windows of it are equal by chance, so a repeated row is a repeated read."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("noise") / "noise.jsonl"
+    docs = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 400)) for _ in range(60)]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return str(path)
+
+
+def test_each_stage_reads_on_where_the_last_stopped(noise, tmp_path):
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+
+    cfg = config(noise, depth=4, grow={"steps_per_stage": [2, 3]})
+    seen = recorded(cfg, tmp_path / "grow")
+    stream = open_stream(cfg.data, load_tokenizer("bvv241-2-3"), 16, 4, 0, progress=False)
+    assert len(seen) == 5
+    assert np.array_equal(seen[2], stream.batch(2))  # stage 2's first batch is global batch steps_1
+    assert all(np.array_equal(b, stream.batch(k)) for k, b in enumerate(seen))
+    rows = [r.tobytes() for b in seen for r in b]
+    assert len(set(rows)) == len(rows) < stream._n[0]  # within one epoch, no row is read twice
+    # grown and monolithic twins read the same batches: test_monolithic_sees_the_same_tokens
+    from mlx_grow.training.grow import StageData
+
+    restart = config(noise, depth=4, grow={"steps_per_stage": [2, 3]})
+    restart.override(data={"stage_data": "restart"})  # the old behaviour: every stage from batch 0
+    stage2 = plan(restart)[1]
+    data = StageData(restart, load_tokenizer("bvv241-2-3"), stage2, 0, progress=False)
+    assert np.array_equal(data.batch(0, {restart.data.mixture_key(1): 2}, 0, 1), seen[0])
+    data = StageData(cfg, load_tokenizer("bvv241-2-3"), plan(cfg)[1], 0, progress=False)
+    assert np.array_equal(data.batch(0, {cfg.data.mixture_key(1): 2}, 0, 1), seen[2])
+
+
+def test_stage_mixtures_each_read_on(corpus, noise, tmp_path):
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+
+    def cfg(**grow):
+        c = config(corpus, depth=3, grow={"blocks_per_stage": 1, "steps_per_stage": [2, 1, 2], **grow})
+        c.override(data={"stages": [[noise], [corpus], [noise]]})
+        return c
+
+    seen = recorded(cfg(), tmp_path / "grow")
+    tok = load_tokenizer("bvv241-2-3")
+    a = open_stream({"sources": [noise]}, tok, 16, 4, 0, progress=False)
+    b = open_stream({"sources": [corpus]}, tok, 16, 4, 0, progress=False)
+    want = [a.batch(0), a.batch(1), b.batch(0), a.batch(2), a.batch(3)]  # stage 3 reads on where stage 1 stopped
+    assert len(seen) == len(want) and all(np.array_equal(x, y) for x, y in zip(seen, want))
+    mono = recorded(cfg(monolithic=True), tmp_path / "mono")
+    assert len(mono) == len(want) and all(np.array_equal(x, y) for x, y in zip(mono, want))
+
+
+def test_reads_rebuilt_for_a_checkpoint_without_them():
+    from mlx_grow.training.grow import rebuild_reads
+
+    cfg = RunConfig(model={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2},
+                    grow={"blocks_per_stage": 2, "steps_per_stage": 6},
+                    data={"stages": [["a.txt"], ["b.txt"]]})
+    key = cfg.data.mixture_key
+    state = {"stage": 1, "step": 2, "summary": [{"steps": 4}]}  # stage 1 ended early (plateau) after 4 steps
+    assert rebuild_reads(cfg, plan(cfg), state) == {key(0): 4, key(1): 2}

@@ -139,6 +139,13 @@ def test_plateau_ends_a_stage_before_its_budget(corpus, tmp_path, patience):
     assert [s["steps"] for s in summary] == [patience + 1, patience + 1]  # steps run, not the budget
 
 
+def test_plateau_stages_limit_it_to_the_stages_named(corpus, tmp_path):
+    out = tmp_path / "r"
+    _, summary = run(config(corpus, grow={"plateau": {"patience": 1, "min_delta": 100.0, "stages": [1]}},
+                            eval_every=1), out)
+    assert [s["steps"] for s in summary] == [2, 6]  # stage 1 stops at its plateau, stage 2 runs its budget
+
+
 # --- grow.train_all_last ---
 
 

@@ -5,6 +5,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from helpers import tiny_args
+from mlx.utils import tree_flatten
 from test_generate import char_tokenizer, tiny
 
 from mlx_grow import load
@@ -189,6 +190,25 @@ def test_tune_trains_only_adapter_and_heads(tok, tmp_path):
     assert rec["val_loss_after"] < rec["val_loss_before"]
     with pytest.raises(ValueError, match="needs one"):
         tune_merged(MergedModel([a, b]), tok, [str(text)], part="adapter", steps=1)
+
+
+def test_tune_all_trains_the_experts_blocks_too(tok, tmp_path):
+    rows = [json.dumps({"text": "the cat sat on the mat. " * (20 + i)}) for i in range(20)]
+    (tmp_path / "cats.jsonl").write_text("\n".join(rows))
+    a, b = save(tmp_path, "a", tiny(tok, seed=0), tok), save(tmp_path, "b", tiny(tok, seed=1), tok)
+    out = merge([a, b], tmp_path / "moe", tune={"part": "all", "data": [str(tmp_path / "cats.jsonl")], "steps": 20,
+                                                "lr": 1e-2, "batch_size": 4, "seq_len": 32}, progress=False,
+                echo=lambda *_: None)
+    model, _ = load_merged(out)
+    meta = json.loads((out / "mlx_grow.json").read_text())
+    assert meta["combiner"]["adapter"] == "none"  # no adapter is added for part all
+    assert meta["tuned"]["val_loss_after"] < meta["tuned"]["val_loss_before"]
+    before = load(a)[0]
+    tuned = model.experts[0]
+    for name in ("layers.0.mlp.c_fc.weight", "layers.1.self_attn.q_proj.weight", "norm.weight", "lm_head.weight"):
+        get = lambda m, n=name: np.array(dict(tree_flatten(m.parameters()))[n])  # noqa: E731
+        assert not np.array_equal(get(before), get(tuned)), name
+    np.testing.assert_array_equal(np.array(before.substrate.table), np.array(tuned.substrate.table))
 
 
 def test_cli_merge(tok, tmp_path):

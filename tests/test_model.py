@@ -69,6 +69,27 @@ def test_count_matches_module():
         assert count_module(m, trainable_only=True) == t["trainable"], kind
 
 
+def test_rmsnorm_option_counts_and_runs():
+    ln, rms = tiny_args(), tiny_args(norm="rmsnorm")
+    m = Model(rms)
+    names = [k for k, _ in tree_flatten(m.parameters())]
+    assert not [k for k in names if "norm" in k and k.endswith(".bias")]  # a gain only
+    assert count_module(m) == totals(rms)["total"] == totals(ln)["total"] - (2 * ln.num_hidden_layers + 1) * 32
+    init_weights(m, 0)
+    assert m(mx.array([[1, 2, 3]])).shape == (1, 3, 512)
+    assert type(m.layers[0].input_layernorm).__name__ == "RMSNorm"
+    with pytest.raises(ValueError, match="norm must be one of layernorm, rmsnorm"):
+        tiny_args(norm="batchnorm")
+
+
+def test_published_counts_do_not_decide_the_norm():
+    """LayerNorm and RMSNorm give counts that round to the same published figures."""
+    for name, published in (("paper-16l-16bit", 269.7), ("paper-9l-glyph", 247.6)):
+        for norm in ("layernorm", "rmsnorm"):
+            args = ModelArgs.from_dict({**load_config(name).model.to_dict(), "norm": norm})
+            assert round(totals(args)["total"] / 1e6, 1) == published, (name, norm)
+
+
 @pytest.mark.parametrize("name,total,trainable", [
     ("paper-16l-16bit", 269_699_072, 268_650_496),   # published 269.7M
     ("paper-9l-glyph", 247_585_792, 180_476_928),    # published 247.6M / 180.5M
@@ -76,6 +97,9 @@ def test_count_matches_module():
     ("es-16l-glyph", 335_759_360, 268_650_496),      # about 335M
     ("es-16l-64bit", 272_844_800, 268_650_496),      # about 272M
     ("es-16l-256bit", 285_427_712, 268_650_496),     # about 285M
+    ("es-16l-16float", 269_699_072, 268_650_496),    # about 269M
+    ("es-16l-64float", 272_844_800, 268_650_496),    # about 272M
+    ("es-16l-256float", 285_427_712, 268_650_496),   # about 285M
     ("es-16l-unfrozen", 335_759_360, 335_759_360),
     ("d4096-1layer", 1_275_129_856 + 5 * 201_379_840, None),  # 1.3B + 0.2B per layer
 ])

@@ -65,6 +65,21 @@ def test_float_rows_unit_norm_and_deterministic():
     assert np.array_equal(a, b)
 
 
+def test_float_code_bits_widen_the_code_before_pca():
+    narrow = SubstrateArgs(kind="float", bits=16, seed=3)
+    wide = SubstrateArgs(kind="float", bits=16, code_bits=64, seed=3)
+    a, b = build_table(narrow, 512, 64), build_table(wide, 512, 64)
+    assert a.shape == b.shape == (512, 16)
+    assert np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5) and not np.allclose(a, b)
+    assert "code_bits" not in narrow.recipe()  # tables built before code_bits keep their fingerprint
+    assert wide.recipe()["code_bits"] == 64
+    assert SubstrateArgs(kind="float", bits=16, code_bits=16).recipe() == narrow.recipe() | {"seed": 0}
+    with pytest.raises(ValueError, match="for kind float only"):
+        SubstrateArgs(kind="random", bits=16, code_bits=64)
+    with pytest.raises(ValueError, match="code_bits must be an integer >= bits"):
+        SubstrateArgs(kind="float", bits=16, code_bits=8)
+
+
 def test_trainable_materialises_full_table():
     s = Substrate(SubstrateArgs(kind="binary", bits=4, trainable=True), 16, 8)
     assert s.table.shape == (16, 8)

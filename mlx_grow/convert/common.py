@@ -40,7 +40,9 @@ def block_shapes(args: ModelArgs) -> dict:
     out = {}
     for m, w in (("input_layernorm", (d,)), ("post_attention_layernorm", (d,)), ("mlp.c_fc", (f, d)),
                  ("mlp.c_proj", (d, f)), *((f"self_attn.{p}_proj", (d, d)) for p in "qkvo")):
-        out.update({f"{m}.weight": w, f"{m}.bias": (w[0],)})
+        out[f"{m}.weight"] = w
+        if not (m.endswith("layernorm") and args.norm == "rmsnorm"):  # RMSNorm has a gain only
+            out[f"{m}.bias"] = (w[0],)
     return out
 
 

@@ -111,6 +111,9 @@ def export_model(model_dir, out, to="starcoder2", dtype="float32", overwrite=Fal
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a mlx-grow model directory (no config.json)")
+    if load_args(model_dir).norm != "layernorm":
+        raise UserError(f"{model_dir} uses RMSNorm (model.norm: rmsnorm); Starcoder2 and GPT-NeoX have LayerNorm "
+                        "with a bias, so neither can hold it: export needs a model.norm: layernorm model")
     meta = read_meta(model_dir)
     verify_files(model_dir, meta)
     with atomic_dir(out, overwrite=overwrite) as tmp:

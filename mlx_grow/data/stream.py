@@ -37,6 +37,7 @@ FORMAT = 1  # bump when the shard layout or the tokenization rules change
 BLOCK_CHARS = 1 << 22  # characters per encode_batch call
 UNK_WARN = 0.25  # warn when more than this share of tokens is <unk>
 VAL_SEED = 0x5EED  # validation batches do not depend on the training seed
+STAGE_DATA = ("continue", "restart")
 
 
 @dataclass
@@ -68,6 +69,7 @@ class DataConfig:
     instruction_files: list = field(default_factory=list)  # question/answer .jsonl/.json/.parquet
     instruction_ratio: float = 0.0  # share of rows drawn from instruction_files
     stages: list = field(default_factory=list)  # per growth stage: a list like `sources`
+    stage_data: str = "continue"  # continue: each stage reads on where its mixture stopped; restart: from batch 0
     cache_dir: Optional[str] = None  # default $MLX_GROW_CACHE/shards or ~/.cache/mlx-grow/shards
     skip_bad_files: bool = False  # skip non-UTF-8 files with a warning instead of failing
 
@@ -102,6 +104,8 @@ class DataConfig:
         if cfg.instruction_ratio > 0 and not cfg.instruction_files:
             raise UserError(f"{where}: instruction_ratio is {cfg.instruction_ratio} but instruction_files is "
                              "empty; give your question/answer .jsonl files")
+        if cfg.stage_data not in STAGE_DATA:
+            raise UserError(f"{where}: stage_data must be one of {', '.join(STAGE_DATA)}, got {cfg.stage_data!r}")
         if not isinstance(cfg.separator, str) or not cfg.separator:
             raise UserError(f"{where}: separator must be a token string such as '</s>'")
         return cfg
@@ -113,6 +117,11 @@ class DataConfig:
         """The source specs of a growth stage (stages[min(stage, last)], else `sources`)."""
         items = self.stages[min(stage, len(self.stages) - 1)] if self.stages else self.sources
         return [SourceSpec.parse(s, "data source") for s in (items or ["builtin:default"])]
+
+    def mixture_key(self, stage: int = 0) -> str:
+        """Names a stage's mixture: stages with equal keys read one stream (and, with
+        `stage_data: continue`, one read position)."""
+        return json.dumps([[s.source, s.weight, s.field] for s in self.mixture(stage)])
 
 
 def cache_root(cache_dir=None) -> Path:

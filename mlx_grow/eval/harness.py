@@ -52,7 +52,8 @@ def _adapter_class():
                 groups.setdefault(key, []).append(i)
             eos = self.scorer.tok.eos_id
             for (until, n, temp), idx in groups.items():
-                prompts = [self.scorer.start + self.scorer.encode(requests[i].args[0]) for i in idx]
+                sc = self.scorer  # prompts start as generation starts them (the model's tokenizer)
+                prompts = [sc.prompt_before + sc.encode(requests[i].args[0]) + sc.prompt_after for i in idx]
                 new = self.scorer.sample(prompts, [n] * len(idx), runs=int(temp > 0), temp=temp,
                                          greedy=temp <= 0, until=until)
                 for i, rows in zip(idx, new):

@@ -7,6 +7,11 @@ from pathlib import Path
 from mlx_grow.base import UserError
 from mlx_grow.eval import tasks as T
 from mlx_grow.eval.report import PROTOCOLS, _fmt
+from mlx_grow.generate import PROMPT_STARTS
+
+SIGMA = {0: "standard deviation of the per-run scores with ddof=0 (np.std), as the papers' harness computes it",
+         1: "sample standard deviation (ddof=1) of the per-run scores; the papers' harness used np.std "
+            "(ddof=0), a factor sqrt((n-1)/n) smaller"}
 
 
 def outputs_from_generate(generate_fn, runs: int, temp: float, top_k: int, seed: int):
@@ -50,13 +55,14 @@ def loglik_eval(scorer, task: T.Task, progress=None) -> list:
     return out
 
 
-def paper_eval(task: T.Task, outputs_fn, progress=None) -> list:
+def paper_eval(task: T.Task, outputs_fn, progress=None, ddof: int = 0) -> list:
     """[(label, metrics)] of a task under the papers' generative protocol; `outputs_fn(prompts,
-    max_new)` returns (sampled outputs [run][item], greedy outputs [item])."""
+    max_new)` returns (sampled outputs [run][item], greedy outputs [item]); the interval's σ has
+    `ddof` (0, as the papers' harness computes it, or 1)."""
     prompts = [T.paper_prompt(task, it) for it in task.items]
     max_new = [T.paper_max_tokens(task, it) for it in task.items]
     sampled, greedy = outputs_fn(prompts, max_new, progress=progress)
-    return T.paper_metrics(task, prompts, sampled, greedy)
+    return T.paper_metrics(task, prompts, sampled, greedy, ddof)
 
 
 def text_metrics(scorer, path) -> dict:
@@ -83,7 +89,7 @@ def text_metrics(scorer, path) -> dict:
             "ppl": math.exp(nll / tokens), "bits_per_byte": nll / math.log(2) / n_bytes}
 
 
-def generate_with(model, tokenizer):
+def generate_with(model, tokenizer, prompt_start=None):
     """A paper-protocol generator built on `mlx_grow.generate.batch_generate` (stops at `</s>`),
     for `evaluate(..., generate_fn=generate_with)`; the default samples here, sharing each prompt."""
     from mlx_grow.generate import batch_generate
@@ -93,7 +99,7 @@ def generate_with(model, tokenizer):
         for n in sorted(set(max_tokens)):
             idx = [i for i, m in enumerate(max_tokens) if m == n]
             texts = batch_generate(model, tokenizer, [prompts[i] for i in idx], max_tokens=n, temp=temp,
-                                   top_k=top_k, seed=seed)
+                                   top_k=top_k, seed=seed, prompt_start=prompt_start)
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
@@ -151,9 +157,12 @@ def load_for_eval(path):
 
 
 def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10, temp=1.0, top_k=0, seed=0,
-             batch_tokens=None, hub=False, progress=False, echo=None, generate_fn=None) -> dict:
+             batch_tokens=None, hub=False, progress=False, echo=None, generate_fn=None, ci_ddof=0,
+             prompt_start=None) -> dict:
     """Evaluate every model (paths; run directories expand) on tasks and texts; return the report.
-    `generate_fn(model, tokenizer)` may supply the paper protocol's generator (see evaluate.py)."""
+    `generate_fn(model, tokenizer)` may supply the paper protocol's generator (see evaluate.py).
+    `ci_ddof`: the σ of the paper protocol's interval (0 as the papers' harness; 1 the sample form).
+    `prompt_start`: how paper-protocol prompts start (None: as each model's tokenizer says; "none"; "sep")."""
     from mlx_grow.eval import scorer as E
     from mlx_grow.io.progress import StepProgress
 
@@ -163,18 +172,23 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
         raise UserError("nothing to evaluate: give at least one --task or --text")
     if protocol == "paper" and (runs < 1 or temp < 0 or top_k < 0):
         raise UserError(f"--runs must be >= 1, --temp >= 0 and --top-k >= 0 (got {runs}, {temp}, {top_k})")
+    if prompt_start is not None and prompt_start not in PROMPT_STARTS:
+        raise UserError(f"--prompt-start must be one of {', '.join(PROMPT_STARTS)}, got {prompt_start!r}")
+    if ci_ddof not in (0, 1):
+        raise UserError(f"--ci-ddof must be 0 (the papers' np.std) or 1 (the sample standard deviation), got {ci_ddof}")
     loaded = [T.load_task(t, limit, hub) for t in tasks]
     report = {"mlx_grow_eval": 1, "protocol": protocol, "models": [], "results": [], "texts": [],
               "settings": {"limit": limit, "runs": runs, "temp": temp, "top_k": top_k, "seed": seed,
-                           "sigma": "sample standard deviation (ddof=1) of the per-run scores; the papers' "
-                                    "script used np.std (ddof=0), a factor sqrt((n-1)/n) smaller",
-                           "ci95": "1.96 * sigma / sqrt(runs)"},
+                           "ci_ddof": ci_ddof, "sigma": SIGMA[ci_ddof], "ci95": "1.96 * sigma / sqrt(runs)",
+                           "prompt_start": prompt_start or "model",
+                           "loglik_start": "contexts and texts start after </s> (the separator)"},
               "tasks": [{"name": t.name, "kind": t.kind, "items": len(t.items), "style": t.style, "origin": t.origin}
                         for t in loaded]}
     for name, path in expand_models(models):
         model, tok, info = load_for_eval(path)
+        scorer = E.Scorer(model, tok, batch_tokens or E.DEFAULT_BATCH_TOKENS, name=name, prompt_start=prompt_start)
+        info["prompt_start"] = [tok.decode([i]) for i in scorer.prompt_before]  # what paper prompts follow
         report["models"].append({"name": name, **info})
-        scorer = E.Scorer(model, tok, batch_tokens or E.DEFAULT_BATCH_TOKENS, name=name)
         for task in loaded:
             total = len(task.items) if protocol == "paper" else sum(
                 len(T.loglik_requests(task, it)[1]) for it in task.items)
@@ -191,7 +205,7 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
                 else:
                     fn = (outputs_from_generate(generate_fn(model, tok), runs, temp, top_k, seed) if generate_fn else
                           lambda p, m, progress=None: scorer.paper_outputs(p, m, runs, temp, top_k, seed, progress))
-                    res = paper_eval(task, fn, progress=tick)
+                    res = paper_eval(task, fn, progress=tick, ddof=ci_ddof)
             finally:
                 bar.close()
             report["results"] += [{"model": name, "task": label, "metrics": m} for label, m in res]

@@ -18,7 +18,7 @@ import numpy as np
 
 from mlx_grow.base import UserError
 from mlx_grow.eval import tasks as T
-from mlx_grow.generate import pad_mask
+from mlx_grow.generate import pad_mask, prompt_affixes
 
 log = logging.getLogger("mlx_grow.evaluate")
 
@@ -62,7 +62,7 @@ class Scorer:
     """Batched log-likelihoods, rolling NLL and sampling for one model."""
 
     def __init__(self, model, tokenizer, batch_tokens: int = DEFAULT_BATCH_TOKENS, max_len: Optional[int] = None,
-                 name: str = "model"):
+                 name: str = "model", prompt_start: Optional[str] = None):
         check_pair(model, tokenizer, name)
         self.model, self.tok, self.name = model, tokenizer, name
         args = getattr(model, "args", None)
@@ -74,9 +74,13 @@ class Scorer:
             self.masked = "mask" in inspect.signature(model.__call__).parameters
         except (TypeError, ValueError):
             self.masked = False
-        # Every training document follows the separator `</s>`: contexts and prompts start with it.
+        # Log-likelihood contexts and rolling windows start after the separator `</s>` (every
+        # training document follows it; lm-eval's rolling windows start at the end-of-text token).
         first = next((i for i in (tokenizer.eos_id, tokenizer.bos_id) if i is not None), None)
         self.start = [] if first is None else [first]
+        # Paper-protocol prompts start as generation starts them: as the model's tokenizer says
+        # (bare for bvv241 as built, as the author's harness encodes them), or `prompt_start`.
+        self.prompt_before, self.prompt_after = prompt_affixes(tokenizer, prompt_start)
 
     def encode(self, text: str, where: str = "") -> List[int]:
         ids = self.tok.encode(text)
@@ -276,6 +280,7 @@ class Scorer:
         if bad:
             log.warning(f"{bad} of {len(prompts)} prompts do not decode back to themselves (characters outside "
                         "the vocabulary?): the papers' cut by character length misplaces their answers")
-        new = self.sample([self.start + i for i in ids], max_new, runs, temp, top_k, seed, progress=progress)
+        new = self.sample([self.prompt_before + i + self.prompt_after for i in ids], max_new, runs, temp, top_k, seed,
+                          progress=progress)
         text = [[T.cut_prompt(p, self.tok.decode(i + row)) for row in rows] for p, i, rows in zip(prompts, ids, new)]
         return [[t[r] for t in text] for r in range(runs)], [t[runs] for t in text]

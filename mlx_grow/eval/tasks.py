@@ -367,13 +367,14 @@ def bleu(item: Item, output: str) -> float:
     return sacrebleu.corpus_bleu([pred], [[item.target.upper()]]).score
 
 
-def mean_ci(values) -> dict:
-    """mean ± 1.96·σ/√n, σ the sample standard deviation (ddof=1) of the per-run scores."""
+def mean_ci(values, ddof: int = 1) -> dict:
+    """mean ± 1.96·σ/√n of the per-run scores; σ with `ddof` (1: the sample standard
+    deviation; 0: numpy's default np.std, as the papers' harness computes it)."""
     v = [float(x) for x in values]
     n = len(v)
     mean = sum(v) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n), "n_runs": n}
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - ddof)) if n > ddof else 0.0
+    return {"mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n), "n_runs": n, "ddof": ddof}
 
 
 def acc_stderr(hits) -> float:
@@ -416,15 +417,16 @@ def group_by(items, key):
     return groups
 
 
-def paper_metrics(task: Task, prompts, sampled, greedy) -> list:
-    """[(label, metrics)] from the outputs of every sampled run and of the greedy run."""
+def paper_metrics(task: Task, prompts, sampled, greedy, ddof: int = 0) -> list:
+    """[(label, metrics)] from the outputs of every sampled run and of the greedy run;
+    the interval is 1.96·σ/√n with σ of `ddof` (0: the papers' harness)."""
     rule = bleu if task.kind == "translation" else squad_correct if task.kind == "squad" else choice_correct
     per = lambda outs, js: (1.0 if task.kind == "translation" else 100.0) * sum(
         rule(task.items[j], outs[j]) for j in js) / len(js)
 
     def summary(js):
         runs = [per(run, js) for run in sampled]
-        m = mean_ci(runs)
+        m = mean_ci(runs, ddof)
         m.update(score=m.pop("mean"), runs=runs, greedy=per(greedy, js), n=len(js))
         if task.kind == "choice":
             valid = lambda outs: sum(format_valid(task.items[j], outs[j]) for j in js) / len(js)

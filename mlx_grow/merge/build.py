@@ -32,7 +32,7 @@ def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=No
     if combiner == "average":
         return average(dirs, metas, out, weights, overwrite)
     tune = dict(tune) if tune is not None else None
-    if tune is not None and adapter == "none" and tune.get("part", "adapter") != "heads":
+    if tune is not None and adapter == "none" and tune.get("part", "adapter") in ("adapter", "both"):
         adapter = "gate"  # tuning the adapter needs one; the gate is the cheapest
     comb = make_combiner(len(dirs), combiner, weights, temperature, router, adapter, rank)
     experts = [load_model(d) for d in dirs]

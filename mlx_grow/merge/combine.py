@@ -134,6 +134,7 @@ class MergedModel(nn.Module):
             self.adapter = Gate([e.args.hidden_size for e in self.experts], n)
         else:
             self.adapter = None
+        self.train_experts = False  # set while `tune_merged(part="all")` trains the experts' blocks
         self.freeze()
 
     def make_cache(self):
@@ -142,8 +143,11 @@ class MergedModel(nn.Module):
     def __call__(self, inputs, mask=None, cache=None):
         c = self.combiner
         caches = cache if cache is not None else [None] * len(self.experts)
-        # The experts stay frozen: only their heads and the adapter ever train.
-        hs = [mx.stop_gradient(e.hidden(inputs, mask, k)) for e, k in zip(self.experts, caches)]
+        # The experts' blocks stay frozen (only heads and the adapter train) unless a
+        # `--tune-part all` run trains them: then the gradient must reach them.
+        hs = [e.hidden(inputs, mask, k) for e, k in zip(self.experts, caches)]
+        if not self.train_experts:
+            hs = [mx.stop_gradient(h) for h in hs]
         if c.kind != "mixture" and not c.router and c.adapter == "none" and self._plain_heads():
             return self._weighted_heads(hs)
         zs = [_f32(e.lm_head(h)) for e, h in zip(self.experts, hs)]

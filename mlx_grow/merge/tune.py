@@ -10,14 +10,16 @@ from mlx_grow.merge.combine import MergedModel, make_combiner
 from mlx_grow.merge.store import load_merged, read_experts
 from mlx_grow.tokenizer import load_tokenizer
 
-TUNE_PARTS = ("adapter", "heads", "both")
+TUNE_PARTS = ("adapter", "heads", "both", "all")  # all: every expert's blocks, norms and heads (+ adapter)
 
 
 def tune_merged(model: MergedModel, tokenizer, sources, part="adapter", steps=100, lr=3e-3, batch_size=8,
                 seq_len=None, seed=0, progress=True, echo=print) -> dict:
-    """Train the adapter and/or the experts' heads on mixed data, experts frozen,
-    with the grow loop's compiled step. Returns a record with the validation loss
-    on the mixture before and after."""
+    """Train the adapter and/or the experts' heads on mixed data, experts' blocks
+    frozen, with the grow loop's compiled step; `part="all"` also trains every
+    expert's blocks and norms (the substrate stays frozen), the papers' recipe for
+    their *_moe models (v1: trained further after merging). Returns a record with
+    the validation loss on the mixture before and after."""
     from mlx_grow.data.stream import open_stream
     from mlx_grow.training.step import (
         Stepper,
@@ -29,7 +31,7 @@ def tune_merged(model: MergedModel, tokenizer, sources, part="adapter", steps=10
 
     if part not in TUNE_PARTS:
         raise UserError(f"unknown tune part {part!r}: use {', '.join(TUNE_PARTS)}")
-    if part != "heads" and model.adapter is None:
+    if part in ("adapter", "both") and model.adapter is None:
         raise UserError("tuning the adapter needs one: choose --adapter token, lowrank or gate")
     seq_len = seq_len or min(128, *(e.args.max_position_embeddings for e in model.experts))
     cfg = TrainConfig.from_dict({"batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed,
@@ -38,15 +40,23 @@ def tune_merged(model: MergedModel, tokenizer, sources, part="adapter", steps=10
     val = stream.val_batches(4)
     before = evaluate(model, val)
     model.freeze()
-    if part != "heads":
+    if part != "heads" and model.adapter is not None:
         model.adapter.unfreeze()
-    if part != "adapter":
-        for e in model.experts:
+    for e in model.experts:
+        if part == "all":
+            e.unfreeze()
+            if not e.args.substrate.trainable:
+                e.substrate.freeze()
+        elif part != "adapter":
             e.lm_head.unfreeze()
-    stepper = Stepper(model, cfg, steps)
-    for step in range(steps):
-        loss, _ = stepper.step(*split_xy(stream.batch(step)))
-        check_finite(loss, step)
+    model.train_experts = part == "all"
+    try:
+        stepper = Stepper(model, cfg, steps)
+        for step in range(steps):
+            loss, _ = stepper.step(*split_xy(stream.batch(step)))
+            check_finite(loss, step)
+    finally:
+        model.train_experts = False
     model.freeze()
     after = evaluate(model, val)
     echo(f"tuned {part} for {steps} steps on {', '.join(map(str, sources))}: "

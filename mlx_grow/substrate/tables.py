@@ -4,7 +4,8 @@ A substrate is a table [V, w] plus a fixed expansion to d_model:
 - binary:    the token id in `bits` bits (MSB first by default), w = bits
 - gf2:       the binary id through a seeded invertible affine map over GF(2)
 - random:    collision-free random `bits`-bit codes, seeded
-- float:     random code -> PCA -> L2, seeded
+- float:     collision-free random `code_bits`-bit code -> PCA to `bits` components -> L2, seeded
+             (the code width before PCA is not published: `code_bits` is ours to choose)
 - glyph:     rendered Unicode glyphs -> polar snake -> PCA -> L2 (see glyph.py), w = d_model
 - trainable: an ordinary [V, d] embedding, normal(0, 0.02) init
 When w < d_model the row is expanded by repeat-interleave (each entry d/w
@@ -37,7 +38,8 @@ KINDS = ("binary", "gf2", "random", "float", "glyph", "trainable")
 @dataclass
 class SubstrateArgs:
     kind: str = "binary"
-    bits: int = 16  # code width for binary / gf2 / random / float
+    bits: int = 16  # code width for binary / gf2 / random; the table width (PCA components) for float
+    code_bits: Optional[int] = None  # float: width of the random code before PCA (default: bits)
     order: str = "msb"  # binary bit order: msb | lsb
     expansion: str = "repeat"  # repeat | tile
     seed: int = 0  # random / float / gf2 / trainable
@@ -56,6 +58,13 @@ class SubstrateArgs:
             raise UserError(f"substrate order must be 'msb' or 'lsb', got {self.order!r}")
         if self.expansion not in ("repeat", "tile"):
             raise UserError(f"substrate expansion must be 'repeat' or 'tile', got {self.expansion!r}")
+        if self.code_bits is not None:
+            if self.kind != "float":
+                raise UserError(f"substrate code_bits is the random code's width before PCA, for kind float only; "
+                                f"this substrate is {self.kind!r} (its width is bits)")
+            if isinstance(self.code_bits, bool) or not isinstance(self.code_bits, int) or self.code_bits < self.bits:
+                raise UserError(f"substrate code_bits must be an integer >= bits ({self.bits}): PCA keeps bits "
+                                f"components of a code_bits-wide code; got {self.code_bits!r}")
 
     @classmethod
     def from_dict(cls, params: dict, where: str = "substrate config"):
@@ -74,7 +83,10 @@ class SubstrateArgs:
             "glyph": ("font_size", "augment"),
             "trainable": ("seed",),
         }[self.kind]
-        return {"kind": self.kind, **{k: d[k] for k in keep}}
+        out = {"kind": self.kind, **{k: d[k] for k in keep}}
+        if self.kind == "float" and self.code_bits not in (None, self.bits):  # older tables: code_bits = bits
+            out["code_bits"] = self.code_bits
+        return out
 
 
 def build_table(args: SubstrateArgs, vocab_size: int, d_model: int, token_strings=None) -> np.ndarray:
@@ -89,7 +101,8 @@ def build_table(args: SubstrateArgs, vocab_size: int, d_model: int, token_string
     elif args.kind == "random":
         table = pad_columns(random_code(vocab_size, args.bits, args.seed), d_model)
     elif args.kind == "float":
-        table = pad_columns(pca_l2(random_code(vocab_size, args.bits, args.seed), args.bits), d_model)
+        code = random_code(vocab_size, args.code_bits or args.bits, args.seed)
+        table = pad_columns(pca_l2(code, args.bits), d_model)
     elif args.kind == "trainable":
         rng = np.random.default_rng(args.seed)
         table = (0.02 * rng.standard_normal((vocab_size, d_model))).astype(np.float32)

@@ -114,23 +114,61 @@ def train_flops(model, stage_first: int, head: bool, tokens: int, seq_len: int) 
     return tokens * (fwd_blocks + head_f + bwd + (2 * head_f if head or stage_first < n else 0))
 
 
-def stage_streams(cfg: RunConfig, tok, st: Stage, seed: int, progress: bool):
-    """Return (batch(local_step, rank, world), first stream) for a stage; a
-    monolithic stage walks the grown run's stage streams in order, so both see
-    the same tokens."""
-    t = cfg.train
-    segments = st.segments or [st.steps]
-    index = 0 if st.segments else st.index
-    streams = [open_stream(cfg.data, tok, t.seq_len, t.batch_size, seed, stage=index + j, progress=progress)
-               for j in range(len(segments))]
-    bounds = np.cumsum([0] + segments)
+class StageData:
+    """The batches a stage reads. Local step `s` falls in a segment (a monolithic
+    stage walks the grown run's stages in order; any other stage is one segment),
+    and each segment reads its mixture's stream (`data.mixture_key`).
 
-    def batch(step, rank, world):
-        j = int(np.searchsorted(bounds, step, side="right") - 1)
-        j = min(j, len(streams) - 1)
-        return streams[j].batch(int(step - bounds[j]), rank, world)
+    `data.stage_data: continue` (default): a mixture's stream goes on where it was
+    last read, so the run reads batch `reads[key]`, the count of batches that
+    mixture has given so far (with one mixture: the global step), and grown and
+    monolithic runs read the same batches. `restart`: every stage (segment) reads
+    its stream from batch 0 (every stage then re-reads the first stage's batches)."""
 
-    return batch, streams[0]
+    def __init__(self, cfg: RunConfig, tok, st: Stage, seed: int, progress: bool):
+        t = cfg.train
+        segments = st.segments or [st.steps]
+        first = 0 if st.segments else st.index
+        self.keys = [cfg.data.mixture_key(first + j) for j in range(len(segments))]
+        streams = {}
+        for j, key in enumerate(self.keys):
+            if key not in streams:
+                streams[key] = open_stream(cfg.data, tok, t.seq_len, t.batch_size, seed, stage=first + j,
+                                           progress=progress)
+        self.streams, self.first = streams, streams[self.keys[0]]
+        self.bounds = np.cumsum([0] + segments)
+        self.restart = cfg.data.stage_data == "restart"
+
+    def key(self, step: int) -> str:
+        j = int(np.searchsorted(self.bounds, step, side="right") - 1)
+        return self.keys[min(j, len(self.keys) - 1)]
+
+    def index(self, step: int, reads: dict) -> int:
+        """The stream batch that local step `step` reads."""
+        if self.restart:
+            j = min(int(np.searchsorted(self.bounds, step, side="right") - 1), len(self.keys) - 1)
+            return int(step - self.bounds[j])
+        return reads.get(self.key(step), 0)
+
+    def batch(self, step: int, reads: dict, rank: int, world: int):
+        return self.streams[self.key(step)].batch(self.index(step, reads), rank, world)
+
+
+def rebuild_reads(cfg: RunConfig, stages: list, state: dict) -> dict:
+    """Batches read per mixture, for a checkpoint written before the count was
+    stored: every finished stage read its steps, the current one `step`."""
+    reads = {}
+    done = [s.get("steps", 0) for s in state.get("summary", [])]
+    for k, st in enumerate(stages[: state["stage"] + 1]):
+        n = done[k] if k < state["stage"] and k < len(done) else state["step"] if k == state["stage"] else st.steps
+        segments = st.segments or [st.steps]
+        first = 0 if st.segments else st.index
+        left = n
+        for j, seg in enumerate(segments):
+            key = cfg.data.mixture_key(first + j)
+            reads[key] = reads.get(key, 0) + min(seg, left)
+            left -= min(seg, left)
+    return reads
 
 
 @dataclass
@@ -142,6 +180,7 @@ class Progress:
     tokens: int = 0
     flops: float = 0.0
     plateau: list = field(default_factory=lambda: [math.inf, 0])  # [best val loss, evals without gain]
+    reads: dict = field(default_factory=dict)  # training batches read so far, per data mixture
     summary: list = field(default_factory=list)
 
 
@@ -161,6 +200,9 @@ class Grower:
             raise UserError(f"train.batch_size {self.t.batch_size} must divide by ranks x train.grad_accum = "
                             f"{self.world * self.t.grad_accum}")
         self.tok = load_tokenizer(cfg.tokenizer)
+        # Saved models record what their documents start after: a prompt starts the same way
+        # in mlx-grow, transformers and mlx-lm (the tokenizer's post-processor; data encoding never uses it).
+        self.tok_out = self.tok.with_prompt_start(cfg.data.separator)
         if self.tok.vocab_size != self.args.vocab_size:
             raise UserError(f"tokenizer {cfg.tokenizer} has {self.tok.vocab_size} ids but model.vocab_size is "
                             f"{self.args.vocab_size}: make them equal")
@@ -189,6 +231,8 @@ class Grower:
             self.model = build_model(self.args, self.tok, self.stages[0].new, self.seed)
         self.cast()
         self.pos = Progress(**{k: v for k, v in (state or {}).items() if k in Progress.__dataclass_fields__})
+        if state is not None and "reads" not in state:
+            self.pos.reads = rebuild_reads(self.cfg, self.stages, state)
         self.bar = StepProgress(sum(s.steps for s in self.stages), enabled=self.show_progress and self.rank == 0)
         self.bar.advance_to(self.pos.global_step)
         try:
@@ -226,9 +270,9 @@ class Grower:
             self.stepper.load_state_dict(opt_flat)
         if self.pcache is not None:
             self.pcache.invalidate()
-        self.batch_of, stream0 = stage_streams(self.cfg, self.tok, st, self.seed, self.show_progress and self.rank == 0)
+        self.data = StageData(self.cfg, self.tok, st, self.seed, self.show_progress and self.rank == 0)
         if self.val_batches is None:
-            self.val_batches = stream0.val_batches(self.t.val_batches)
+            self.val_batches = self.data.first.val_batches(self.t.val_batches)
         self.active = trainable_count(model)
         self.label = st.label if st.final_lora else f"{st.label}/{len(self.stages)}"
         self.say(f"{self.label}: {len(model.layers)} blocks, training {human(self.active)} parameters"
@@ -250,6 +294,8 @@ class Grower:
         self.steps_run = None  # set when a plateau ends the stage early
         while pos.step < st.steps:
             loss, gnorm = self.train_step(st)
+            key = self.data.key(pos.step)
+            pos.reads[key] = pos.reads.get(key, 0) + 1
             pos.step, pos.global_step, self.last_loss = pos.step + 1, pos.global_step + 1, loss
             tokens = t.batch_size * t.seq_len
             pos.tokens += tokens
@@ -265,7 +311,7 @@ class Grower:
                                   "peak_mem_mb": mx.get_peak_memory() / 2**20})
             if t.eval_every and pos.step % t.eval_every == 0 and pos.step < st.steps:
                 val = self.evaluate_now(st)
-                if self.plateaued(val):
+                if self.plateaued(val, st):
                     self.say(f"{self.label}: validation loss plateaued at {val:.4f}; ending the stage "
                              f"after {pos.step} of {st.steps} steps")
                     self.steps_run, pos.step = pos.step, st.steps
@@ -280,7 +326,7 @@ class Grower:
         """One optimizer step; a NaN or infinite loss stops the run."""
         g_step = self.pos.global_step
         maybe_fail("step", g_step + 1)
-        x, y = split_xy(self.batch_of(self.pos.step, self.rank, self.world))
+        x, y = split_xy(self.data.batch(self.pos.step, self.pos.reads, self.rank, self.world))
         if self.on_step is not None:
             self.on_step(g_step, self.model)
         if self.use_cache:
@@ -304,11 +350,11 @@ class Grower:
                           "val_loss": val, "tokens": self.pos.tokens, "flops": self.pos.flops, **extra})
         return val
 
-    def plateaued(self, val: float) -> bool:
+    def plateaued(self, val: float, st: Stage) -> bool:
         """True when `grow.plateau.patience` evaluations in a row brought no gain
-        of at least `min_delta` nats."""
+        of at least `min_delta` nats (in the stages `grow.plateau.stages` names)."""
         p = self.g.plateau
-        if p is None:
+        if p is None or not p.applies(st.index):
             return False
         best, bad = self.pos.plateau
         if val < best - p.min_delta:
@@ -328,11 +374,11 @@ class Grower:
     def save_checkpoint(self, st: Stage):
         pos, run = self.pos, self.run_dir
         state = {"stage": st.index, "step": pos.step, "global_step": pos.global_step, "tokens": pos.tokens,
-                 "flops": pos.flops, "lora": L.lora_structure(self.model), "plateau": pos.plateau,
+                 "flops": pos.flops, "lora": L.lora_structure(self.model), "plateau": pos.plateau, "reads": pos.reads,
                  "summary": pos.summary, "lineage": {"run": str(self.out), "stage": st.index + 1,
                                                      "step": pos.global_step}}
         try:
-            run.save_checkpoint(self.model, self.tok, self.stepper, state, self.t.keep_checkpoints)
+            run.save_checkpoint(self.model, self.tok_out, self.stepper, state, self.t.keep_checkpoints)
         except OSError as e:
             last = run.checkpoints()[-1] if run.checkpoints() else "none yet"
             raise CheckpointWriteError(e.errno, f"cannot write the step-{pos.global_step:06d} checkpoint "
@@ -351,9 +397,9 @@ class Grower:
                                  "train_loss": self.last_loss,
                                  "val_loss": val})
         if self.rank == 0:
-            save_model(self.model, self.run_dir.stage_dir(st.index), self.tok, overwrite=True,
+            save_model(self.model, self.run_dir.stage_dir(st.index), self.tok_out, overwrite=True,
                        meta={"lineage": {"run": str(self.out), "stage": st.index + 1,
-                                         "summary": self.pos.summary[-1]}})
+                                         "summary": self.pos.summary[-1]}, "separator": self.cfg.data.separator})
         self.prev = self.stepper
         self.say(f"{self.label} done: validation loss {val:.4f}")
 
@@ -363,9 +409,10 @@ class Grower:
             from mlx_grow.training.plot import plot_run
 
             self.model.set_dtype(mx.float32)
-            save_model(self.model, final_dir, self.tok, overwrite=True,
+            save_model(self.model, final_dir, self.tok_out, overwrite=True,
                        meta={"lineage": {"run": str(self.out), "stage": len(self.stages),
-                                         "summary": self.pos.summary}, "seed": self.seed})
+                                         "summary": self.pos.summary}, "seed": self.seed,
+                             "separator": self.cfg.data.separator})
             plot_run(self.run_dir.root)
         return final_dir, self.pos.summary
 

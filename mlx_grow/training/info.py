@@ -9,11 +9,19 @@ from mlx_grow.training.params import human, stage_active, totals
 PUBLISHED = {
     "paper-9l-glyph": {"total": "247.6M", "monolithic trainable": "180.5M", "stage active": "105.0M"},
     "paper-9l-16bit": {"stage active": "105.0M"},
-    "paper-16l-16bit": {"total": "269.7M"},
+    "paper-16l-16bit": {"total": "269.7M", "tokens": "68.9B"},
     "es-16l-glyph": {"total": "~335M"},
+    "es-16l-16bit": {"total": "~269M"},
     "es-16l-64bit": {"total": "~272M"},
     "es-16l-256bit": {"total": "~285M"},
+    "es-16l-1024bit": {"total": "~335M"},
+    "es-16l-unfrozen": {"total": "~335M"},
+    "es-16l-16float": {"total": "~269M"},
+    "es-16l-64float": {"total": "~272M"},
+    "es-16l-256float": {"total": "~285M"},
+    "es-16l-float": {"total": "~335M"},
     "d4096-1layer": {"total (1 layer)": "1.3B", "per further layer": "+0.2B"},
+    "d4096-1layer-v1": {"total (1 layer)": "1.3B", "per further layer": "+0.2B"},
 }
 
 
@@ -34,7 +42,9 @@ def describe(target: str) -> dict:
     rows.append(["total", f"{t['total']:,}", human(t["total"]), f"frozen {human(t['frozen'])}, "
                  f"trainable {human(t['trainable'])}"])
     notes = [f"per block: {t['per_block']:,}; substrate: {args.substrate.kind}"
-             + (f", {args.substrate.bits} bits" if args.substrate.kind in ("binary", "gf2", "random", "float") else "")]
+             + (f", {args.substrate.bits} bits" if args.substrate.kind in ("binary", "gf2", "random") else "")
+             + (f", {args.substrate.bits} PCA components of a {args.substrate.code_bits or args.substrate.bits}-bit "
+                "random code" if args.substrate.kind == "float" else "")]
     if cfg is not None:
         notes += stage_notes(cfg, t)
     for key, val in PUBLISHED.get(name, {}).items():
@@ -72,8 +82,10 @@ def stage_notes(cfg, t: dict) -> list:
             continue
         n = stage_active(args, st.new, st.train_head, st.lora_params, train_substrate=st.train_substrate)
         what = f"+{st.new} blocks -> depth {st.depth}" if st.new else f"LoRA rank {st.lora_rank} on {st.depth} blocks"
+        upto = "at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.index) else ""
         out.append(f"{st.label}: {what}, active {n:,} ({human(n)}), "
-                   f"{st.steps:,} steps, {human(st.steps * per_step)} tokens")
+                   f"{upto}{st.steps:,} steps, {human(st.steps * per_step)} tokens"
+                   + (" (ends at a validation plateau)" if upto else ""))
     total = sum(s.steps for s in plan(cfg)) * per_step
     out.append(f"planned tokens: {total:,} ({human(total)})")
     if not cfg.grow.monolithic:

@@ -2,7 +2,7 @@
 
 from mlx.utils import tree_flatten
 
-from mlx_grow.model import ModelArgs, block_param_count
+from mlx_grow.model import ModelArgs, block_param_count, norm_param_count
 from mlx_grow.substrate.codes import padded_width
 
 
@@ -19,7 +19,7 @@ def count_parts(args: ModelArgs, n_layers: int | None = None) -> dict:
     return {
         "substrate": args.vocab_size * substrate_width(args),
         "blocks": n * block_param_count(args),
-        "norm": 2 * args.hidden_size,
+        "norm": norm_param_count(args),
         "lm_head": args.vocab_size * args.hidden_size,
     }
 
@@ -35,7 +35,7 @@ def totals(args: ModelArgs, n_layers: int | None = None) -> dict:
 def stage_active(args: ModelArgs, new_blocks: int, train_head: bool = True, extra: int = 0,
                  train_substrate: bool = False) -> int:
     """Active (trainable) parameters of a growth stage: the new blocks, the final
-    LayerNorm and head (unless frozen), adapters, and the substrate if it trains."""
+    norm and head (unless frozen), adapters, and the substrate if it trains."""
     parts = count_parts(args, new_blocks)
     n = parts["blocks"] + extra
     if train_head:

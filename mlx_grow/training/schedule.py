@@ -57,7 +57,7 @@ def lora_rank(cfg: RunConfig, st: Stage) -> int:
         return 0
     if not lcfg.budget:
         return lcfg.rank
-    base = stage_active(args, 0 if st.final_lora else st.new, st.train_head or st.final_lora)
+    base = stage_active(args, 0 if st.final_lora else st.new, st.train_head)
     return rank_for_budget(args, frozen, lcfg.targets, lcfg.budget, base)
 
 
@@ -70,7 +70,7 @@ def plan(cfg: RunConfig) -> list:
     for k, n in enumerate(sizes):
         built += n
         stages.append(Stage(index=k, new=n, depth=built, steps=steps_for(cfg, k, g.steps_per_stage, g.tokens_per_stage),
-                            train_head=bool(per_stage(g.train_head, k)),
+                            train_head=g.head_trains(k),
                             train_substrate=g.train_substrate_first and k == 0,
                             train_all=g.train_all_last and k == len(sizes) - 1))
     if g.monolithic:  # one stage: every block from scratch, walking the grown run's streams in order
@@ -79,7 +79,8 @@ def plan(cfg: RunConfig) -> list:
     lcfg = g.lora
     if lcfg and not g.monolithic and (lcfg.final_phase_steps or lcfg.final_phase_tokens):
         steps = steps_for(cfg, 0, lcfg.final_phase_steps, lcfg.final_phase_tokens)
-        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=steps, final_lora=True))
+        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=steps, final_lora=True,
+                            train_head=g.head_trains(len(stages))))
     for st in stages:
         st.lora_rank = lora_rank(cfg, st)
         frozen = st.depth if st.final_lora else st.depth - st.new
