@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten
 
 from mlx_grow.base import UserError
 from mlx_grow.io import atomic_dir, sha256_file
+from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES
 from mlx_grow.model import Model, ModelArgs
 from mlx_grow.substrate.tables import fingerprint
@@ -93,8 +94,11 @@ def read_meta(path) -> dict:
 def verify_files(path, meta: dict):
     """Compare every file against the checksums recorded at save time."""
     path = Path(path)
-    for name, digest in meta.get("files", {}).items():
-        f = path / name
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path / META} is damaged: its `files` entry is not a mapping")
+    for name, digest in files.items():
+        f = inside(path, name, f"the {META} `files` entry", CheckpointError)
         if not f.exists():
             raise CheckpointError(f"{f} is missing (listed in {META}); the model directory is incomplete")
         if sha256_file(f) != digest:
@@ -107,10 +111,15 @@ def verify_files(path, meta: dict):
 def read_weights(path) -> dict:
     path = Path(path)
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = ["model.safetensors"]
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is damaged ({e!r}); restore it or re-create the model directory") from None
     weights = {}
     for name in files:
-        f = path / name
+        f = inside(path, name, f"the {index.name} entry" if index.exists() else "weights file", CheckpointError)
         if not f.exists():
             raise CheckpointError(f"no weights at {f}: is {path} a mlx-grow model directory?")
         try:

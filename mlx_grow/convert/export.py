@@ -25,6 +25,7 @@ from mlx_grow.convert.common import (
     rope_perm,
 )
 from mlx_grow.io import atomic_dir
+from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES, Source, write_weights
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.files import load_table_file
@@ -153,7 +154,9 @@ def export_merged(model_dir: Path, meta: dict, tmp: Path, to, dtype, shard_bytes
         sub = tmp / "experts" / str(i)
         sub.mkdir(parents=True)
         m = {"substrate": meta.get("substrate"), "tokenizer": meta.get("tokenizer"), "lineage": e.get("lineage")}
-        notes += [f"expert {i}: {n}" for n in export_one(model_dir / e["dir"], m, sub, to, dtype, shard_bytes,
+        src = inside(model_dir, e.get("dir") if isinstance(e, dict) else None,
+                     "the mlx_grow.json `experts[].dir` entry", kind="dir")
+        notes += [f"expert {i}: {n}" for n in export_one(src, m, sub, to, dtype, shard_bytes,
                                                           table, model_dir)]
         experts.append({"dir": f"experts/{i}", "origin": e.get("origin"), "lineage": e.get("lineage")})
     if (model_dir / "adapter.safetensors").is_file():

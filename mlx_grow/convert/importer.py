@@ -20,6 +20,7 @@ from mlx_grow.convert.common import (
     rope_perm,
 )
 from mlx_grow.io import atomic_dir, sha256_file
+from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES, TABLE_FILES, Source, write_weights
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.tables import fingerprint
@@ -219,7 +220,8 @@ def split_experts(source, mapping=None):
     or one checkpoint with whole models under prefixes such as `experts.0.`."""
     record = read_export_meta(source.root).get("merge") if source.path.is_dir() else None
     if record:
-        subs = [Source(source.root / e["dir"]) for e in record["experts"]]
+        subs = [Source(inside(source.root, e.get("dir") if isinstance(e, dict) else None,
+                              f"the {EXPORT_META} `experts[].dir` entry", kind="dir")) for e in record["experts"]]
         for s, e in zip(subs, record["experts"]):
             s.prefix = e["dir"] + "/"
         return subs, [], None, record

@@ -23,6 +23,7 @@ from mlx_grow.checkpoint import (
     write_weights,
 )
 from mlx_grow.io import atomic_dir, sha256_file
+from mlx_grow.io.paths import inside
 from mlx_grow.merge.combine import Combiner, MergedModel
 from mlx_grow.model import Model
 from mlx_grow.tokenizer import load_tokenizer
@@ -107,7 +108,10 @@ def load_merged(path, verify: bool = True):
     shared = mx.array(table)
     experts = []
     for entry in meta["experts"]:
-        sub = path / entry["dir"]
+        sub = inside(path, entry.get("dir") if isinstance(entry, dict) else None, f"the {META} `experts[].dir` entry",
+                     CheckpointError, kind="dir")
+        if not sub.is_dir():
+            raise CheckpointError(f"{sub} is missing (an expert listed in {path / META}); the merge is incomplete")
         expert = Model(load_args(sub), substrate_table=table)
         weights = {**read_weights(sub), "substrate.table": shared}
         check_shapes(expert, weights, sub)
