@@ -290,6 +290,27 @@ def build_bvv241(variant: str, use_cache: bool = True) -> Tokenizer:
     return _wrap_bvv241(backend, variant)
 
 
+# --- tokenizer folders written by the CLI ---
+
+MARKER = "mlx_grow_tokenizer.json"  # what marks a tokenizer folder as ours (see io.atomic.replaceable)
+
+
+def write_marker(tok: "Tokenizer", out, **record):
+    (Path(out) / MARKER).write_text(json.dumps({"format_version": 1, "vocab_size": tok.vocab_size,
+                                                "fingerprint": tok.fingerprint, **record}, indent=2))
+
+
+def save_dir(tok: "Tokenizer", out, overwrite: bool = False, inputs=(), **record) -> Path:
+    """Write a tokenizer folder atomically; an existing one is replaced only with
+    `overwrite` and only when mlx-grow wrote it."""
+    from mlx_grow.io import atomic_dir
+
+    with atomic_dir(out, overwrite, inputs, marker=MARKER) as tmp:
+        tok.save(tmp)
+        write_marker(tok, tmp, **record)
+    return Path(out)
+
+
 # --- loading ---
 
 

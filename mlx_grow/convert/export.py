@@ -110,7 +110,7 @@ def export_model(model_dir, out, to="starcoder2", dtype="float32", overwrite=Fal
         raise FileNotFoundError(f"{model_dir} is not a mlx-grow model directory (no config.json)")
     meta = read_meta(model_dir)
     verify_files(model_dir, meta)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[model_dir], marker=EXPORT_META) as tmp:
         if "experts" in meta:
             notes = export_merged(model_dir, meta, tmp, to, dtype, shard_bytes)
         else:

@@ -195,7 +195,7 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
         notes.append("no tokenizer found: pass --tokenizer to make the directory loadable with load()")
     if unplaced:
         notes.append(f"{len(unplaced)} tensor(s) not placed (left out): {', '.join(L.compact(unplaced)[:12])}")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[src, table, tokenizer]) as tmp:
         if split is None:
             write_weights(tmp, plan, {"format": "mlx"}, shard_bytes)
             (tmp / "config.json").write_text(json.dumps(args.to_dict(), indent=2))
