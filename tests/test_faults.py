@@ -194,7 +194,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(reference, tmp_path, capsys):
     f = run / "checkpoints" / "step-000010" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
     grow(read_run_config(run), run, resume=True, progress=False, echo=lambda *a, **k: None)
-    assert "skipping damaged checkpoint" in capsys.readouterr().out
+    assert "skipping damaged checkpoint" in capsys.readouterr().err  # a message, so on stderr
     assert_same_final(run, reference)
 
 
