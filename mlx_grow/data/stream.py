@@ -169,6 +169,7 @@ def _slug(s: str) -> str:
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         Progress,
@@ -178,7 +179,8 @@ def _progress(enabled: bool):
     )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not enabled)
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not enabled,
+                    console=Console(stderr=True))  # results go to stdout, bars never do
 
 
 def _docs(spec: SourceSpec, instruction: bool, skip_bad: bool):
@@ -208,6 +210,7 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
     """Tokenize one source into a shard folder, or reuse the cached one.
     instruction=True reads question/answer pairs and writes `[INST] q [/INST] a</s>`."""
     spec = spec if isinstance(spec, SourceSpec) else SourceSpec.parse(spec, "data source")
+    check_val_fraction(val_fraction)
     tok = _tokenizer(tok)
     ids = dict(sep=_special_id(tok, separator, "separator"))
     if instruction:
@@ -308,6 +311,12 @@ def _checked(shard: Shard) -> Shard:
         log.warning(f"{m['source']}: {share:.0%} of its tokens are <unk> with tokenizer {m['tokenizer']}; "
                     "the tokenizer does not cover this text, pick one that does")
     return shard
+
+
+def check_val_fraction(v, name: str = "val_fraction"):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 0.5:
+        raise UserError(f"{name} must be a number from 0 to 0.5 (the share of documents held out for "
+                         f"validation), got {v!r}")
 
 
 def prepare(sources, tokenizer, out_dir=None, separator="</s>", val_fraction=0.01, field=None,
