@@ -234,7 +234,7 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
                         tokenizer_fingerprint=tok.fingerprint, vocab_size=tok.vocab_size,
                         dtype="uint16" if tok.vocab_size <= 1 << 16 else "uint32", separator=separator,
                         separator_id=ids["sep"], val_fraction=val_fraction, content_hash=content)
-            with atomic_dir(path, overwrite=True) as tmp:
+            with atomic_dir(path, overwrite=True, marker="meta.json") as tmp:
                 meta.update(_encode(_docs(spec, instruction, skip_bad_files), tok, tmp, is_val, chars, ids,
                                     np.dtype(meta["dtype"]), f"tokenizing {spec.source}", progress))
                 (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
