@@ -32,6 +32,7 @@ from mlx.utils import tree_flatten
 
 from mlx_grow.base import UserError
 from mlx_grow.io import atomic_dir, sha256_file
+from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES
 from mlx_grow.io.tensors import write_weights as write_tensors
 from mlx_grow.model import Model, ModelArgs
@@ -181,11 +182,13 @@ class ModelDirWriter:
 
 
 @contextlib.contextmanager
-def write_model_dir(out, overwrite: bool = False, shard_bytes: int = SHARD_BYTES):
+def write_model_dir(out, overwrite: bool = False, shard_bytes: int = SHARD_BYTES, inputs=()):
     """Write a model directory atomically. Yields a ModelDirWriter on a temp
     dir beside `out`; when the block succeeds, mlx_grow.json is written last
-    and the directory renamed onto `out`. On any error `out` is unchanged."""
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    and the directory renamed onto `out`. On any error `out` is unchanged. An
+    existing `out` is replaced only with `overwrite`, only when mlx-grow wrote
+    it, and never when one of `inputs` is inside it."""
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         w = ModelDirWriter(tmp, shard_bytes)
         yield w
         w.finish()
@@ -219,8 +222,11 @@ def read_meta(path) -> dict:
 def verify_files(path, meta: dict):
     """Compare every file against the checksums recorded at save time."""
     path = Path(path)
-    for name, digest in meta.get("files", {}).items():
-        f = path / name
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path / META} is damaged: its `files` entry is not a mapping")
+    for name, digest in files.items():
+        f = inside(path, name, f"the {META} `files` entry", CheckpointError)
         if not f.exists():
             raise CheckpointError(f"{f} is missing (listed in {META}); the model directory is incomplete")
         if sha256_file(f) != digest:
@@ -244,10 +250,15 @@ def open_model_dir(path, verify: bool = True, what: str = "model directory") -> 
 def read_weights(path) -> dict:
     path = Path(path)
     index = path / WEIGHTS_INDEX
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [WEIGHTS]
+    files = [WEIGHTS]
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is damaged ({e!r}); restore it or re-create the model directory") from None
     weights = {}
     for name in files:
-        f = path / name
+        f = inside(path, name, f"the {index.name} entry" if index.exists() else "weights file", CheckpointError)
         if not f.exists():
             raise CheckpointError(f"no weights at {f}: is {path} a mlx-grow model directory?")
         try:
@@ -309,11 +320,18 @@ def load_model(path, verify: bool = True) -> Model:
 
 
 def load_experts(path, meta: dict) -> list:
-    """The experts of a merged directory, all on the one shared table."""
+    """The experts of a merged directory, all on the one shared table. Each
+    `experts[].dir` must be a folder inside the merged directory."""
     path = Path(path)
     table = mx.array(load_table_file(path / SUBSTRATE))
-    return [build_model(load_args(path / e["dir"]), read_weights(path / e["dir"]), path / e["dir"], table=table)
-            for e in meta["experts"]]
+    experts = []
+    for e in meta["experts"]:
+        sub = inside(path, e.get("dir") if isinstance(e, dict) else None, f"the {META} `experts[].dir` entry",
+                     CheckpointError, kind="dir")
+        if not sub.is_dir():
+            raise CheckpointError(f"{sub} is missing (an expert listed in {path / META}); the merge is incomplete")
+        experts.append(build_model(load_args(sub), read_weights(sub), sub, table=table))
+    return experts
 
 
 def check_vocab(args: ModelArgs, tokenizer, where):

@@ -1,12 +1,17 @@
 """The `mlx-grow` command line: a thin Typer layer over the library."""
 
+import errno
+import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from mlx_grow.base import UserError
+from mlx_grow.io.atomic import check_output
+
+TOKENIZER_MARKER = "mlx_grow_tokenizer.json"  # mlx_grow.tokenizer.MARKER, without importing tokenizers here
 
 app = typer.Typer(
     help="Grow, compose, run and convert language models on a frozen input substrate.",
@@ -23,31 +28,82 @@ app.add_typer(substrate_app, name="substrate")
 app.add_typer(data_app, name="data")
 app.add_typer(convert_app, name="convert")
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)  # messages are not cut at 80 columns
+
+class _Console(Console):
+    """Rich output that is not cut at 80 columns when it goes to a file or a pipe."""
+
+    @property
+    def size(self):
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(max(size.width, 1000), size.height)
 
 
-def fail(msg: str, code: int = 2):
-    from rich.markup import escape
+# Markup is off: paths, library messages and user text are printed as they are.
+console = _Console(markup=False)  # results
+err = _Console(stderr=True, soft_wrap=True, markup=False)  # messages, notes, tables about the work
 
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
+# Exit codes, the same in every command: 2 bad input, 1 a failure during the work, 130 Ctrl-C.
+BAD_INPUT, FAILED, INTERRUPTED = 2, 1, 130
+# OS errors that mean the machine, not the input: a full disk, an I/O error, no memory.
+WORK_ERRNOS = {errno.ENOSPC, errno.EIO, errno.ENOMEM, getattr(errno, "EDQUOT", -1)}
+OS_HINTS = {
+    errno.EACCES: "choose a location you can write to, or fix its permissions",
+    errno.EPERM: "choose a location you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose another location",
+    errno.ENOSPC: "free some space and run again",
+    errno.EISDIR: "a folder is where a file is expected: give a file",
+    errno.ENOTDIR: "a part of this path is a file where a folder is expected",
+}
+
+
+def say(msg):
+    """A message about the work (stderr, printed as it is)."""
+    err.print(msg, highlight=False)
+
+
+class _Warnings(logging.Handler):
+    """The library's warnings (logger `mlx_grow`) as `warning: …` lines on stderr."""
+
+    def emit(self, record):
+        say(f"warning: {record.getMessage()}")
+
+
+if not any(isinstance(h, _Warnings) for h in logging.getLogger("mlx_grow").handlers):
+    logging.getLogger("mlx_grow").addHandler(_Warnings(logging.WARNING))
+
+
+def fail(msg: str, code: int = BAD_INPUT):
+    from rich.text import Text
+
+    err.print(Text.assemble(("error:", "bold red"), " ", str(msg)), highlight=False)
     raise typer.Exit(code)
 
 
-def guarded(fn):
-    """Turn the library's expected errors (UserError, and a missing or existing
-    path) into one clear message and exit code 2; anything else is a bug and
-    keeps its traceback."""
-    import functools
+def os_message(e: OSError) -> str:
+    """One line naming the path: `PATH: Permission denied; what to do`."""
+    if e.errno is None or not e.filename:
+        return str(e)
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
+    hint = OS_HINTS.get(e.errno)
+    return f"{where}: {e.strerror or 'error'}" + (f"; {hint}" if hint else "")
 
-    from mlx_grow.base import UserError
+
+def guarded(fn):
+    """One line and one exit code for every expected error: UserError and a
+    missing/existing path or any other OS error (2; a full disk or I/O error: 1),
+    Ctrl-C (130). Anything else is a bug and keeps its traceback."""
+    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UserError, FileNotFoundError, FileExistsError) as e:
+        except UserError as e:
             fail(str(e))
+        except OSError as e:
+            fail(os_message(e), FAILED if e.errno in WORK_ERRNOS else BAD_INPUT)
+        except KeyboardInterrupt:
+            fail("interrupted", INTERRUPTED)
 
     return wrapper
 
@@ -92,12 +148,29 @@ def substrate_build(
     config: str = typer.Argument(..., help="Config (path or packaged name)"),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file"),
     font: Optional[str] = typer.Option(None, help="Font file for the glyph substrate (default: Unifont)"),
+    overwrite: bool = typer.Option(False, help="Replace an existing substrate file that mlx-grow wrote"),
 ):
     """Build a config's substrate table and write it with its fingerprint."""
     from mlx_grow.config import load_config
-    from mlx_grow.substrate.tables import build_table, fingerprint, save_table
+    from mlx_grow.substrate.tables import (
+        build_table,
+        describe_file,
+        fingerprint,
+        save_table,
+    )
 
     cfg = load_config(config)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; choose another --out, or pass --overwrite to replace a "
+                                  "substrate file mlx-grow wrote")
+        try:
+            ours = out.is_file() and not out.is_symlink() and bool(describe_file(out).get("fingerprint"))
+        except (UserError, OSError):
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{out} is not a substrate file mlx-grow wrote; --overwrite only replaces those: "
+                                  "choose another --out")
     s = cfg.model.substrate
     if font:
         s.font = font
@@ -128,12 +201,14 @@ def substrate_show(path: Path = typer.Argument(..., help="Substrate .safetensors
 def tokenizer_build(
     variant: str = typer.Argument(..., help="bvv241 variant: 2-3 | max"),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory"),
+    overwrite: bool = typer.Option(False, help="Replace an existing tokenizer folder that mlx-grow wrote"),
 ):
     """Build a bvv241 tokenizer from the shipped n-gram files; write a HF tokenizer dir."""
-    from mlx_grow.tokenizer import build_bvv241
+    from mlx_grow.tokenizer import build_bvv241, save_dir
 
+    check_output(out, overwrite, marker=TOKENIZER_MARKER)
     tok = build_bvv241(variant)
-    tok.save(out)
+    save_dir(tok, out, overwrite, source=f"bvv241-{variant.removeprefix('bvv241-')}")
     console.print(f"wrote {out} ({tok.vocab_size:,} ids)")
 
 
@@ -143,11 +218,20 @@ def tokenizer_train(
     corpus: List[Path] = typer.Argument(..., help="Text files"),
     vocab_size: int = typer.Option(..., "--vocab-size"),
     out: Path = typer.Option(..., "--out", "-o"),
+    overwrite: bool = typer.Option(False, help="Replace an existing tokenizer folder that mlx-grow wrote"),
 ):
     """Train a SentencePiece BPE tokenizer and save it as a HF tokenizer dir."""
-    from mlx_grow.tokenizer import train_sentencepiece
+    from mlx_grow.io import atomic_dir
+    from mlx_grow.tokenizer import MARKER, train_sentencepiece, write_marker
 
-    tok = train_sentencepiece([str(p) for p in corpus], vocab_size, out)
+    if vocab_size < 1:
+        raise UserError(f"--vocab-size must be a positive integer, got {vocab_size}")
+    for f in corpus:
+        if not f.is_file():
+            raise FileNotFoundError(f"corpus file {f} does not exist (or is not a file)")
+    with atomic_dir(out, overwrite, inputs=corpus, marker=MARKER) as tmp:
+        tok = train_sentencepiece([str(p) for p in corpus], vocab_size, tmp)
+        write_marker(tok, tmp, source="sentencepiece", corpus=[str(p) for p in corpus])
     console.print(f"wrote {out} ({tok.vocab_size:,} ids)")
 
 
@@ -196,6 +280,7 @@ def data_prepare(
     from mlx_grow.data import stream as data
     from mlx_grow.data.contamination import info, info_table
 
+    data.check_val_fraction(val_fraction, "--val-fraction")
     shards = data.prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
                           field=field, skip_bad_files=skip_bad)
     console.print(info_table(info(shards)))
@@ -253,13 +338,15 @@ def grow_cmd(
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Cache the frozen prefix's hidden states"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
+    restart: bool = typer.Option(False, "--restart", help="With --resume: when every checkpoint is damaged, "
+                                 "start the run over from step 0 in the same folder"),
 ):
-    """Grow a model layer-wise (or train it monolithically); prints the final model dir last.
+    """Grow a model layer-wise (or train it monolithically); prints the final model dir last
+    (on stdout; progress, messages and the summary go to stderr).
     Flags override only what you give: flag, then the config file, then the defaults."""
-    from mlx_grow.base import UserError
     from mlx_grow.config import load_config
-    from mlx_grow.training.grow import TrainingDiverged, grow
-    from mlx_grow.training.runs import read_run_config
+    from mlx_grow.training.grow import CheckpointWriteError, TrainingDiverged, grow
+    from mlx_grow.training.runs import Run, read_run_config
 
     flags = {
         "model": {"num_hidden_layers": depth},
@@ -278,17 +365,25 @@ def grow_cmd(
                             f"change it: {', '.join(given)}. Resume without them, or start a new run with --out")
         cfg, out = read_run_config(resume), resume
     else:
+        if restart:
+            raise UserError("--restart goes with --resume RUN (it starts a damaged run over from step 0)")
         cfg = load_config(config or "tiny")
         cfg.override(**flags)
         if out is None:
             out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
     try:
-        final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=console.print)
-    except (TrainingDiverged, OSError) as e:  # NaN loss; disk full while saving
-        fail(str(e), code=1)
+        final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart)
+    except (TrainingDiverged, CheckpointWriteError) as e:  # NaN loss; disk full while saving
+        fail(str(e), code=FAILED)
+    except KeyboardInterrupt:
+        ckpts = Run(out).checkpoints() if Path(out).is_dir() else []
+        fail(f"interrupted; continue with `mlx-grow grow --resume {out}` (from {ckpts[-1].name})" if ckpts else
+             f"interrupted before the first checkpoint; `mlx-grow grow --resume {out}` starts it over",
+             INTERRUPTED)
     from mlx_grow.training.info import summary_table
 
-    console.print(summary_table(summary))
+    if summary:
+        err.print(summary_table(summary))
     print(final)
 
 
@@ -351,9 +446,9 @@ def merge_cmd(
         opts = dict(part=tune_part, data=tune_data, steps=tune_steps, lr=tune_lr, batch_size=tune_batch_size,
                     seq_len=tune_seq_len, seed=seed)
     path = merge(experts, out, combiner, weights, temperature, router, adapter, rank, tune=opts,
-                 overwrite=overwrite, echo=console.print)
+                 overwrite=overwrite, echo=say)
     how = [combiner] + (["router"] if router else []) + ([f"{adapter} adapter"] if adapter != "none" else [])
-    console.print(f"merged {len(experts)} experts ({', '.join(how)}{', tuned' if tune else ''}) into", highlight=False)
+    say(f"merged {len(experts)} experts ({', '.join(how)}{', tuned' if tune else ''}) into")
     print(path)
 
 
@@ -385,7 +480,9 @@ def compare_cmd(
 @app.command("generate")
 @guarded
 def generate_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Model or merged model directory"),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model or merged model directory, or a grow run "
+                                         "directory (its final/ model)"),
+    m: Optional[str] = typer.Option(None, "-m", help="--model; next to --model, mlx-lm's -m N (--max-tokens)"),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text; '-' reads stdin"),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="One prompt per line, run as a batch"),
     max_tokens: int = typer.Option(100, "--max-tokens", "-n"),
@@ -396,17 +493,36 @@ def generate_cmd(
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
     seed: Optional[int] = typer.Option(None, help="Seed for sampling"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable); </s> always stops"),
-    instruct: bool = typer.Option(False, "--instruct", help="Wrap the prompt as [INST] … [/INST]"),
+    instruct: bool = typer.Option(False, "--instruct", help="Wrap the prompt as \\[INST] … \\[/INST]"),
     prompt_start: Optional[str] = typer.Option(None, "--prompt-start", help="none | sep: start the prompt bare, or "
                                                "after the start token (</s>); default: as the model's tokenizer "
                                                "says (a model mlx-grow trained: after its separator)"),
 ):
-    """Generate text from a model or a merge (streamed; tokens/s at the end, on stderr)."""
+    """Generate text from a model or a merge (streamed on stdout; tokens/s at the end, on stderr).
+    A prompt longer than the model's context keeps its last context-length tokens (with a warning)."""
     import sys
 
     from mlx_grow import load
-    from mlx_grow.generate import batch_generate, print_stats, stream_generate
+    from mlx_grow.api import model_dir
+    from mlx_grow.generate import (
+        PREFILL_STEP,
+        batch_generate,
+        print_stats,
+        stream_generate,
+    )
+    from mlx_grow.io.progress import StepProgress
 
+    if model is None and m is None:
+        raise UserError("give the model: --model DIR (or -m DIR)")
+    if model is None:
+        if m.isdigit() and not Path(m).exists():
+            raise UserError(f"-m {m}: -m means --model here; for the number of tokens use --max-tokens {m} (or "
+                            f"-n {m}), or give --model DIR and mlx-lm's -m {m}")
+        model = Path(m)
+    elif m is not None:
+        if not m.isdigit():
+            raise UserError(f"both --model {model} and -m {m} name a model: give it once")
+        max_tokens = int(m)  # mlx-lm's -m is --max-tokens
     if (prompt is None) == (prompt_file is None):
         raise UserError("give exactly one of --prompt TEXT (or --prompt - for stdin) and --prompt-file FILE")
     if prompt_file is not None:
@@ -417,21 +533,40 @@ def generate_cmd(
             raise UserError(f"prompt file {prompt_file} has no non-empty line")
     else:
         prompts = [sys.stdin.read().rstrip("\n") if prompt == "-" else prompt]
-    m, tok = load(model)
+    path = model_dir(model)
+    if path != model:
+        say(f"using {path}")
+    m_, tok = load(path)
+    bar = None
+
+    def progress(done, total):  # long prompts: a bar on stderr while the prompt is processed
+        nonlocal bar
+        if total <= 4 * PREFILL_STEP:
+            return
+        if bar is None:
+            bar = StepProgress(total, label="processing the prompt")
+        bar.advance_to(done)
+        if done >= total:
+            bar.close()
+
     opts = dict(max_tokens=max_tokens, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                 repetition_penalty=repetition_penalty, seed=seed, stop=stop, instruct=instruct,
-                prompt_start=prompt_start)
-    if prompt_file is not None:
-        stats = {}
-        for i, text in enumerate(batch_generate(m, tok, prompts, stats=stats, **opts)):
-            print(f"--- {i + 1}: {prompts[i]}\n{text}", flush=True)
-        print_stats(stats, file=sys.stderr)
-        return
-    last = None
-    for last in stream_generate(m, tok, prompts[0], **opts):
-        print(last.text, end="", flush=True)
-    print()
-    print_stats(last, file=sys.stderr)
+                prompt_progress_callback=progress, prompt_start=prompt_start)
+    try:
+        if prompt_file is not None:
+            stats = {}
+            for i, text in enumerate(batch_generate(m_, tok, prompts, stats=stats, **opts)):
+                print(f"--- {i + 1}: {prompts[i]}\n{text}", flush=True)
+            print_stats(stats, file=sys.stderr)
+            return
+        last = None
+        for last in stream_generate(m_, tok, prompts[0], **opts):
+            print(last.text, end="", flush=True)
+        print()
+        print_stats(last, file=sys.stderr)
+    finally:
+        if bar is not None:
+            bar.close()
 
 # --- eval commands ---
 
@@ -464,14 +599,24 @@ def eval_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar"),
 ):
     """Score models on benchmarks and held-out text; write JSON, markdown and plots."""
-    from mlx_grow.eval.report import markdown, write
+    from mlx_grow.eval.report import markdown, writable, write
     from mlx_grow.eval.runner import run_eval as evaluate
 
+    writable(out)  # before any score is computed
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
-                      top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress,
-                      echo=lambda s: console.print(s, highlight=False), ci_ddof=ci_ddof, prompt_start=prompt_start)
-    paths = write(report, out)
-    console.print(markdown(report), highlight=False, markup=False, soft_wrap=True)
+                      top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress, echo=say,
+                      ci_ddof=ci_ddof, prompt_start=prompt_start)
+    console.print(markdown(report), highlight=False, soft_wrap=True)
+    try:
+        paths = write(report, out)
+    except OSError as e:  # the scores are computed: keep them somewhere
+        import json
+        import tempfile
+
+        fd, keep = tempfile.mkstemp(prefix="mlx-grow-report-", suffix=".json")
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+        fail(f"cannot write the report to {out} ({os_message(e)}); the scores are saved in {keep}", FAILED)
     for p in paths:
         console.print(str(p), highlight=False)
 
@@ -479,9 +624,16 @@ def eval_cmd(
 # --- convert commands ---
 
 
+def one_of(arg, alias, what: str, flag: str):
+    """A positional argument that mlx-lm users may give as a flag instead."""
+    if (arg is None) == (alias is None):
+        raise UserError(f"give {what} once: as the argument or as {flag}")
+    return arg if arg is not None else alias
+
+
 def print_notes(report: dict):
     for note in report.get("notes", []):
-        console.print(f"note: {note}", highlight=False, markup=False)
+        say(f"note: {note}")
 
 
 @convert_app.command("inspect")
@@ -497,25 +649,27 @@ def convert_inspect(
 
     rep = inspect(path, map_file)
     for name, shape, dtype in rep["tensors"]:
-        console.print(f"{name}  {shape}  {dtype}", highlight=False, markup=False)
-    console.print(f"config: {json.dumps(rep['config'])}", highlight=False, markup=False)
+        console.print(f"{name}  {shape}  {dtype}", highlight=False)
+    console.print(f"config: {json.dumps(rep['config'])}", highlight=False)
     if rep["layout"] is None:
         from mlx_grow.convert.layouts import MAP_EXAMPLE
 
-        console.print(f"layout: none matched — {rep['problem']}", highlight=False, markup=False)
-        console.print(f"an example mapping file (--map FILE.yaml):\n{MAP_EXAMPLE}", highlight=False, markup=False)
+        console.print(f"layout: none matched — {rep['problem']}", highlight=False)
+        console.print(f"an example mapping file (--map FILE.yaml):\n{MAP_EXAMPLE}", highlight=False)
         raise typer.Exit(1)
     extra = f", {rep['layers']} layers" if "layers" in rep else f", experts: {', '.join(rep['experts'])}"
-    console.print(f"layout: {rep['layout']}{extra}", highlight=False, markup=False)
+    console.print(f"layout: {rep['layout']}{extra}", highlight=False)
     if rep.get("unplaced"):
-        console.print(f"not placed: {', '.join(rep['unplaced'])}", highlight=False, markup=False)
+        console.print(f"not placed: {', '.join(rep['unplaced'])}", highlight=False)
 
 
 @convert_app.command("import")
 @guarded
 def convert_import(
-    src: Path = typer.Argument(..., help="Checkpoint: config.json + *.safetensors (or .bin / .pt), or one file"),
-    out: Path = typer.Option(..., "--out", "-o", help="Output mlx-grow model directory"),
+    src: Optional[Path] = typer.Argument(None, help="Checkpoint: config.json + *.safetensors (or .bin / .pt), or "
+                                         "one file (or --hf-path, as mlx_lm.convert)"),
+    out: Path = typer.Option(..., "--out", "-o", "--mlx-path", help="Output mlx-grow model directory"),
+    hf_path: Optional[Path] = typer.Option(None, "--hf-path", help="The checkpoint, as mlx_lm.convert spells it"),
     map_file: Optional[Path] = typer.Option(None, "--map", help="Mapping file (YAML) for a custom layout"),
     expansion: Optional[str] = typer.Option(None, help="How a narrow [V, w] table widens to d: repeat | tile"),
     table: Optional[Path] = typer.Option(None, help="Input table file: .pt, .npy, .safetensors or embeddings.txt"),
@@ -526,11 +680,12 @@ def convert_import(
     output_rope: Optional[str] = typer.Option(None, "--output-rope", help="Convert the rotary style (q/k rows "
                                               "are permuted; outputs unchanged): rotate-half | interleaved"),
     dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16"),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out"),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out that mlx-grow wrote"),
 ):
     """Import a PyTorch / Hugging Face checkpoint (or merged experts) into a mlx-grow model directory."""
     from mlx_grow.convert.importer import import_checkpoint
 
+    src = one_of(src, hf_path, "the checkpoint (CKPT)", "--hf-path")
     for name, val, ok in (("--expansion", expansion, ("repeat", "tile")),
                           ("--rope", rope, ("rotate-half", "interleaved")),
                           ("--output-rope", output_rope, ("rotate-half", "interleaved"))):
@@ -540,8 +695,8 @@ def convert_import(
                             kind=substrate, rope=rope, output_rope=output_rope, dtype=dtype, overwrite=overwrite)
     s = rep["substrate"]
     what = f"{rep['experts']} experts" if rep["experts"] else f"{rep['args']['num_hidden_layers']} layers"
-    console.print(f"imported {src} ({rep['layout']} layout, {what}); substrate {s['kind']} {s['shape']} "
-                  f"({rep['recipe']} recipe)", highlight=False, markup=False)
+    say(f"imported {src} ({rep['layout']} layout, {what}); substrate {s['kind']} {s['shape']} "
+        f"({rep['recipe']} recipe)")
     print_notes(rep)
     print(rep["out"])
 
@@ -549,17 +704,19 @@ def convert_import(
 @convert_app.command("export")
 @guarded
 def convert_export(
-    model: Path = typer.Argument(..., help="mlx-grow model (or merged) directory"),
-    out: Path = typer.Option(..., "--out", "-o", help="Output Hugging Face directory"),
+    model: Optional[Path] = typer.Argument(None, help="mlx-grow model (or merged) directory (or --mlx-path)"),
+    out: Path = typer.Option(..., "--out", "-o", "--hf-path", help="Output Hugging Face directory"),
+    mlx_path: Optional[Path] = typer.Option(None, "--mlx-path", help="The model directory, as mlx-lm spells it"),
     to: str = typer.Option("starcoder2", "--to", help="starcoder2 | gpt-neox"),
     dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16"),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out"),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out that mlx-grow wrote"),
 ):
     """Export to a Hugging Face directory that transformers and mlx-lm load without custom code."""
     from mlx_grow.convert.export import export_model
 
+    model = one_of(model, mlx_path, "the model directory (MODEL)", "--mlx-path")
     rep = export_model(model, out, to=to, dtype=dtype, overwrite=overwrite)
-    console.print(f"exported {model} as {rep['target']} ({rep['dtype']})", highlight=False, markup=False)
+    say(f"exported {model} as {rep['target']} ({rep['dtype']})")
     print_notes(rep)
     print(rep["out"])
 
@@ -577,7 +734,7 @@ def convert_verify(
 
     rep = verify(src, model, prompt=prompt, trust_remote_code=trust_remote_code)
     console.print(f"{rep['tokens']} tokens: max |logit difference| {rep['max_abs_diff']:.3g}, "
-                  f"argmax agreement {rep['argmax_agree']:.0%}", highlight=False, markup=False)
+                  f"argmax agreement {rep['argmax_agree']:.0%}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,16 @@ def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the p
     return before + body + after
 
 
+def fit_context(ids: List[int], model, where: str = "the prompt") -> List[int]:
+    """A prompt longer than the model's context keeps its last context-length tokens, with a warning."""
+    ctx = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    if ctx and len(ids) > ctx:
+        log.warning(f"{where} has {len(ids):,} tokens but the model's context is {ctx:,}: only its last {ctx:,} "
+                    "tokens are used")
+        return ids[-ctx:]
+    return ids
+
+
 def cache_offset(cache) -> int:
     first = cache[0]
     return (first[0] if isinstance(first, list) else first).offset
@@ -111,11 +121,18 @@ def pad_mask(pad, offset: int, n: int):
     return ((k <= q)[None] & (real | (k == q)[None]))[:, None]
 
 
-def generate_step(model, prompt, max_tokens: int, sampler, penalty: float = 1.0, pad=None) -> Iterator:
+def generate_step(model, prompt, max_tokens: int, sampler, penalty: float = 1.0, pad=None, logits_processors=None,
+                  prompt_progress_callback=None) -> Iterator:
     """Yield (tokens [B], logprobs [B, V]) per step for prompts [B, L].
 
+    `logits_processors` are mlx-lm's: `f(tokens, logits) -> logits`, with the tokens
+    so far ([L] for one row, as mlx-lm passes them; [B, L] for a batch).
+    `prompt_progress_callback(done, total)` is called as the prompt is processed.
     The next step is queued (async_eval) before the current token is handed
     out, so Python work overlaps the model's, as in mlx-lm."""
+    processors = list(logits_processors or [])
+    track = penalty != 1.0 or bool(processors)
+    total = prompt.shape[1]
     cache = model.make_cache()
     if pad is not None and hasattr(cache, "pad"):
         cache.pad = pad
@@ -133,9 +150,11 @@ def generate_step(model, prompt, max_tokens: int, sampler, penalty: float = 1.0,
         logits = forward(x)[:, -1, :].astype(mx.float32)
         if penalty != 1.0:
             logits = repetition_penalty(logits, history[:, -PENALTY_CONTEXT:], penalty)
+        for f in processors:
+            logits = f(history[0] if history.shape[0] == 1 else history, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         y = sampler(logprobs)
-        if penalty != 1.0:
+        if track:
             history = mx.concatenate([history, y[:, None].astype(history.dtype)], axis=1)
         return y, logprobs
 
@@ -145,7 +164,11 @@ def generate_step(model, prompt, max_tokens: int, sampler, penalty: float = 1.0,
             forward(prompt[:, :n])
             mx.eval(cache_arrays(cache))
             prompt = prompt[:, n:]
+            if prompt_progress_callback is not None:
+                prompt_progress_callback(total - prompt.shape[1], total)
         y, logprobs = step(prompt)
+        if prompt_progress_callback is not None:
+            prompt_progress_callback(total, total)
         mx.async_eval(y, logprobs)
         for n in range(max_tokens):
             if n + 1 < max_tokens:
@@ -188,27 +211,36 @@ class TextStream:
         return piece
 
 
-def _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop):
+def _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop, sampler=None):
     check_options(max_tokens, temp, top_k, top_p, min_p, repetition_penalty)
     if isinstance(stop, str):
         stop = [stop]
     if seed is not None:
         mx.random.seed(int(seed))
-    return make_sampler(model.args.vocab_size, temp, top_k, top_p, min_p), list(stop or [])
+    if sampler is not None and not callable(sampler):
+        raise UserError(f"sampler must be a function logprobs [B, V] -> token ids [B] (as mlx-lm's make_sampler "
+                        f"returns), got {type(sampler).__name__}")
+    return sampler or make_sampler(model.args.vocab_size, temp, top_k, top_p, min_p), list(stop or [])
 
 
 def stream_generate(model, tokenizer, prompt, max_tokens=256, temp=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                    repetition_penalty=1.0, seed=None, stop=None, instruct=False,
-                    prompt_start=None) -> Iterator[GenerationResponse]:
+                    repetition_penalty=1.0, seed=None, stop=None, instruct=False, sampler=None,
+                    logits_processors=None, prompt_progress_callback=None, prompt_start=None
+                    ) -> Iterator[GenerationResponse]:
     """Yield a GenerationResponse per generated token; the last one carries
     finish_reason ("stop" at `</s>` or a stop string, else "length"). `prompt_start`:
-    None (as the model's tokenizer says), "none" or "sep" (see encode_prompt)."""
-    sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop)
-    ids = encode_prompt(tokenizer, prompt, instruct, start=prompt_start)
+    None (as the model's tokenizer says), "none" or "sep" (see encode_prompt). As in
+    mlx-lm, `sampler` (logprobs -> tokens) replaces temp/top_k/top_p/min_p, and
+    `logits_processors` (tokens, logits -> logits) run before sampling. A prompt
+    longer than the model's context keeps its last context-length tokens (warned)."""
+    sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop,
+                           sampler)
+    ids = fit_context(encode_prompt(tokenizer, prompt, instruct, start=prompt_start), model)
     eos = tokenizer.eos_id
     text = TextStream(tokenizer, stop)
     tic = time.perf_counter()
-    steps = generate_step(model, mx.array([ids]), max_tokens, sampler, repetition_penalty)
+    steps = generate_step(model, mx.array([ids]), max_tokens, sampler, repetition_penalty,
+                          logits_processors=logits_processors, prompt_progress_callback=prompt_progress_callback)
     prompt_tps = 0.0
     for n, (y, logprobs) in enumerate(steps):
         token = y.item()
@@ -257,13 +289,17 @@ def print_stats(r, file=None):
 
 def batch_generate(model, tokenizer, prompts: List[str], max_tokens=256, verbose=False, temp=0.0, top_k=0,
                    top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None, stop=None, instruct=False,
-                   stats: Optional[dict] = None, prompt_start=None) -> List[str]:
+                   stats: Optional[dict] = None, sampler=None, logits_processors=None,
+                   prompt_progress_callback=None, prompt_start=None) -> List[str]:
     """Generate for several prompts at once (left padding + attention mask);
-    each row stops on its own. `stats`, when given, receives the timings."""
-    sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop)
+    each row stops on its own. `stats`, when given, receives the timings.
+    `sampler` and `logits_processors` as in `stream_generate` (tokens are [B, L] here)."""
+    sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop,
+                           sampler)
     if isinstance(prompts, str) or not len(prompts):
         raise UserError("batch_generate takes a non-empty list of prompts")
-    rows = [encode_prompt(tokenizer, p, instruct, where=f"prompt {i + 1}", start=prompt_start)
+    rows = [fit_context(encode_prompt(tokenizer, p, instruct, where=f"prompt {i + 1}", start=prompt_start), model,
+                        f"prompt {i + 1}")
             for i, p in enumerate(prompts)]
     width = max(len(r) for r in rows)
     fill = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
@@ -273,7 +309,8 @@ def batch_generate(model, tokenizer, prompts: List[str], max_tokens=256, verbose
     eos, n_tokens = tokenizer.eos_id, 0
     tic = time.perf_counter()
     prompt_tps = 0.0
-    steps = generate_step(model, ids, max_tokens, sampler, repetition_penalty, pad=pad)
+    steps = generate_step(model, ids, max_tokens, sampler, repetition_penalty, pad=pad,
+                          logits_processors=logits_processors, prompt_progress_callback=prompt_progress_callback)
     for n, (y, _) in enumerate(steps):
         tokens = y.tolist()
         if n == 0:

@@ -34,10 +34,19 @@ def openblas_env(env=None):
     return env
 
 
+def reexec_argv(args) -> list:
+    """The command that runs mlx-grow again without the working directory on
+    sys.path (`python -m` would put it first, so a yaml.py there would run)."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "mlx_grow.cli", *args]
+    code = "import sys; sys.path.pop(0); from mlx_grow.cli import app; app(prog_name='mlx-grow')"
+    return [sys.executable, "-c", code, *args]
+
+
 def main():
     env = openblas_env()
     if env.get("LD_PRELOAD") != os.environ.get("LD_PRELOAD") and "mlx.core" not in sys.modules:
-        os.execve(sys.executable, [sys.executable, "-m", "mlx_grow.cli", *sys.argv[1:]], env)
+        os.execve(sys.executable, reexec_argv(sys.argv[1:]), env)
     from mlx_grow.cli import app
 
     app(prog_name="mlx-grow")

@@ -36,7 +36,14 @@ from itertools import chain
 from pathlib import Path
 from typing import Iterable, List, Sequence
 
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    AddedToken,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from tokenizers import Tokenizer as HFTokenizer
 
 from mlx_grow.base import UserError
@@ -335,6 +342,27 @@ def copy_tokenizer(src: Path, dst: Path) -> bool:
         if (src / n).is_file():
             shutil.copy2(src / n, dst / n)
     return (src / "tokenizer.json").is_file()
+
+
+# --- tokenizer folders written by the CLI ---
+
+MARKER = "mlx_grow_tokenizer.json"  # what marks a tokenizer folder as ours (see io.atomic.replaceable)
+
+
+def write_marker(tok: "Tokenizer", out, **record):
+    (Path(out) / MARKER).write_text(json.dumps({"format_version": 1, "vocab_size": tok.vocab_size,
+                                                "fingerprint": tok.fingerprint, **record}, indent=2))
+
+
+def save_dir(tok: "Tokenizer", out, overwrite: bool = False, inputs=(), **record) -> Path:
+    """Write a tokenizer folder atomically; an existing one is replaced only with
+    `overwrite` and only when mlx-grow wrote it."""
+    from mlx_grow.io import atomic_dir
+
+    with atomic_dir(out, overwrite, inputs, marker=MARKER) as tmp:
+        tok.save(tmp)
+        write_marker(tok, tmp, **record)
+    return Path(out)
 
 
 # --- loading ---

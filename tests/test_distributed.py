@@ -109,7 +109,8 @@ def test_two_ranks_match_one_and_resume_on_one(ring, reference, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert_close(tmp_path / "dp" / "final", ref / "final")
     assert train_steps(tmp_path / "dp") == list(range(1, 13))  # rank 1 wrote no log lines
-    assert p.stdout.count("stage 1/2 done") == 1  # and printed nothing
+    assert p.stderr.count("stage 1/2 done") == 1  # and printed nothing (messages go to stderr)
+    assert p.stdout.strip().splitlines()[-1].endswith("final")  # stdout: the final model directory
 
     # the 2-rank checkpoint at step 4 (stage 1) resumed on 1 rank
     shutil.copytree(tmp_path / "dp", tmp_path / "dp-to-1")
@@ -124,7 +125,7 @@ def test_one_rank_checkpoint_resumes_on_two(ring, reference, tmp_path):
     cut_after(tmp_path / "one-to-2", 8)  # past the growth event
     p = launch(2, "-m", "mlx_grow.cli", "grow", "--resume", str(tmp_path / "one-to-2"), "--no-progress")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "step-000008" in "".join(p.stdout.split())  # "resuming from …", wrapped by rich
+    assert "step-000008" in "".join(p.stderr.split())  # "resuming from …" (a message: stderr)
     assert_close(tmp_path / "one-to-2" / "final", ref / "final")
     assert train_steps(tmp_path / "one-to-2") == list(range(1, 13))
 

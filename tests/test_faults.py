@@ -106,7 +106,8 @@ def test_kill_then_resume_equals_uninterrupted(fault, kept, cfg_path, reference,
     if "checkpoint" in fault:  # through the CLI
         p = cli("--resume", run)
         assert p.returncode == 0, p.stderr[-2000:]
-        said = p.stdout
+        said = p.stderr  # messages go to stderr; stdout holds only the final directory
+        assert p.stdout.strip() == str(run / "final")
     else:
         said = resume_here(run)
     assert f"resuming from {run / 'checkpoints'}/step-{kept[-1]:06d}" in said
@@ -120,8 +121,10 @@ def test_disk_full_keeps_previous_checkpoint(cfg_path, reference, tmp_path):
     run = tmp_path / "run"
     p = cli("--config", cfg_path, "--out", run, fault="enospc@checkpoint:8")
     assert p.returncode == 1
-    said = " ".join(p.stderr.split())  # one error message (Rich may wrap it), no traceback
-    assert "Traceback" not in said and said.startswith("error:")
+    said = " ".join(p.stderr.split())  # progress messages, then one error message, no traceback
+    assert "Traceback" not in said and said.count("error:") == 1
+    assert p.stderr.strip().splitlines()[-1].startswith("error:")
+    said = said[said.index("error:"):]
     assert "cannot write the step-000008 checkpoint (No space left" in said
     assert "the last good checkpoint is" in said and "step-000006" in said
     assert assert_sound(run) == [2, 4, 6] and not temps(run)
@@ -194,7 +197,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(reference, tmp_path, capsys):
     f = run / "checkpoints" / "step-000010" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
     grow(read_run_config(run), run, resume=True, progress=False, echo=lambda *a, **k: None)
-    assert "skipping damaged checkpoint" in capsys.readouterr().out
+    assert "skipping damaged checkpoint" in capsys.readouterr().err  # a message, so on stderr
     assert_same_final(run, reference)
 
 

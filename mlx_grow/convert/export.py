@@ -28,6 +28,7 @@ from mlx_grow.convert.common import (
     rope_perm,
 )
 from mlx_grow.io import atomic_dir
+from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES, Source, write_weights
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.files import load_table_file
@@ -116,7 +117,7 @@ def export_model(model_dir, out, to="starcoder2", dtype="float32", overwrite=Fal
                         "with a bias, so neither can hold it: export needs a model.norm: layernorm model")
     meta = read_meta(model_dir)
     verify_files(model_dir, meta)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[model_dir], marker=EXPORT_META) as tmp:
         if "experts" in meta:
             notes = export_merged(model_dir, meta, tmp, to, dtype, shard_bytes)
         else:
@@ -160,7 +161,9 @@ def export_merged(model_dir: Path, meta: dict, tmp: Path, to, dtype, shard_bytes
         sub = tmp / EXPERTS / str(i)
         sub.mkdir(parents=True)
         m = {"substrate": meta.get("substrate"), "tokenizer": meta.get("tokenizer"), "lineage": e.get("lineage")}
-        notes += [f"expert {i}: {n}" for n in export_one(model_dir / e["dir"], m, sub, to, dtype, shard_bytes,
+        src = inside(model_dir, e.get("dir") if isinstance(e, dict) else None,
+                     "the mlx_grow.json `experts[].dir` entry", kind="dir")
+        notes += [f"expert {i}: {n}" for n in export_one(src, m, sub, to, dtype, shard_bytes,
                                                           table, model_dir)]
         experts.append({"dir": f"{EXPERTS}/{i}", "origin": e.get("origin"), "lineage": e.get("lineage")})
     if (model_dir / ADAPTER).is_file():

@@ -16,6 +16,7 @@ from mlx_grow.convert.common import (
     read_table,
     rope_perm,
 )
+from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES, TABLE_FILES, Source
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.tables import fingerprint
@@ -191,7 +192,7 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
     if unplaced:
         notes.append(f"{len(unplaced)} tensor(s) not placed (left out): {', '.join(L.compact(unplaced)[:12])}")
     copy_from = source.root if tokenizer is None else None  # the source's own tokenizer files, as they are
-    with write_model_dir(out, overwrite=overwrite, shard_bytes=shard_bytes) as w:
+    with write_model_dir(out, overwrite=overwrite, shard_bytes=shard_bytes, inputs=[src, table, tokenizer]) as w:
         if split is None:
             w.single(args, plan, plan[0][3](), tok, copy_from)
             w.meta.update(info["meta"])
@@ -209,7 +210,8 @@ def split_experts(source, mapping=None):
     or one checkpoint with whole models under prefixes such as `experts.0.`."""
     record = read_export_meta(source.root).get("merge") if source.path.is_dir() else None
     if record:
-        subs = [Source(source.root / e["dir"]) for e in record["experts"]]
+        subs = [Source(inside(source.root, e.get("dir") if isinstance(e, dict) else None,
+                              f"the {EXPORT_META} `experts[].dir` entry", kind="dir")) for e in record["experts"]]
         for s, e in zip(subs, record["experts"]):
             s.prefix = e["dir"] + "/"
         return subs, [], None, record

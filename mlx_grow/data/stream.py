@@ -178,6 +178,7 @@ def _slug(s: str) -> str:
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         Progress,
@@ -187,7 +188,8 @@ def _progress(enabled: bool):
     )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not enabled)
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not enabled,
+                    console=Console(stderr=True))  # results go to stdout, bars never do
 
 
 def _docs(spec: SourceSpec, instruction: bool, skip_bad: bool):
@@ -217,6 +219,7 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
     """Tokenize one source into a shard folder, or reuse the cached one.
     instruction=True reads question/answer pairs and writes `[INST] q [/INST] a</s>`."""
     spec = spec if isinstance(spec, SourceSpec) else SourceSpec.parse(spec, "data source")
+    check_val_fraction(val_fraction)
     tok = _tokenizer(tok)
     ids = dict(sep=_special_id(tok, separator, "separator"))
     if instruction:
@@ -240,7 +243,7 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
                         tokenizer_fingerprint=tok.fingerprint, vocab_size=tok.vocab_size,
                         dtype="uint16" if tok.vocab_size <= 1 << 16 else "uint32", separator=separator,
                         separator_id=ids["sep"], val_fraction=val_fraction, content_hash=content)
-            with atomic_dir(path, overwrite=True) as tmp:
+            with atomic_dir(path, overwrite=True, marker="meta.json") as tmp:
                 meta.update(_encode(_docs(spec, instruction, skip_bad_files), tok, tmp, is_val, chars, ids,
                                     np.dtype(meta["dtype"]), f"tokenizing {spec.source}", progress))
                 (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -317,6 +320,12 @@ def _checked(shard: Shard) -> Shard:
         log.warning(f"{m['source']}: {share:.0%} of its tokens are <unk> with tokenizer {m['tokenizer']}; "
                     "the tokenizer does not cover this text, pick one that does")
     return shard
+
+
+def check_val_fraction(v, name: str = "val_fraction"):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 0.5:
+        raise UserError(f"{name} must be a number from 0 to 0.5 (the share of documents held out for "
+                         f"validation), got {v!r}")
 
 
 def prepare(sources, tokenizer, out_dir=None, separator="</s>", val_fraction=0.01, field=None,

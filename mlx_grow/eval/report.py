@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import UserError
+
 PROTOCOLS = ("loglik", "paper")
 
 
@@ -237,6 +239,28 @@ def _depth_plot(report, out: Path):
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def writable(out):
+    """Refuse, before any score is computed, a report folder that cannot be written."""
+    import os
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a report folder")
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"cannot create the report folder {out}: {base} is a file, not a folder; choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".mlx-grow-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write the report to {out}: {base} is not writable ({e.strerror}); choose another "
+                         "--out before the scores are computed") from None
 
 
 def write(report: dict, out) -> list:

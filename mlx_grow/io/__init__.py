@@ -2,6 +2,12 @@
 (`atomic`), tensor files (`tensors`), the allow-listed unpickler
 (`safe_pickle`) and progress display (`progress`)."""
 
-from mlx_grow.io.atomic import atomic_dir, atomic_path, fsync_tree, sha256_file
+from mlx_grow.io.atomic import (
+    atomic_dir,
+    atomic_path,
+    check_output,
+    fsync_tree,
+    sha256_file,
+)
 
-__all__ = ["atomic_dir", "atomic_path", "fsync_tree", "sha256_file"]
+__all__ = ["atomic_dir", "atomic_path", "check_output", "fsync_tree", "sha256_file"]

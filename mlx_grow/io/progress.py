@@ -1,5 +1,6 @@
 """A Rich progress bar for long loops (silent when disabled or not on a terminal)."""
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +18,7 @@ class StepProgress:
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True),  # results go to stdout, bars never do
             )
             self.progress.start()
             self.task = self.progress.add_task(label, total=total, rate="")

@@ -32,6 +32,9 @@ STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_EXPANSION = 1 << 30  # bytes a tensor may have beyond its storage (a stride-0 broadcast view)
+MAX_ZIP_RATIO = 64  # a torch zip stores its entries uncompressed; more than this is a zip bomb
+ZIP_SLACK = 1 << 24  # small entries may compress well (16 MiB)
 
 
 class UnsafePickleError(UserError):
@@ -49,12 +52,17 @@ def rebuild_tensor(storage, offset, size, stride, *_):
     if storage is None:  # first pass over a legacy file: storages not read yet
         return None
     size, stride = tuple(size), tuple(stride)
-    if len(size) != len(stride):
-        raise UserError("tensor size and stride differ in length")
+    if len(size) != len(stride) or not all(isinstance(n, int) and n >= 0 for n in size + stride) \
+            or not isinstance(offset, int):
+        raise UserError("a tensor's size, stride or offset is malformed")
     if 0 not in size:
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         if offset < 0 or min(stride, default=0) < 0 or last >= storage.size:
             raise UserError("tensor runs past the end of its storage")
+    numel = int(np.prod(size, dtype=object))
+    if numel * storage.itemsize > storage.nbytes + MAX_EXPANSION:
+        raise UserError(f"a tensor of shape {size} ({numel * storage.itemsize:,} bytes) expands a storage of "
+                        f"{storage.nbytes:,} bytes: refusing a tensor that large")
     base = storage[offset:] if storage.size else storage
     strides = tuple(s * storage.itemsize for s in stride)
     return np.lib.stride_tricks.as_strided(base, size, strides, writeable=False).copy()
@@ -80,7 +88,7 @@ SAFE_GLOBALS = {
     "torch.Size": tuple,
     "collections.OrderedDict": collections.OrderedDict,
     "_codecs.encode": lambda s, enc="utf-8": s.encode(enc),  # how protocol 2 stores bytes
-    **{f"builtins.{t.__name__}": t for t in (set, frozenset, tuple, list, dict, bytearray, complex, slice)},
+    **{f"builtins.{t.__name__}": t for t in (set, frozenset, tuple, list, dict, complex, slice)},
     **{f"torch.{name}": StorageType(name) for name in STORAGE_DTYPES},
     **{
         f"torch.{d}": f"torch.{d}"
@@ -122,9 +130,27 @@ def load_torch_file(path):
     """The object stored by torch.save: tensors become numpy arrays
     (bfloat16 -> float32), state dicts become (ordered) dicts."""
     path = Path(path)
-    if zipfile.is_zipfile(path):
-        return _load_zip(path)
-    return _load_legacy(path)
+    try:
+        if zipfile.is_zipfile(path):
+            return _load_zip(path)
+        return _load_legacy(path)
+    except MemoryError:
+        raise UserError(f"{path} asks for more memory than this machine has while loading: it is damaged or "
+                        "hostile (a PyTorch state dict needs about its file size)") from None
+
+
+def _read_entry(zf, name: str, path: Path, limit: int | None = None) -> bytes:
+    """One zip entry, refused when it would expand far past its stored size."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise UserError(f"{path} has no entry {name}: the checkpoint is incomplete") from None
+    cap = max(ZIP_SLACK, MAX_ZIP_RATIO * info.compress_size)
+    if info.file_size > cap:
+        raise UserError(f"zip entry {name} in {path} expands to {info.file_size:,} bytes from "
+                        f"{info.compress_size:,}: refusing it (torch.save stores entries uncompressed)")
+    with zf.open(info) as f:
+        return f.read(limit if limit is not None else -1)
 
 
 def _load_zip(path: Path):
@@ -134,18 +160,18 @@ def _load_zip(path: Path):
         if pkl is None:
             raise UserError(f"{path} is a zip file but not a PyTorch checkpoint (no data.pkl)")
         prefix = pkl[: -len("data.pkl")]
-        big = prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() == b"big"
+        big = prefix + "byteorder" in names and _read_entry(zf, prefix + "byteorder", path, 16).strip() == b"big"
         cache = {}
 
         def read_storage(dtype, key, numel, _view):
             if key not in cache:
-                raw = zf.read(f"{prefix}data/{key}")
+                raw = _read_entry(zf, f"{prefix}data/{key}", path, numel * dtype.itemsize)
                 if len(raw) < numel * dtype.itemsize:
                     raise UserError(f"storage {key} in {path} is truncated")
                 cache[key] = to_numpy_storage(raw, dtype, numel, big)
             return cache[key]
 
-        return SafeUnpickler(io.BytesIO(zf.read(pkl)), path.name, read_storage).load()
+        return SafeUnpickler(io.BytesIO(_read_entry(zf, pkl, path)), path.name, read_storage).load()
 
 
 def _load_legacy(path: Path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlx_grow.base import UserError
+from mlx_grow.io.paths import inside
 
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -112,9 +113,10 @@ class Source:
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (d / index).is_file():
                 try:
-                    files = [d / n for n in sorted(set(json.loads((d / index).read_text())["weight_map"].values()))]
-                except (ValueError, KeyError, AttributeError) as e:
+                    names = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
+                except (ValueError, KeyError, AttributeError, TypeError) as e:
                     raise UserError(f"{d / index} is not a valid shard index ({e})") from None
+                files = [inside(d, n, f"the {index} entry") for n in names]
                 lost = [f.name for f in files if not f.is_file()]
                 if lost:
                     raise FileNotFoundError(f"{d / index} lists missing shard(s) {', '.join(lost)}")

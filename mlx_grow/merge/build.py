@@ -13,6 +13,7 @@ from mlx_grow.checkpoint import (
     load_model,
     save_model,
 )
+from mlx_grow.io import check_output
 from mlx_grow.merge.combine import MergedModel, make_combiner, parse_floats
 from mlx_grow.merge.store import lineage_roots, read_experts, run_sources, save_merged
 from mlx_grow.merge.tune import tune_merged
@@ -25,10 +26,12 @@ def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=No
     `tune` (a dict of `tune()` options) trains the adapter and/or heads first."""
     dirs, metas = read_experts(expert_dirs)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another --out or remove it")
     if any(out.resolve() == d.resolve() for d in dirs):
         raise UserError(f"--out {out} is one of the experts; choose a new directory")
+    check_output(out, overwrite, inputs=dirs)
+    for i, j in same_models(dirs, metas):
+        echo(f"warning: experts {dirs[i]} and {dirs[j]} are the same model (identical weights); the merge "
+             "behaves as that one model")
     if combiner == "average":
         return average(dirs, metas, out, weights, overwrite)
     tune = dict(tune) if tune is not None else None
@@ -73,3 +76,15 @@ def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
     return save_model(models[0], out, tok, meta={"lineage": lineage}, overwrite=overwrite)
 
 
+
+
+def same_models(dirs, metas) -> list:
+    """Pairs (i, j) of experts that are one model: the same folder, or the same recorded file checksums."""
+    pairs = []
+    for j in range(len(dirs)):
+        for i in range(j):
+            fi, fj = metas[i].get("files"), metas[j].get("files")
+            if dirs[i].resolve() == dirs[j].resolve() or (fi and fi == fj):
+                pairs.append((i, j))
+                break
+    return pairs

@@ -2,7 +2,8 @@
 environment: MLX_GROW_FAULT="kind@point:N", e.g. "kill@step:7" (SIGKILL before
 global step 7), "kill@checkpoint:8" (SIGKILL halfway through writing the
 step-8 checkpoint), "kill@grow:2" (during the growth event into stage 2),
-"enospc@checkpoint:8" (disk full while writing it), "nan@step:5".
+"enospc@checkpoint:8" (disk full while writing it), "nan@step:5", "interrupt@step:3"
+(Ctrl-C before global step 3).
 Unset, it costs one dictionary lookup."""
 
 import errno
@@ -28,3 +29,5 @@ def maybe_fail(point: str, n: int):
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "enospc":
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
+    if kind == "interrupt":
+        raise KeyboardInterrupt

@@ -187,8 +187,8 @@ class Progress:
 class Grower:
     """One run of a growth (or monolithic) schedule; `run()` returns the final model dir."""
 
-    def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print):
-        self.cfg, self.out, self.resume = cfg, Path(out), resume
+    def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print, restart=False):
+        self.cfg, self.out, self.resume, self.restart = cfg, Path(out), resume, restart
         self.on_step, self.show_progress = on_step, progress
         self.t, self.g, self.args = cfg.train, cfg.grow, cfg.model
         self.seed = self.t.seed
@@ -208,6 +208,7 @@ class Grower:
                             f"{self.args.vocab_size}: make them equal")
         self.pcache = PrefixCache(self.g.prefix_cache_mb) if self.g.prefix_cache else None
         self.val_batches = None
+        self.first_data = None  # the first stage's batches, opened while checking the data
         self.prev = None  # the last stage's Stepper, for carry_optimizer
 
     # --- the run ---
@@ -215,19 +216,24 @@ class Grower:
     def run(self):
         run = self.run_dir = Run(self.out, self.rank)
         record = {**self.cfg.to_dict(), "seed": self.seed, "depth": self.cfg.depth}
-        run.init(record, {"tokenizer": self.tok.fingerprint}, self.resume, barrier=lambda: barrier(self.group))
+        fps = {"tokenizer": self.tok.fingerprint}
+        # Everything is checked before the first write, so a bad input leaves no run behind.
+        run.check(record, fps, self.resume)
+        if self.resume and (done := self.finished()) is not None:
+            return done
+        self.check_inputs()
+        ckpt = shared_checkpoint(run, self.group, self.restart) if self.resume else None
+        run.init(record, fps, self.resume, barrier=lambda: barrier(self.group))
         if self.rank == 0:
             remove_stale_temp(self.out)
-            from mlx_grow.training.memory import fit_warning
-
-            if warning := fit_warning(self.cfg, self.world):
-                self.say(warning)
         state, opt_flat = None, None
-        if self.resume and (ckpt := shared_checkpoint(run, self.group)) is not None:
+        if ckpt is not None:
             self.model, state, opt_flat = load_checkpoint(ckpt)
             run.truncate_metrics(state["global_step"])
             self.say(f"resuming from {ckpt} (stage {state['stage'] + 1}, step {state['step']})")
         else:
+            if self.resume:  # no checkpoint yet: start over in the same folder
+                run.truncate_metrics(0)
             self.model = build_model(self.args, self.tok, self.stages[0].new, self.seed)
         self.cast()
         self.pos = Progress(**{k: v for k, v in (state or {}).items() if k in Progress.__dataclass_fields__})
@@ -244,6 +250,26 @@ class Grower:
         finally:
             self.bar.close()
         return self.finish()
+
+    def finished(self):
+        """(final dir, summary) when this run has already finished, else None."""
+        final = self.out / "final"
+        if not (final / "mlx_grow.json").is_file():
+            return None
+        summary = (read_meta(final).get("lineage") or {}).get("summary") or []
+        self.say(f"{self.out} is finished: {final} holds its model. Nothing was changed; to train further, "
+                 "start a new run with --out")
+        return final, summary
+
+    def check_inputs(self):
+        """Memory fit (the planner), then the data: the first stage's shards are
+        prepared (or found in the cache) and its validation batches read."""
+        from mlx_grow.training.memory import fit_check
+
+        fit_check(self.cfg, self.world)
+        self.first_data = StageData(self.cfg, self.tok, self.stages[0], self.seed,
+                                    self.show_progress and self.rank == 0)
+        self.val_batches = self.first_data.first.val_batches(self.t.val_batches)
 
     def cast(self):
         if self.t.dtype != "float32":  # new blocks and adapters are built in float32
@@ -270,7 +296,10 @@ class Grower:
             self.stepper.load_state_dict(opt_flat)
         if self.pcache is not None:
             self.pcache.invalidate()
-        self.data = StageData(self.cfg, self.tok, st, self.seed, self.show_progress and self.rank == 0)
+        if st.index == 0 and self.first_data is not None:  # opened while checking the inputs
+            self.data = self.first_data
+        else:
+            self.data = StageData(self.cfg, self.tok, st, self.seed, self.show_progress and self.rank == 0)
         if self.val_batches is None:
             self.val_batches = self.data.first.val_batches(self.t.val_batches)
         self.active = trainable_count(model)
@@ -418,12 +447,13 @@ class Grower:
 
 
 def grow(config: RunConfig, out, resume: bool = False, seed: int | None = None, progress: bool = True,
-         on_step=None, echo=print):
+         on_step=None, echo=print, restart: bool = False):
     """Run a growth (or monolithic) schedule; return (final model directory, stage summary).
-    `seed` overrides train.seed; `on_step(global_step, model)` observes each step."""
+    `seed` overrides train.seed; `on_step(global_step, model)` observes each step. A
+    resume whose every checkpoint is damaged stops unless `restart` (start over at step 0)."""
     if seed is not None:
         config.override(train={"seed": int(seed)})
-    return Grower(config, out, resume, progress, on_step, echo).run()
+    return Grower(config, out, resume, progress, on_step, echo, restart).run()
 
 
 def barrier(group):
@@ -432,14 +462,20 @@ def barrier(group):
         mx.eval(mx.distributed.all_sum(mx.array(1), group=group))
 
 
-def shared_checkpoint(run, group):
+def shared_checkpoint(run, group, restart: bool = False):
     """The checkpoint to resume from: rank 0 picks the newest one that passes its
-    checksums, and every rank loads that one (None: start afresh)."""
+    checksums, and every rank loads that one (None: start afresh, when there is
+    none, or when every one is damaged and `restart` is given)."""
     ckpt = run.latest() if group.rank() == 0 else None
+    damaged = group.rank() == 0 and ckpt is None and bool(run.checkpoints()) and not restart
     if group.size() == 1:
+        if damaged:
+            raise all_damaged(run)
         return ckpt
-    mine = (int(ckpt.name.split("-")[1]) if ckpt else -1) if group.rank() == 0 else 0
+    mine = (-2 if damaged else int(ckpt.name.split("-")[1]) if ckpt else -1) if group.rank() == 0 else 0
     step = mx.distributed.all_sum(mx.array(mine), group=group).item()
+    if step == -2:
+        raise all_damaged(run)
     if step < 0:
         return None
     ckpt = run.ckpt_dir / f"step-{step:06d}"
@@ -450,3 +486,10 @@ def shared_checkpoint(run, group):
                 "same path on every host (a shared disk, or copy it there first)")
         verify_files(ckpt, read_meta(ckpt))
     return ckpt
+
+
+def all_damaged(run) -> UserError:
+    names = ", ".join(c.name for c in run.checkpoints())
+    return UserError(f"every checkpoint of {run.root} is damaged ({names}; see the lines above), so it cannot "
+                     f"resume; nothing was changed. Restore one from a backup, or start the run over from step 0 "
+                     f"with `mlx-grow grow --resume {run.root} --restart`")

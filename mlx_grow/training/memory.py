@@ -154,6 +154,14 @@ def fit_warning(cfg, ranks: int = 1) -> str | None:
             "train.batch_size (raise train.grad_accum to keep the global batch) or add ranks")
 
 
+def fit_check(cfg, ranks: int = 1):
+    """Refuse, before anything is written, a run whose largest stage is predicted
+    not to fit this machine."""
+    if warning := fit_warning(cfg, ranks):
+        raise UserError(f"{warning.removeprefix('warning: ')}; or lower the depth (model.num_hidden_layers, "
+                         "--depth). Nothing was written")
+
+
 def gb(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 

@@ -12,6 +12,8 @@ RUN/
 import json
 import os
 import shutil
+import sys
+import uuid
 from pathlib import Path
 
 import mlx.core as mx
@@ -26,7 +28,7 @@ from mlx_grow.checkpoint import (
     verify_files,
     write_model_dir,
 )
-from mlx_grow.io import atomic_path
+from mlx_grow.io import atomic_path, check_output
 from mlx_grow.training.faults import maybe_fail
 
 OPTIMIZER = "optimizer.safetensors"
@@ -46,13 +48,23 @@ class Run:
     def stage_dir(self, k: int) -> Path:
         return self.root / f"stage-{k + 1:02d}"
 
-    def init(self, config: dict, fingerprints: dict, resume: bool, barrier=None):
-        """Create or check run.json. A resume with another config/tokenizer is refused.
-        `barrier` (data-parallel runs) holds rank 0's write until every rank has checked."""
+    def check(self, config: dict, fingerprints: dict, resume: bool) -> bool:
+        """Check, writing nothing, that this run may start (a new or empty folder) or
+        resume (same config and tokenizer); True when run.json exists."""
         f = self.root / "run.json"
         record = {"config": config, **fingerprints}
+        if not f.exists() and not resume and (self.root.exists() or self.root.is_symlink()):
+            if not self.root.is_dir():
+                raise FileExistsError(f"--out {self.root} exists and is not a folder; choose another --out")
+            if any(self.root.iterdir()):
+                raise FileExistsError(f"--out {self.root} is a folder with other files in it, not a run; choose a "
+                                      "new or empty folder")
         if f.exists():
-            old = json.loads(f.read_text())
+            try:
+                old = json.loads(f.read_text())
+                old["config"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{f} is damaged ({e!r}); restore it, or start a new run with --out") from None
             if not resume:
                 raise FileExistsError(
                     f"{self.root} already holds a run; continue it with --resume {self.root} "
@@ -71,9 +83,18 @@ class Run:
                     f"cannot resume {self.root}: it was started with a different config "
                     f"(sections differ: {', '.join(diff)}); resume with the same config and flags"
                 )
-            return
+            return True
         if resume:
             raise FileNotFoundError(f"nothing to resume: {f} does not exist")
+        return False
+
+    def init(self, config: dict, fingerprints: dict, resume: bool, barrier=None):
+        """Create or check run.json. A resume with another config/tokenizer is refused.
+        `barrier` (data-parallel runs) holds rank 0's write until every rank has checked."""
+        if self.check(config, fingerprints, resume):
+            return
+        f = self.root / "run.json"
+        record = {"config": config, **fingerprints}
         if barrier is not None:
             barrier()
         if self.writer:
@@ -105,6 +126,10 @@ class Run:
         if not self.writer:
             return None
         out = self.ckpt_dir / f"step-{state['global_step']:06d}"
+        try:
+            check_output(out, overwrite=True)
+        except FileExistsError:  # a damaged checkpoint of this step (resume skipped it): set it aside
+            os.replace(out, out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}"))
         with write_model_dir(out, overwrite=True) as w:
             w.model(model, tokenizer)
             w.arrays(OPTIMIZER, stepper.state_dict())
@@ -127,7 +152,7 @@ class Run:
                 verify_files(ckpt, read_meta(ckpt))
                 return ckpt
             except CheckpointError as e:
-                print(f"skipping damaged checkpoint {ckpt}: {e}")
+                print(f"skipping damaged checkpoint {ckpt}: {e}", file=sys.stderr)
         return None
 
 
