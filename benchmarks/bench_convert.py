@@ -45,6 +45,7 @@ def child(step: str, root: Path):
 
 
 def build(root: Path) -> int:
+    import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     import mlx.core as mx
     from mlx.utils import tree_flatten
 

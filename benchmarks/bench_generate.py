@@ -1,7 +1,7 @@
 """Decode speed: our model vs mlx-lm on the same weights, and a 2-expert merge
 vs one expert.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0 python benchmarks/bench_generate.py
+    python benchmarks/bench_generate.py
 
 The mlx-lm model is a Starcoder2 built in-process from our weights by renaming
 (`model.embed_tokens.weight` = the expanded substrate table, `model.layers.N…`,
@@ -19,6 +19,7 @@ import platform
 import statistics
 import time
 
+import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
 import mlx.core as mx
 import numpy as np
 

@@ -6,12 +6,12 @@ a FLOP count predicts; with and without the prefix cache; peak memory of each;
 and training throughput as a fraction of the measured matmul peak.
 
     python benchmarks/bench_grow.py [--d 512] [--vocab 8192] [--batch 4] [--seq 256]
-(on Linux run it with LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0)
 """
 
 import argparse
 import time
 
+import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
 import mlx.core as mx
 import numpy as np
 

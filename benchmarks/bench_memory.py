@@ -47,6 +47,7 @@ STEP_SHAPES = {
 
 def measure_step(name: str) -> tuple:
     """(measured, predicted) peak bytes of 3 training steps of one stage."""
+    import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     import mlx.core as mx
     import numpy as np
 
@@ -89,6 +90,7 @@ def config(shape: dict, corpus: str, steps: int):
 def measure(name: str, corpus: str, steps: int) -> list:
     """Run one shape here; return the measured peak bytes of every stage (its
     steps and its closing evaluation)."""
+    import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     import mlx.core as mx
 
     import mlx_grow.training.grow as G
@@ -129,13 +131,12 @@ def main():
         print("PEAKS " + json.dumps(got))
         return
 
-    from mlx_grow.launcher import openblas_env
     from mlx_grow.training.memory import plan_config
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "kjv.txt"
         kjv_slice(corpus)
-        env = {**openblas_env(), "MLX_GROW_CACHE": os.environ.get("MLX_GROW_CACHE", str(Path(tmp) / "cache"))}
+        env = {**os.environ, "MLX_GROW_CACHE": os.environ.get("MLX_GROW_CACHE", str(Path(tmp) / "cache"))}
         print(f"{'shape':16} {'stage':>5} {'moment':>8} {'predicted':>10} {'measured':>10} {'error':>7}")
         worst = 0.0
         for name in args.shapes:

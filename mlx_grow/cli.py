@@ -549,5 +549,9 @@ def convert_verify(
                   f"argmax agreement {rep['argmax_agree']:.0%}", highlight=False, markup=False)
 
 
-if __name__ == "__main__":
+def main():
     app(prog_name="mlx-grow")
+
+
+if __name__ == "__main__":
+    main()
