@@ -12,6 +12,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_grow.base import strict_from_dict
+from mlx_grow.training.loss import head_cross_entropy, head_nll_sum
 
 
 @dataclass
@@ -33,6 +34,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    loss_chunk: int = 0  # tokens per chunk of the cross-entropy (0: ~128 MB of float32 logits a chunk)
 
     @classmethod
     def from_dict(cls, d, where="train config"):
@@ -65,12 +67,19 @@ def cross_entropy(logits, targets):
     return _cross_entropy(logits.reshape(-1, v), targets.reshape(-1))[0]
 
 
-def loss_fn(model, inputs, targets):
-    return cross_entropy(model(inputs).astype(mx.float32), targets)
+def head_loss(model, h, targets, chunk: int = 0):
+    """Mean cross-entropy of the LM head on final hidden states `h`, chunked
+    over tokens (never holds the [B*T, V] logits; see training/loss.py)."""
+    head_grad = "weight" in model.lm_head.trainable_parameters()
+    return head_cross_entropy(h, model.lm_head.weight, targets, chunk or None, head_grad=head_grad)
 
 
-def loss_from_prefix(model, h, targets, start=0):
-    return cross_entropy(model.lm_head(model.hidden(None, start=start, h=h)).astype(mx.float32), targets)
+def loss_fn(model, inputs, targets, chunk: int = 0):
+    return head_loss(model, model.hidden(inputs), targets, chunk)
+
+
+def loss_from_prefix(model, h, targets, start=0, chunk: int = 0):
+    return head_loss(model, model.hidden(None, start=start, h=h), targets, chunk)
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int, scale: float = 1.0):
@@ -119,9 +128,10 @@ class Stepper:
     def _build(self):
         model, cfg, opt = self.model, self.cfg, self.optimizer
         if self.prefix_start is None:
-            grad_fn = nn.value_and_grad(model, loss_fn)
+            grad_fn = nn.value_and_grad(model, partial(loss_fn, chunk=cfg.loss_chunk))
         else:
-            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=self.prefix_start))
+            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=self.prefix_start,
+                                                       chunk=cfg.loss_chunk))
         group = self.group
         state = [model.state, opt.state]
 
@@ -204,10 +214,9 @@ def evaluate(model, batches, prefix=None, group=None) -> float:
         if prefix is not None:
             cache, start = prefix
             h = model.hidden(None, start=start, h=cache(model, np.asarray(b[:, :-1]), start))
-            logits = model.lm_head(h).astype(mx.float32)
         else:
-            logits = model(mx.array(b[:, :-1])).astype(mx.float32)
-        total += float(nn.losses.cross_entropy(logits, y, reduction="sum"))
+            h = model.hidden(mx.array(b[:, :-1]))
+        total += head_nll_sum(h, model.lm_head.weight, y)
         count += y.size
     if world > 1:
         total, count = mx.distributed.all_sum(mx.array([total, count], mx.float32), group=group).tolist()
