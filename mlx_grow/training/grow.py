@@ -165,7 +165,8 @@ def grow(config, out, resume: bool = False, seed: int | None = None, progress: b
     prev = None
     summary = state.get("summary", []) if state else []
     pcache = PrefixCache(g.prefix_cache_mb) if g.prefix_cache else None
-    bar = StepProgress(sum(s["steps"] for s in stages), enabled=progress and rank == 0)
+    bar = StepProgress(sum(s["steps"] for s in stages), enabled=progress and rank == 0,
+                       tokens_per_step=t.batch_size * t.seq_len)
     bar.advance_to(g_step)
     try:
         for k in range(state["stage"] if state else 0, len(stages)):
