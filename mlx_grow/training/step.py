@@ -127,15 +127,21 @@ class Stepper:
 
     def _build(self):
         model, cfg, opt = self.model, self.cfg, self.optimizer
-        if self.prefix_start is None:
-            grad_fn = nn.value_and_grad(model, partial(loss_fn, chunk=cfg.loss_chunk))
+        # Nothing below block `frozen` trains: run those blocks as a plain forward pass
+        # outside the differentiated function (x is then token ids); with the prefix
+        # cache, x already is their output.
+        frozen = model.stop_gradient_below if self.prefix_start is None else 0
+        start = self.prefix_start if self.prefix_start is not None else frozen
+        if start:
+            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=start, chunk=cfg.loss_chunk))
         else:
-            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=self.prefix_start,
-                                                       chunk=cfg.loss_chunk))
+            grad_fn = nn.value_and_grad(model, partial(loss_fn, chunk=cfg.loss_chunk))
         group = self.group
         state = [model.state, opt.state]
 
         def grads_of(x, y):
+            if frozen:
+                x = mx.stop_gradient(model.prefix(x, frozen))
             loss, grads = grad_fn(model, x, y)
             if group is not None and group.size() > 1:
                 grads = nn.utils.average_gradients(grads, group=group)
