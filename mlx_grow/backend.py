@@ -14,8 +14,9 @@ a warning says so, once.
 MLX_GROW_BLAS picks the library: `mkl`, `openblas`, a path to a shared library
 exporting the CBLAS and LAPACK symbols, or `off` (the bundled one). The BLAS
 gets the cores of this process divided among the ranks that `mlx.launch` runs
-on this host (MLX_GROW_BLAS_THREADS overrides), so local ranks do not fight
-over cores. Nothing here runs on macOS (MLX uses Metal and Accelerate).
+on this host (MLX_GROW_BLAS_THREADS overrides; MKL_NUM_THREADS,
+OPENBLAS_NUM_THREADS or OMP_NUM_THREADS, when set, are left to the library),
+so local ranks do not fight over cores. Nothing here runs on macOS (MLX uses Metal and Accelerate).
 """
 
 import ctypes
@@ -64,7 +65,7 @@ def find_mkl() -> str | None:
             files = []
         for f in files:
             if f.name.startswith("libmkl_rt.so"):
-                path = str(f.locate())
+                path = os.path.realpath(f.locate())
                 if os.path.exists(path):
                     return path
     except Exception:  # a broken metadata record: fall back to the usual place
@@ -109,10 +110,14 @@ def local_ranks(env=None) -> int:
     return 1  # other backends place one rank per host or GPU
 
 
-def blas_threads(env=None) -> int:
+def blas_threads(env=None) -> int | None:
+    """BLAS threads for this process: MLX_GROW_BLAS_THREADS, else None when the
+    user set the library's own variable, else the cores over the local ranks."""
     env = os.environ if env is None else env
     if env.get("MLX_GROW_BLAS_THREADS"):
         return max(1, int(env["MLX_GROW_BLAS_THREADS"]))
+    if any(env.get(k) for k in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+        return None
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -171,13 +176,16 @@ def load_fast_blas() -> dict:
             continue
         try:
             if name == "mkl":
-                # the OpenMP layer, sized to this rank's share of the cores
+                # Intel's OpenMP, sized to this rank's share of the cores; idle BLAS threads sleep
+                # at once instead of spinning (MLX runs its own work between the matmuls)
                 os.environ.setdefault("MKL_THREADING_LAYER", "INTEL")
+                os.environ.setdefault("KMP_BLOCKTIME", "0")
             lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         except OSError as e:
             loaded.update(library=None, why=f"{path}: {e}")
             continue
-        set_threads(lib, name, threads)
+        if threads is not None:
+            set_threads(lib, name, threads)
         loaded.update(library=name, path=path, threads=threads, why="")
         return loaded
     if choice != "auto":

@@ -18,7 +18,8 @@ linux_with_fast_blas = pytest.mark.skipif(
 
 
 def py(code: str, **env):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLX_GROW_BLAS", "MLX_RANK", "MKL_"))}
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("MLX_GROW_BLAS", "MLX_RANK", "MKL_", "OMP_", "OPENBLAS_"))}
     return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
                           timeout=120)
 
@@ -71,3 +72,4 @@ def test_local_ranks_share_the_cores(tmp_path):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert blas_threads({**env, "MLX_RANK": "1"}) == max(1, cores // 2)
     assert blas_threads({"MLX_GROW_BLAS_THREADS": "3"}) == 3
+    assert blas_threads({"MKL_NUM_THREADS": "1"}) is None  # the user's own setting stands
