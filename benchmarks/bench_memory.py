@@ -32,6 +32,7 @@ SHAPES = {
     "accum-d128": dict(model=(128, 4, 4), grow={"stages": [2, 2]},
                        train={"batch_size": 8, "seq_len": 128, "grad_accum": 2}),
     "update-d512": dict(model=(512, 8, 2), grow={"stages": [1, 1]}, train={"batch_size": 1, "seq_len": 32}),
+    "chunks-d128-t512": dict(model=(128, 4, 2), grow={"stages": [1, 1]}, train={"batch_size": 8, "seq_len": 512}),
 }
 
 # small vocabularies (no tokenizer has them, so one Stepper on random ids, not a
