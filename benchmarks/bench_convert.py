@@ -48,6 +48,7 @@ def build(root: Path) -> int:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
+    import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     from mlx_grow.checkpoint import save_model
     from mlx_grow.model import Model, ModelArgs, init_weights
 

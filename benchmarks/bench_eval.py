@@ -65,6 +65,8 @@ def main():
 
     import mlx.core as mx
 
+    import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
+    from mlx_grow.backend import loaded
     from mlx_grow.eval.scorer import Scorer
     from mlx_grow.model import Model, ModelArgs, init_weights
 
@@ -77,7 +79,7 @@ def main():
     rng = np.random.default_rng(0)
     ids = lambda n: rng.integers(3, args.vocab, n).tolist()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}")
+          f"BLAS {loaded['library'] or 'bundled'}")
     print(f"model: d {args.d_model}, {args.layers} layers, vocab {args.vocab:,}; context {args.context} tokens")
 
     # 1. context reuse

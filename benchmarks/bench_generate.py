@@ -1,7 +1,7 @@
 """Decode speed: our model vs mlx-lm on the same weights, and a 2-expert merge
 vs one expert.
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libopenblas.so.0 python benchmarks/bench_generate.py
+    python benchmarks/bench_generate.py
 
 The mlx-lm model is a Starcoder2 built in-process from our weights by renaming
 (`model.embed_tokens.weight` = the expanded substrate table, `model.layers.N…`,
@@ -21,6 +21,8 @@ import time
 
 import mlx.core as mx
 import numpy as np
+
+import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
 
 SIZES = {  # name: (hidden, layers, heads)
     "tiny (d128 x 9)": (128, 9, 4),

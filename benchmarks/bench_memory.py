@@ -32,6 +32,7 @@ SHAPES = {
     "accum-d128": dict(model=(128, 4, 4), grow={"stages": [2, 2]},
                        train={"batch_size": 8, "seq_len": 128, "grad_accum": 2}),
     "update-d512": dict(model=(512, 8, 2), grow={"stages": [1, 1]}, train={"batch_size": 1, "seq_len": 32}),
+    "chunks-d128-t512": dict(model=(128, 4, 2), grow={"stages": [1, 1]}, train={"batch_size": 8, "seq_len": 512}),
 }
 
 # small vocabularies (no tokenizer has them, so one Stepper on random ids, not a
@@ -50,6 +51,7 @@ def measure_step(name: str) -> tuple:
     import mlx.core as mx
     import numpy as np
 
+    import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     from mlx_grow.config import TrainConfig
     from mlx_grow.model import Model, ModelArgs, init_weights
     from mlx_grow.training.grow import set_trainable
@@ -93,6 +95,7 @@ def measure(name: str, corpus: str, steps: int) -> list:
     steps and its closing evaluation)."""
     import mlx.core as mx
 
+    import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     import mlx_grow.training.grow as G
     from mlx_grow.training.schedule import plan
 
@@ -131,13 +134,12 @@ def main():
         print("PEAKS " + json.dumps(got))
         return
 
-    from mlx_grow.launcher import openblas_env
     from mlx_grow.training.memory import plan_config
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "kjv.txt"
         kjv_slice(corpus)
-        env = {**openblas_env(), "MLX_GROW_CACHE": os.environ.get("MLX_GROW_CACHE", str(Path(tmp) / "cache"))}
+        env = {**os.environ, "MLX_GROW_CACHE": os.environ.get("MLX_GROW_CACHE", str(Path(tmp) / "cache"))}
         print(f"{'shape':16} {'stage':>5} {'moment':>8} {'predicted':>10} {'measured':>10} {'error':>7}")
         worst = 0.0
         for name in args.shapes:

@@ -56,14 +56,11 @@ def port() -> int:
 def run(mode: str, cfg: Path, out: Path, env: dict) -> dict:
     """mode: "1" (one process), "launch" (mlx.launch, 2 ranks), "direct" (2 ranks
     started here with the variables mlx.launch would set: MLX_RANK, MLX_HOSTFILE)."""
-    from mlx_grow.launcher import find_openblas
-
     cmd = [sys.executable, "-m", "mlx_grow.cli", "grow", "--config", str(cfg), "--out", str(out), "--no-progress"]
     t0 = time.perf_counter()
     if mode == "launch":
-        blas = [f"--env=LD_PRELOAD={find_openblas()}"] if find_openblas() else []
         cmd = [str(Path(sys.executable).with_name("mlx.launch")), "--backend", "ring", "-n", "2",
-               "-p", str(port()), *blas, "--", *cmd]
+               "-p", str(port()), "--", *cmd]
     if mode == "direct":
         p = port()
         hosts = out.with_name(out.name + "-hosts.json")
@@ -96,13 +93,12 @@ def main():
     a = ap.parse_args()
 
     from mlx_grow.config import load_config
-    from mlx_grow.launcher import openblas_env
     from mlx_grow.training.memory import plan_config
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = write_config(tmp, a)
-        env = {**openblas_env(), "MLX_GROW_CACHE": os.environ.get("MLX_GROW_CACHE", str(tmp / "cache"))}
+        env = {**os.environ, "MLX_GROW_CACHE": os.environ.get("MLX_GROW_CACHE", str(tmp / "cache"))}
         run("1", cfg, tmp / "warm", env)  # prepares the shards once, outside the timings
         print(f"{os.cpu_count()} cores; global batch {a.batch} x {a.seq}, d {a.d}, {a.steps} steps")
         print(f"{'ranks':>16} {'tokens/s':>9} {'wall s':>7} {'peak/rank':>10} {'predicted':>17}")

@@ -737,5 +737,9 @@ def convert_verify(
                   f"argmax agreement {rep['argmax_agree']:.0%}", highlight=False)
 
 
-if __name__ == "__main__":
+def main():
     app(prog_name="mlx-grow")
+
+
+if __name__ == "__main__":
+    main()

@@ -104,11 +104,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0  # init, data order, adapters (see training/grow.py seeds)
+    loss_chunk: int = 0  # tokens per chunk of the cross-entropy (0: about 128 MB of float32 logits a chunk)
 
     def __post_init__(self):
         for key in ("batch_size", "seq_len", "grad_accum", "val_batches", "log_every"):
             need_int(f"train.{key}", getattr(self, key), 1)
-        for key in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
+        for key in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed", "loss_chunk"):
             need_int(f"train.{key}", getattr(self, key), 0)
         need_number("train.lr", self.lr, 0, open_lo=True)
         need_number("train.min_lr_ratio", self.min_lr_ratio, 0, 1)

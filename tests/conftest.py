@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+import mlx_grow  # noqa: F401  first: it loads the fast CPU BLAS before any test module imports mlx.core
+
 
 # Tests write caches (tokenizers, shards) into a per-session temp dir, never $HOME.
 @pytest.fixture(scope="session", autouse=True)

@@ -72,8 +72,9 @@ def test_grow_cli_prints_final_dir_last_and_plots(tmp_path):
         " max_position_embeddings: 32, substrate: {kind: binary, bits: 16}}\n"
         "grow: {blocks_per_stage: 1, steps_per_stage: 3}\n"
         "train: {batch_size: 2, seq_len: 16, eval_every: 0, val_batches: 1}\n")
-    out = ok("grow", "--config", cfg, "--data", corpus, "-o", tmp_path / "run", "--no-progress")
+    out = ok("grow", "--config", cfg, "--data", corpus, "-o", tmp_path / "run")
     assert out.strip().splitlines()[-1] == str(tmp_path / "run" / "final")
+    assert "step 1/6" in out  # not a terminal: plain progress lines
     (tmp_path / "run" / "loss.png").unlink()
     assert ok("plot", tmp_path / "run").strip().endswith("loss.png")
     r = runner.invoke(app, ["grow", "--config", str(cfg), "--depth", "5", "--stages", "2,2",

@@ -1,6 +1,7 @@
 """Data-parallel grow under `mlx.launch` (ring backend, 2 ranks on localhost):
 the same weights as one process with the same global batch, resumable on
-another number of ranks; workers get OpenBLAS through `--env LD_PRELOAD=…`."""
+another number of ranks; every worker loads the fast CPU BLAS itself, with its
+share of the cores."""
 
 import shutil
 import socket
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from helpers import kjv_slice, tiny_run, train_steps, weights
 
-from mlx_grow.launcher import find_openblas
+from mlx_grow.backend import find_mkl, find_openblas
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Path(sys.executable).with_name("mlx.launch")
@@ -37,8 +38,7 @@ def free_port() -> int:
 
 
 def launch(n: int, *cmd, timeout=120):
-    env_line = [f"--env=LD_PRELOAD={find_openblas()}"] if find_openblas() else []
-    return subprocess.run([str(LAUNCH), "--backend", "ring", "-n", str(n), "-p", str(free_port()), *env_line,
+    return subprocess.run([str(LAUNCH), "--backend", "ring", "-n", str(n), "-p", str(free_port()),
                            "--", sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -130,9 +130,18 @@ def test_one_rank_checkpoint_resumes_on_two(ring, reference, tmp_path):
     assert train_steps(tmp_path / "one-to-2") == list(range(1, 13))
 
 
-@pytest.mark.skipif(find_openblas() is None or not sys.platform.startswith("linux"),
-                    reason="OpenBLAS preloading applies to Linux with libopenblas installed")
-def test_workers_get_openblas(ring):
-    probe = "print('openblas', 'libopenblas' in open('/proc/self/maps').read())"
-    p = launch(2, "-c", probe, timeout=60)  # with --env LD_PRELOAD=…
-    assert p.stdout.count("openblas True") == 2, p.stdout + p.stderr
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not (find_mkl() or find_openblas()),
+                    reason="the fast CPU BLAS applies to Linux with mkl (the [cpu] extra) or OpenBLAS installed")
+def test_workers_get_fast_blas_with_their_share_of_cores(ring):
+    import os
+
+    probe = ("import mlx_grow; from mlx_grow.backend import loaded, fast_blas_mapped; "
+             "print('blas', loaded['library'], fast_blas_mapped(), loaded['threads'])")
+    p = launch(2, "-c", probe, timeout=60)  # no environment variable, no preload
+    lines = [x.split() for x in p.stdout.splitlines() if x.startswith("blas ")]
+    assert len(lines) == 2, p.stdout + p.stderr
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # 2 local ranks split the cores
+    for _, lib, mapped, threads in lines:
+        assert lib != "None" and mapped != "None" and int(threads) == share, p.stdout
+
+

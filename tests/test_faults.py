@@ -6,6 +6,7 @@ Kills use the test-only hook in mlx_grow/faults.py (MLX_GROW_FAULT) on a real
 checkpoint every 2 steps, so the growth event comes at step 6."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,6 @@ import yaml
 from helpers import kjv_slice, tiny_run, train_steps, weights
 
 from mlx_grow.checkpoint import CheckpointError, load_model, read_meta, verify_files
-from mlx_grow.launcher import openblas_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def reference(cfg_path, tmp_path_factory):
 
 
 def cli(*args, fault=None):
-    env = {k: v for k, v in openblas_env().items() if k != "MLX_GROW_FAULT"}
+    env = {k: v for k, v in os.environ.items() if k != "MLX_GROW_FAULT"}
     env["COLUMNS"] = "1000"  # rich wraps long paths at 80 columns otherwise
     if fault:
         env["MLX_GROW_FAULT"] = fault

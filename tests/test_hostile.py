@@ -625,18 +625,20 @@ def test_tables_are_not_cut_when_piped():
     assert max(map(len, r.stdout.splitlines())) > 80
 
 
-def test_reexec_never_puts_the_working_directory_on_sys_path(tmp_path):
-    """A yaml.py in the working directory must not run (the launcher re-executes
-    itself to preload OpenBLAS)."""
-    from mlx_grow.launcher import reexec_argv
-
+def test_the_command_never_puts_the_working_directory_on_sys_path(tmp_path):
+    """A yaml.py in the working directory must not run: the `mlx-grow` command
+    runs in-process (no re-exec through `python -m`), from its console script."""
     (tmp_path / "yaml.py").write_text("raise SystemExit(3)\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLX_GROW_NO_OPENBLAS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     planted = subprocess.run([sys.executable, "-m", "mlx_grow.cli", "info", "tiny"], cwd=tmp_path, env=env,
                              capture_output=True, timeout=300)
     assert planted.returncode == 3  # the payload is real: plain `python -m` runs it
-    r = subprocess.run(reexec_argv(["info", "tiny"]), cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "mlx-grow"  # what pip writes for [project.scripts] mlx-grow = "mlx_grow.cli:main"
+    script.write_text("import sys\nfrom mlx_grow.cli import main\nsys.argv[0] = 'mlx-grow'\nsys.exit(main())\n")
+    r = subprocess.run([sys.executable, str(script), "info", "tiny"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0 and "total" in r.stdout, r.stderr
 
 

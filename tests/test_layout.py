@@ -20,7 +20,7 @@ LAYERS = [
     {"generate"},
     {"api"},
     {"eval", "convert", "evaluate"},
-    {"cli", "launcher", "pytest_openblas"},
+    {"cli"},
 ]
 
 

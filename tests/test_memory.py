@@ -13,10 +13,12 @@ def test_planner_paper_config_stage_vs_monolithic():
     p = plan_config(cfg, batch=32, seq=1024)
     s1, mono = p["stages"][0], p["monolithic"]
     assert s1["active"] == 104_899_584 and mono["active"] == 180_476_928
-    assert s1["parts"]["logits"] == 32 * 1024 * 65536 * (3 * 4 + 2 * 2)  # 3 fp32 + 2 bf16 [B, T, V]
-    assert 35 * 2**30 < s1["peak"] < mono["peak"] < 80 * 2**30
+    # the chunked loss: never one float32 [B, T, V] tensor (8 GiB here), a few [chunk, V] ones
+    assert s1["parts"]["logits"] < 2 * 2**30
+    assert 10 * 2**30 < s1["peak"] < 24 * 2**30 < mono["peak"] < 80 * 2**30  # a stage fits a 32 GB Mac
     half = plan_config(cfg, batch=32, seq=1024, ranks=2)["stages"][0]
-    assert half["parts"]["logits"] == s1["parts"]["logits"] // 2 and half["parts"]["weights"] == s1["parts"]["weights"]
+    assert half["parts"]["activations"] == s1["parts"]["activations"] // 2
+    assert half["parts"]["weights"] == s1["parts"]["weights"]
     with pytest.raises(ValueError, match="must divide by ranks"):
         plan_config(cfg, batch=32, ranks=3)
 

@@ -239,7 +239,8 @@ class Grower:
         self.pos = Progress(**{k: v for k, v in (state or {}).items() if k in Progress.__dataclass_fields__})
         if state is not None and "reads" not in state:
             self.pos.reads = rebuild_reads(self.cfg, self.stages, state)
-        self.bar = StepProgress(sum(s.steps for s in self.stages), enabled=self.show_progress and self.rank == 0)
+        self.bar = StepProgress(sum(s.steps for s in self.stages), enabled=self.show_progress and self.rank == 0,
+                                tokens_per_step=self.t.batch_size * self.t.seq_len)
         self.bar.advance_to(self.pos.global_step)
         try:
             for k in range(self.pos.stage, len(self.stages)):

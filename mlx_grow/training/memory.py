@@ -6,12 +6,16 @@ moments of the step:
 
 - resident: weights of the whole model, and AdamW's two moments of the
   active (trainable) set only; the prefix cache when it is on.
-- head: the backward pass through the LM head. The [B, T, V] float32 logits,
-  the softmax and the logits' gradient live together (plus the bf16 logits
-  and their gradient in a bf16 run); at vocab 65,536 this term dominates.
+- head: the chunked cross-entropy (training/loss.py), which forms the loss
+  and its gradients chunk by chunk: float32 [chunk, V] tensors (about 1.5
+  per chunk; MLX's scheduler lets up to about four chunks be in flight, so
+  this stops growing there; plus a bf16 copy in a bf16 run), the
+  head weight's float32 gradient accumulator and its copies [V, d], and
+  dL/dh [B*T, d]; next to the activations every trainable block saved.
+  The [B, T, V] logits are never held at once.
 - blocks: the backward pass through a trainable block, next to the
-  activations every trainable block saved for it and the head's tensors,
-  which live until the step ends.
+  activations every trainable block saved for it, dL/dh and the head
+  weight's gradient, which live until the step ends.
 - update: the gradients of the active set, their clipped copy and the new
   weights and moments that AdamW writes before the old ones are freed.
   With several ranks, averaging the gradients adds one more copy of them to
@@ -38,10 +42,18 @@ BACKWARD_ACTS, BACKWARD_SCORES = 31, 2
 # [B, T, d] and score tensors alive while one frozen block runs forward (an
 # estimate: never the peak in the measured shapes)
 FORWARD_ACTS, FORWARD_SCORES = 12, 2
-# float32 [B, T, V] tensors alive in the head's backward (logits, softmax, gradient)
-HEAD_FP32 = 3
-# float32 [B, T, V] tensors alive while a validation batch is scored
-EVAL_FP32 = 2
+# float32 [chunk, V] tensors alive while the chunked loss runs over n chunks (logits and exp):
+# min(LOSS_MAX, LOSS_PER_CHUNK * n + LOSS_FIRST); chunks overlap in MLX's scheduler up to ~4
+# (fitted to bench_memory.py's measurements: the overlap is the least certain part of the model)
+LOSS_PER_CHUNK, LOSS_FIRST, LOSS_MAX = 1.5, 1.0, 7.5
+# bf16 [chunk, V] tensors alive next to them in a bf16 run (the bf16 logits and exp)
+LOSS_BF16 = 1
+# float32 [V, d] tensors alive while it runs (the head weight's gradient, its accumulator and copies)
+LOSS_HEAD_FP32 = 1
+# ... and still alive while the blocks run backward
+KEPT_HEAD_FP32 = 2
+# float32 [chunk, V] tensors alive while a validation batch is scored chunk by chunk
+EVAL_CHUNK_FP32 = 1.5
 # copies of the active set during the optimizer update: grads, clipped grads,
 # new weights and two new moments
 UPDATE_COPIES = 5
@@ -57,8 +69,11 @@ class Shape:
 
 
 def stage_peak(args, stage, shape: Shape, dtype: str = "float32", lora_params: int = 0,
-               prefix_cache_bytes: int = 0, ranks: int = 1) -> dict:
-    """Predicted bytes by part, and the peak, of one `schedule.Stage`."""
+               prefix_cache_bytes: int = 0, ranks: int = 1, loss_chunk: int = 0) -> dict:
+    """Predicted bytes by part, and the peak, of one `schedule.Stage`.
+    `loss_chunk`: tokens per chunk of the cross-entropy (0: its default)."""
+    from mlx_grow.training.loss import default_chunk
+
     pb = DTYPE_BYTES.get(dtype)
     if pb is None:
         raise UserError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
@@ -80,17 +95,26 @@ def stage_peak(args, stage, shape: Shape, dtype: str = "float32", lora_params: i
         z = rows * shape.seq * V * 4  # one float32 [B, T, V] tensor
         return u, s, z
 
-    u, s, z = acts(shape.batch)
+    u, s, _ = acts(shape.batch)
     saved = backprop * (SAVED_PER_BLOCK * u + s)
-    bf16_logits = 2 * shape.batch * shape.seq * V * pb if pb < 4 else 0
-    head_tensors = HEAD_FP32 * z + bf16_logits
+    chunk = loss_chunk or default_chunk(V)
+    tokens = shape.batch * shape.seq
+    c = min(chunk, tokens)
+    n_chunks = -(-tokens // c)
+    zc = c * V * 4  # one float32 [chunk, V] tensor
+    in_flight = min(LOSS_MAX, LOSS_PER_CHUNK * n_chunks + LOSS_FIRST)
+    head_grad = V * d * 4 if stage.train_head else 0
+    dh = tokens * d * 4
+    head_tensors = in_flight * zc + (LOSS_BF16 * c * V * pb if pb < 4 else 0) + LOSS_HEAD_FP32 * head_grad + dh
     averaging = active * pb if ranks > 1 else 0
-    head = saved + head_tensors + (V * d * pb if stage.train_head else 0) + averaging
-    blocks = saved + head_tensors + BACKWARD_ACTS * u + BACKWARD_SCORES * s + averaging if backprop else 0
+    head = saved + head_tensors + averaging
+    blocks = saved + KEPT_HEAD_FP32 * head_grad + dh + BACKWARD_ACTS * u + BACKWARD_SCORES * s + averaging \
+        if backprop else 0
     update = UPDATE_COPIES * active * pb + averaging
-    ue, se, ze = acts(shape.eval_batch)
+    ue, se, _ = acts(shape.eval_batch)
+    ce = min(chunk, shape.eval_batch * shape.seq)
     prefix = FORWARD_ACTS * u + FORWARD_SCORES * s if frozen else 0
-    evaluation = EVAL_FP32 * ze + (shape.eval_batch * shape.seq * V * pb if pb < 4 else 0) \
+    evaluation = EVAL_CHUNK_FP32 * ce * V * 4 + (ce * V * pb if pb < 4 else 0) \
         + FORWARD_ACTS * ue + FORWARD_SCORES * se
     moments = {"head": head, "blocks": blocks, "update": update, "eval": evaluation, "frozen prefix": prefix}
     worst = max(moments, key=moments.get)
@@ -120,10 +144,12 @@ def plan_config(cfg, batch: int | None = None, seq: int | None = None, ranks: in
         if g.prefix_cache and st.depth > st.new and not st.train_all:
             rows = st.steps * batch // ranks + t.val_batches * batch
             cache = min(g.prefix_cache_mb << 20, rows * seq * cfg.model.hidden_size * DTYPE_BYTES[t.dtype])
-        out.append({**stage_peak(cfg.model, st, shape, t.dtype, st.lora_params, cache, ranks), "stage": st})
+        out.append({**stage_peak(cfg.model, st, shape, t.dtype, st.lora_params, cache, ranks, t.loss_chunk),
+                    "stage": st})
     depth = cfg.depth
     mono = Stage(index=0, new=depth, depth=depth, steps=1, train_all=True)
-    return {"stages": out, "monolithic": stage_peak(cfg.model, mono, shape, t.dtype, ranks=ranks), "batch": batch,
+    return {"stages": out, "monolithic": stage_peak(cfg.model, mono, shape, t.dtype, ranks=ranks,
+                                                    loss_chunk=t.loss_chunk), "batch": batch,
             "seq": seq, "dtype": t.dtype, "ranks": ranks}
 
 

@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_grow.base import UserError
 from mlx_grow.config import TrainConfig
+from mlx_grow.training.loss import head_cross_entropy, head_nll_sum
 
 
 @mx.custom_function
@@ -40,17 +41,22 @@ def cross_entropy(logits, targets):
     return _cross_entropy(logits.reshape(-1, v), targets.reshape(-1))[0]
 
 
-def loss_fn(model, inputs, targets, frozen_below=0, checkpoint=False):
-    if frozen_below or checkpoint:  # a grown Model: stop the backward pass / recompute activations
-        logits = model.lm_head(model.hidden(inputs, frozen_below=frozen_below, checkpoint=checkpoint))
-    else:  # any model, e.g. a merge being tuned
-        logits = model(inputs)
-    return cross_entropy(logits.astype(mx.float32), targets)
+def head_loss(model, h, targets, chunk: int = 0):
+    """Mean cross-entropy of the LM head on final hidden states `h`, chunked
+    over tokens (never holds the [B*T, V] logits; see training/loss.py)."""
+    head_grad = "weight" in model.lm_head.trainable_parameters()
+    return head_cross_entropy(h, model.lm_head.weight, targets, chunk or None, head_grad=head_grad)
 
 
-def loss_from_prefix(model, h, targets, start=0, checkpoint=False):
+def loss_fn(model, inputs, targets, chunk: int = 0, checkpoint: bool = False):
+    if not hasattr(model, "hidden"):  # any other model, e.g. a merge being tuned: its combined scores
+        return cross_entropy(model(inputs).astype(mx.float32), targets)
+    return head_loss(model, model.hidden(inputs, checkpoint=checkpoint), targets, chunk)
+
+
+def loss_from_prefix(model, h, targets, start=0, chunk: int = 0, checkpoint: bool = False):
     h = model.hidden(None, start=start, h=h, frozen_below=start, checkpoint=checkpoint)
-    return cross_entropy(model.lm_head(h).astype(mx.float32), targets)
+    return head_loss(model, h, targets, chunk)
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int, scale: float = 1.0):
@@ -100,15 +106,22 @@ class Stepper:
 
     def _build(self):
         model, cfg, opt = self.model, self.cfg, self.optimizer
-        if self.prefix_start is None:
-            loss = partial(loss_fn, frozen_below=self.frozen_below, checkpoint=cfg.grad_checkpoint)
+        # Nothing below block `frozen` trains: run those blocks as a plain forward pass
+        # outside the differentiated function (x is then token ids); with the prefix
+        # cache, x already is their output.
+        frozen = self.frozen_below if self.prefix_start is None else 0
+        start = self.prefix_start if self.prefix_start is not None else frozen
+        opts = dict(chunk=cfg.loss_chunk, checkpoint=cfg.grad_checkpoint)
+        if start:
+            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=start, **opts))
         else:
-            loss = partial(loss_from_prefix, start=self.prefix_start, checkpoint=cfg.grad_checkpoint)
-        grad_fn = nn.value_and_grad(model, loss)
+            grad_fn = nn.value_and_grad(model, partial(loss_fn, **opts))
         group = self.group
         state = [model.state, opt.state]
 
         def grads_of(x, y):
+            if frozen:
+                x = mx.stop_gradient(model.prefix(x, frozen))
             loss, grads = grad_fn(model, x, y)
             if group is not None and group.size() > 1:
                 grads = nn.utils.average_gradients(grads, group=group)
@@ -187,10 +200,9 @@ def evaluate(model, batches, prefix=None, group=None) -> float:
         if prefix is not None:
             cache, start = prefix
             h = model.hidden(None, start=start, h=cache(model, np.asarray(b[:, :-1]), start))
-            logits = model.lm_head(h).astype(mx.float32)
         else:
-            logits = model(mx.array(b[:, :-1])).astype(mx.float32)
-        total += float(nn.losses.cross_entropy(logits, y, reduction="sum"))
+            h = model.hidden(mx.array(b[:, :-1]))
+        total += head_nll_sum(h, model.lm_head.weight, y)
         count += y.size
     if world > 1:
         total, count = mx.distributed.all_sum(mx.array([total, count], mx.float32), group=group).tolist()
