@@ -545,7 +545,7 @@ def generate_cmd(
             return
         if bar is None:
             bar = StepProgress(total, label="processing the prompt")
-        bar.advance_to(done)
+        bar.update(done, "processing the prompt")
         if done >= total:
             bar.close()
 

@@ -1,7 +1,7 @@
 """Progress of long loops: a Rich bar on a terminal; plain lines otherwise.
 
-When stdout is not a terminal (a log file, CI, `nohup`, a notebook's captured
-output), a line with the step, the description (e.g. the loss), tokens/s and
+Progress goes to stderr (results go to stdout). When it is not a terminal (a
+log file, CI, `nohup`, a notebook's captured output), a line with the step, the description (e.g. the loss), tokens/s and
 the ETA is printed at the first step and then at least every `every` seconds,
 from a background thread, so a slow step, compilation or data preparation
 never leaves the log silent for longer. Nothing is printed when disabled.
@@ -38,7 +38,7 @@ class StepProgress:
                  every: float = EVERY_S, stream=None):
         self.progress = None
         self.total, self.label, self.tokens_per_step, self.every = total, label, tokens_per_step, every
-        self.stream = stream if stream is not None else sys.stdout
+        self.stream = stream if stream is not None else sys.stderr  # results go to stdout, progress never does
         self.desc, self.n = label, 0
         self._start = time.monotonic()
         self._first = None  # (step, time) of the first update: the rate excludes compilation before it

@@ -24,11 +24,12 @@ def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=No
           adapter="none", rank=8, tune=None, overwrite=False, progress=True, echo=print) -> Path:
     """Write a merged model directory; nothing is written when a check fails.
     `tune` (a dict of `tune()` options) trains the adapter and/or heads first."""
-    dirs, metas = read_experts(expert_dirs)
     out = Path(out)
-    if any(out.resolve() == d.resolve() for d in dirs):
+    given = [Path(d) for d in expert_dirs]
+    if any(out.resolve() == d.resolve() for d in given):
         raise UserError(f"--out {out} is one of the experts; choose a new directory")
-    check_output(out, overwrite, inputs=dirs)
+    check_output(out, overwrite, inputs=given)  # before reading the experts: the output rule comes first
+    dirs, metas = read_experts(expert_dirs)
     for i, j in same_models(dirs, metas):
         echo(f"warning: experts {dirs[i]} and {dirs[j]} are the same model (identical weights); the merge "
              "behaves as that one model")

@@ -200,8 +200,13 @@ def evaluate(model, batches, prefix=None, group=None) -> float:
         if prefix is not None:
             cache, start = prefix
             h = model.hidden(None, start=start, h=cache(model, np.asarray(b[:, :-1]), start))
-        else:
+        elif hasattr(model, "hidden"):
             h = model.hidden(mx.array(b[:, :-1]))
+        else:  # any other model, e.g. a merge: its combined scores
+            logits = model(mx.array(b[:, :-1])).astype(mx.float32)
+            total += float(nn.losses.cross_entropy(logits, y, reduction="sum"))
+            count += y.size
+            continue
         total += head_nll_sum(h, model.lm_head.weight, y)
         count += y.size
     if world > 1:
