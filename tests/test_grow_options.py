@@ -51,10 +51,11 @@ def test_grad_accum_step_equals_the_full_batch_step():
 
     seen = []
 
-    class Spy(Model):  # records the batch rows of every forward pass (traced or not)
-        def __call__(self, inputs, *a, **k):
-            seen.append(inputs.shape[0])
-            return super().__call__(inputs, *a, **k)
+    class Spy(Model):  # records the batch rows of every training forward pass (traced or not)
+        def hidden(self, inputs, *a, **k):
+            rows = (inputs if inputs is not None else k["h"]).shape[0]
+            seen.append(rows)
+            return super().hidden(inputs, *a, **k)
 
     rng = np.random.default_rng(0)
     batches = [mx.array(rng.integers(0, 512, (4, 9))) for _ in range(2)]
