@@ -24,7 +24,7 @@ chunks so each one's [chunk, V] tensors are freed before the next one starts.
 import mlx.core as mx
 
 # tokens per chunk: the [chunk, V] float32 tensors stay near this many bytes each
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 128 << 20
 
 
 def default_chunk(vocab: int) -> int:
