@@ -275,6 +275,8 @@ def test_lm_eval_adapter_matches_scorer(tok, tmp_path):
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model
 
+    import mlx_grow.evaluate  # noqa: F401  (registers the `mlx-grow` model, as documented)
+
     m = random_model(tok)
     save_model(m, tmp_path / "m", tokenizer=tok)
     lm = get_model("mlx-grow").create_from_arg_string(f"model={tmp_path / 'm'}", {"batch_size": 4, "device": None})
