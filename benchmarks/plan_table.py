@@ -14,7 +14,8 @@ from pathlib import Path
 from mlx_grow.config import load_config
 from mlx_grow.training.memory import plan_config
 
-CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 def gib(n: float) -> str:
@@ -33,7 +34,7 @@ def main():
     print(f"| config (V) | {head} | monolithic, 1 rank | largest stage's peak moment |")
     print("|---|" + "---|" * (len(a.ranks) + 2))
     for name in a.configs:
-        cfg = load_config(name)
+        cfg = load_config(str(CONFIG_DIR / f"{name}.yaml"))
         cfg.train["dtype"] = a.dtype
         cols, mono, moment = [], None, None
         for r in a.ranks:

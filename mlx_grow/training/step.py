@@ -75,6 +75,8 @@ def head_loss(model, h, targets, chunk: int = 0):
 
 
 def loss_fn(model, inputs, targets, chunk: int = 0):
+    if not (hasattr(model, "hidden") and hasattr(model, "lm_head")):  # e.g. a merged model's combined logits
+        return cross_entropy(model(inputs).astype(mx.float32), targets)
     return head_loss(model, model.hidden(inputs), targets, chunk)
 
 
@@ -130,7 +132,7 @@ class Stepper:
         # Nothing below block `frozen` trains: run those blocks as a plain forward pass
         # outside the differentiated function (x is then token ids); with the prefix
         # cache, x already is their output.
-        frozen = model.stop_gradient_below if self.prefix_start is None else 0
+        frozen = getattr(model, "stop_gradient_below", 0) if self.prefix_start is None else 0
         start = self.prefix_start if self.prefix_start is not None else frozen
         if start:
             grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=start, chunk=cfg.loss_chunk))
@@ -220,6 +222,11 @@ def evaluate(model, batches, prefix=None, group=None) -> float:
         if prefix is not None:
             cache, start = prefix
             h = model.hidden(None, start=start, h=cache(model, np.asarray(b[:, :-1]), start))
+        elif not hasattr(model, "hidden"):  # e.g. a merged model: its combined logits
+            logits = model(mx.array(b[:, :-1])).astype(mx.float32)
+            total += float(nn.losses.cross_entropy(logits, y, reduction="sum"))
+            count += y.size
+            continue
         else:
             h = model.hidden(mx.array(b[:, :-1]))
         total += head_nll_sum(h, model.lm_head.weight, y)
