@@ -178,19 +178,26 @@ def remove_stale_temp(root: Path):
 
 def read_run_config(root):
     """The RunConfig a run was started with (for --resume)."""
-    from mlx_grow.config import RunConfig
-
     f = Path(root) / "run.json"
     if not f.exists():
         raise FileNotFoundError(f"nothing to resume: {f} does not exist")
     try:
-        cfg = dict(json.loads(f.read_text())["config"])
+        record = dict(json.loads(f.read_text())["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{f} is damaged ({e}); it cannot be resumed") from None
+    return config_from_record(record, str(f))
+
+
+def config_from_record(record: dict, where: str):
+    """The RunConfig of a run.json config record; runs written before the seed
+    lived in train.seed keep it at the top level."""
+    from mlx_grow.config import RunConfig
+
+    cfg = dict(record)
     seed = cfg.pop("seed", None)
     cfg.pop("depth", None)
-    config = RunConfig.from_dict(cfg, where=str(f))
-    if seed is not None and config.train.seed != seed:  # runs written before the seed lived in train.seed
+    config = RunConfig.from_dict(cfg, where=where)
+    if seed is not None and config.train.seed != seed:
         config.override(train={"seed": seed})
     return config
 
@@ -198,14 +205,8 @@ def read_run_config(root):
 def normalized(record: dict) -> dict:
     """A run.json config record as this version writes it (older runs kept only
     the keys their YAML gave)."""
-    from mlx_grow.config import RunConfig
-
-    cfg = dict(record)
-    extra = {k: cfg.pop(k) for k in ("seed", "depth") if k in cfg}
     try:
-        config = RunConfig.from_dict(cfg, where="run.json")
+        config = config_from_record(record, "run.json")
     except ValueError:
         return record
-    if extra.get("seed") is not None and config.train.seed != extra["seed"]:
-        config.override(train={"seed": extra["seed"]})
-    return {**config.to_dict(), "seed": extra.get("seed", config.train.seed), "depth": config.depth}
+    return {**config.to_dict(), "seed": config.train.seed, "depth": config.depth}
