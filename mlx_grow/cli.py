@@ -337,6 +337,9 @@ def grow_cmd(
                                                "train only the new blocks (grow.train_head false)"),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Cache the frozen prefix's hidden states"),
+    lora_phase: Optional[List[str]] = typer.Option(
+        None, "--lora-phase", help="A LoRA-only phase after growth stage K for N steps, as K:N (repeatable; "
+        "grow.lora.phases): adapters on every existing block, merged at the phase end"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
     restart: bool = typer.Option(False, "--restart", help="With --resume: when every checkpoint is damaged, "
                                  "start the run over from step 0 in the same folder"),
@@ -357,9 +360,11 @@ def grow_cmd(
         "train": {"lr": lr, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
         "data": {"sources": list(data) if data else None},
     }
+    phases = parse_lora_phases(lora_phase)
     if resume is not None:
         given = [f"--{k}" for k, v in (("config", config), ("out", out)) if v is not None]
         given += [f"{section}.{key}" for section, kv in flags.items() for key, v in kv.items() if v is not None]
+        given += ["--lora-phase"] if phases is not None else []
         if given:
             raise UserError(f"--resume continues {resume} with the config it was started with; these flags would "
                             f"change it: {', '.join(given)}. Resume without them, or start a new run with --out")
@@ -368,6 +373,8 @@ def grow_cmd(
         if restart:
             raise UserError("--restart goes with --resume RUN (it starts a damaged run over from step 0)")
         cfg = load_config(config or "tiny")
+        if phases is not None:
+            flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
         cfg.override(**flags)
         if out is None:
             out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
@@ -385,6 +392,20 @@ def grow_cmd(
     if summary:
         err.print(summary_table(summary))
     print(final)
+
+
+def parse_lora_phases(texts):
+    """`--lora-phase 1:50 --lora-phase 2:50` -> [{after_stage: 1, steps: 50}, ...]; None when not given."""
+    if not texts:
+        return None
+    phases = []
+    for text in texts:
+        k, _, n = text.partition(":")
+        if not (k.strip().isdigit() and n.strip().isdigit()) or int(k) < 1 or int(n) < 1:
+            raise UserError(f"--lora-phase takes STAGE:STEPS with positive whole numbers, e.g. 1:50 (a LoRA phase "
+                            f"of 50 steps after stage 1); got {text!r}")
+        phases.append({"after_stage": int(k), "steps": int(n)})
+    return phases
 
 
 def parse_stages(text: Optional[str]):

@@ -139,6 +139,9 @@ class LoRAConfig:
     restarts: int = 0  # per stage: merge, fresh adapters, optimizer reset, LR re-warmup
     final_phase_steps: int = 0  # a last phase: adapters on every block, merged at the end
     final_phase_tokens: int | None = None  # the same phase's length in tokens (wins over steps)
+    # Interleaved LoRA-only phases (v3): [{after_stage: k, steps: n} | {after_stage: k, tokens: n}];
+    # adapters on every existing block, no new block, merged at the phase end.
+    phases: list = field(default_factory=list)
 
     def __post_init__(self):
         need_int("grow.lora.rank", self.rank, 1)
@@ -153,6 +156,25 @@ class LoRAConfig:
         need_int("grow.lora.restarts", self.restarts, 0)
         need_int("grow.lora.final_phase_steps", self.final_phase_steps, 0)
         need_int("grow.lora.final_phase_tokens", self.final_phase_tokens, 1, optional=True)
+        if not isinstance(self.phases, (list, tuple)):
+            raise UserError(f"grow.lora.phases must be a list like [{{after_stage: 1, steps: 100}}], got {self.phases!r}")
+        phases = []
+        for i, p in enumerate(self.phases):
+            where = f"grow.lora.phases[{i}]"
+            if not isinstance(p, dict) or set(p) - {"after_stage", "steps", "tokens"} or "after_stage" not in p:
+                raise UserError(f"{where} must be {{after_stage: K, steps: N}} or {{after_stage: K, tokens: N}}, "
+                                f"got {p!r}")
+            if ("steps" in p) == ("tokens" in p):
+                raise UserError(f"{where} needs exactly one of steps or tokens, got {p!r}")
+            need_int(f"{where}.after_stage", p["after_stage"], 1)
+            for key in ("steps", "tokens"):
+                if key in p:
+                    need_int(f"{where}.{key}", p[key], 1)
+            phases.append(dict(p))
+        after = [p["after_stage"] for p in phases]
+        if after != sorted(set(after)):
+            raise UserError(f"grow.lora.phases: after_stage values must be increasing and unique, got {after}")
+        self.phases = phases
 
     @classmethod
     def from_dict(cls, d, where="grow.lora"):

@@ -81,3 +81,9 @@ def test_grow_cli_prints_final_dir_last_and_plots(tmp_path):
                             "-o", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "add up to 4 blocks but the depth is 5" in r.output
     assert not (tmp_path / "bad").exists()
+    out = ok("grow", "--config", cfg, "--data", corpus, "-o", tmp_path / "phased", "--lora-phase", "1:2")
+    run = json.loads((tmp_path / "phased" / "run.json").read_text())
+    assert run["config"]["grow"]["lora"]["phases"] == [{"after_stage": 1, "steps": 2}]
+    assert "LoRA phase after stage 1" in out and (tmp_path / "phased" / "stage-03" / "config.json").is_file()
+    r = runner.invoke(app, ["grow", "--config", str(cfg), "--lora-phase", "0:5", "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "--lora-phase takes STAGE:STEPS" in r.output and not (tmp_path / "bad").exists()

@@ -18,6 +18,8 @@ from mlx_grow.config import (
 )
 from mlx_grow.data.stream import DataConfig
 from mlx_grow.model import ModelArgs
+from mlx_grow.training.lora import lora_param_count
+from mlx_grow.training.params import stage_active
 from mlx_grow.training.schedule import Stage, plan
 
 runner = CliRunner()
@@ -139,11 +141,30 @@ def test_plan_holds_lora_phases_and_token_budgets():
                  "lora": {"rank": 4, "from_depth": 4, "final_phase_tokens": 2048}},
         "train": {"batch_size": 4, "seq_len": 64}})
     stages = plan(cfg)
-    assert [(s.new, s.depth, s.steps, s.final_lora) for s in stages] == [(2, 2, 16, False), (2, 4, 16, False),
+    assert [(s.new, s.depth, s.steps, s.lora_phase) for s in stages] == [(2, 2, 16, False), (2, 4, 16, False),
                                                                           (0, 4, 8, True)]
     assert [s.lora_rank for s in stages] == [0, 4, 4]
     assert stages[1].lora_params == 2 * 4 * (64 + 64) * 2  # 2 frozen blocks x q,v x rank 4
     assert stages[2].first_trainable == 4 and stages[2].label == "LoRA phase"
+
+
+def test_plan_interleaves_lora_phases_under_the_budget():
+    cfg = RunConfig.from_dict({
+        "model": {"hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 6, "vocab_size": 256},
+        "grow": {"blocks_per_stage": 2, "steps_per_stage": 10,
+                 "lora": {"rank": 64, "budget": 40_000,
+                          "phases": [{"after_stage": 1, "tokens": 1024}, {"after_stage": 2, "steps": 5}]}},
+        "train": {"batch_size": 4, "seq_len": 64}})
+    stages = plan(cfg)
+    assert [(s.kind, s.depth, s.steps, s.grown) for s in stages] == [
+        ("grow", 2, 10, 0), ("lora", 2, 4, 0), ("grow", 4, 10, 1), ("lora", 4, 5, 1), ("grow", 6, 10, 2)]
+    assert [s.index for s in stages] == [0, 1, 2, 3, 4]
+    assert stages[1].label == "LoRA phase after stage 1" and stages[1].first_trainable == 2
+    for st in (stages[1], stages[3]):  # the rank is the largest whose adapters fit the budget next to the head
+        head = stage_active(cfg.model, 0, True)
+        assert 0 < st.lora_rank < 64 and head + st.lora_params <= 40_000
+        bigger = lora_param_count(cfg.model, st.depth, st.lora_rank + 1, ["q_proj", "v_proj"])
+        assert head + bigger > 40_000
 
 
 def yaml_config(tmp_path, corpus, **train):

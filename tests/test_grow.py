@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import kjv_slice, weights
 
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import load_model
 from mlx_grow.config import RunConfig
 from mlx_grow.model import ModelArgs
@@ -82,7 +83,7 @@ def test_frozen_head_stage_trains_only_new_blocks(corpus, tmp_path):
 def test_freeze_head_trains_the_head_in_stage_1_only(corpus, tmp_path):
     cfg = config(corpus, depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 4, "train_head": False,
                                         "lora": {"rank": 2, "final_phase_steps": 2}})
-    assert [(s.train_head, s.final_lora) for s in plan(cfg)] == [(True, False), (False, False), (False, True)]
+    assert [(s.train_head, s.lora_phase) for s in plan(cfg)] == [(True, False), (False, False), (False, True)]
     start = {}
 
     def keep(step, model):
@@ -311,3 +312,34 @@ def test_reads_rebuilt_for_a_checkpoint_without_them():
     key = cfg.data.mixture_key
     state = {"stage": 1, "step": 2, "summary": [{"steps": 4}]}  # stage 1 ended early (plateau) after 4 steps
     assert rebuild_reads(cfg, plan(cfg), state) == {key(0): 4, key(1): 2}
+
+
+def test_interleaved_lora_phase_trains_adapters_between_stages(corpus, tmp_path):
+    cfg = config(corpus, depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 4, "lora": {
+        "rank": 2, "targets": ["q_proj", "v_proj"], "phases": [{"after_stage": 1, "steps": 3}]}})
+    assert [(s.kind, s.depth, s.steps, s.lora_rank) for s in plan(cfg)] == [
+        ("grow", 1, 4, 0), ("lora", 1, 3, 2), ("grow", 2, 4, 0)]
+    final, summary = run(cfg, tmp_path / "r")
+    args = ModelArgs.from_dict(cfg.model.to_dict())
+    assert [s["kind"] for s in summary] == ["grow", "lora", "grow"]
+    assert summary[1]["active_params"] == stage_active(args, 0) + 2 * (32 + 32) * 2  # head + q,v adapters
+    s1, s2, s3 = (weights(tmp_path / "r" / f"stage-0{k}") for k in (1, 2, 3))
+    assert not any("lora" in k for k in s2)  # merged at the phase end
+    q = "layers.0.self_attn.q_proj.weight"
+    assert not np.array_equal(s1[q], s2[q])  # the phase moved block 0's attention
+    assert np.array_equal(s1["layers.0.mlp.c_fc.weight"], s2["layers.0.mlp.c_fc.weight"])  # not an adapter target
+    for k, v in s2.items():  # the next growth stage leaves every block-0 weight as the phase merged it
+        if k.startswith("layers.0."):
+            assert np.array_equal(v, s3[k]), k
+    assert len(load_model(final).layers) == 2
+
+
+def test_lora_phases_refuse_bad_plans(corpus):
+    with pytest.raises(UserError, match="after_stage 3 names a stage the run does not have"):
+        plan(config(corpus, depth=2, grow={"blocks_per_stage": 1, "lora": {"phases": [{"after_stage": 3, "steps": 1}]}}))
+    with pytest.raises(UserError, match="monolithic run has none"):
+        plan(config(corpus, depth=2, grow={"monolithic": True, "lora": {"phases": [{"after_stage": 1, "steps": 1}]}}))
+    with pytest.raises(UserError, match="exactly one of steps or tokens"):
+        config(corpus, grow={"lora": {"phases": [{"after_stage": 1, "steps": 1, "tokens": 5}]}})
+    with pytest.raises(UserError, match="increasing and unique"):
+        config(corpus, grow={"lora": {"phases": [{"after_stage": 2, "steps": 1}, {"after_stage": 1, "steps": 1}]}})

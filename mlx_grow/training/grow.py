@@ -85,7 +85,7 @@ def add_adapters(model: Model, stage: Stage, cfg: RunConfig, key) -> int:
     """Adapters on the frozen blocks, at the rank the plan chose; returns their parameter count."""
     if not stage.lora_rank:
         return 0
-    frozen = len(model.layers) if stage.final_lora else len(model.layers) - stage.new
+    frozen = len(model.layers) if stage.lora_phase else len(model.layers) - stage.new
     lcfg = cfg.grow.lora
     return L.add_lora(model.layers[:frozen], stage.lora_rank, lcfg.scale, lcfg.targets, key)
 
@@ -128,7 +128,7 @@ class StageData:
     def __init__(self, cfg: RunConfig, tok, st: Stage, seed: int, progress: bool):
         t = cfg.train
         segments = st.segments or [st.steps]
-        first = 0 if st.segments else st.index
+        first = 0 if st.segments else st.grown
         self.keys = [cfg.data.mixture_key(first + j) for j in range(len(segments))]
         streams = {}
         for j, key in enumerate(self.keys):
@@ -162,7 +162,7 @@ def rebuild_reads(cfg: RunConfig, stages: list, state: dict) -> dict:
     for k, st in enumerate(stages[: state["stage"] + 1]):
         n = done[k] if k < state["stage"] and k < len(done) else state["step"] if k == state["stage"] else st.steps
         segments = st.segments or [st.steps]
-        first = 0 if st.segments else st.index
+        first = 0 if st.segments else st.grown
         left = n
         for j, seg in enumerate(segments):
             key = cfg.data.mixture_key(first + j)
@@ -284,7 +284,7 @@ class Grower:
         if not resumed:
             pos.step, pos.plateau = 0, [math.inf, 0]
             if st.index > 0 and st.new:
-                model.add_blocks(st.new, self.g.block_init, seed=block_seed(self.seed, st.index))
+                model.add_blocks(st.new, self.g.block_init, seed=block_seed(self.seed, st.grown))
                 maybe_fail("grow", st.index + 1)
                 self.run_dir.log({"event": "grow", "global_step": pos.global_step, "stage": st.index + 1,
                                   "depth": len(model.layers), "tokens": pos.tokens})
@@ -304,7 +304,7 @@ class Grower:
         if self.val_batches is None:
             self.val_batches = self.data.first.val_batches(self.t.val_batches)
         self.active = trainable_count(model)
-        self.label = st.label if st.final_lora else f"{st.label}/{len(self.stages)}"
+        self.label = st.label if st.lora_phase else f"{st.label}/{len(self.stages)}"
         self.say(f"{self.label}: {len(model.layers)} blocks, training {human(self.active)} parameters"
                  + (f" (blocks {self.first + 1}-{len(model.layers)} + head)" if self.first else ""))
 
@@ -384,7 +384,7 @@ class Grower:
         """True when `grow.plateau.patience` evaluations in a row brought no gain
         of at least `min_delta` nats (in the stages `grow.plateau.stages` names)."""
         p = self.g.plateau
-        if p is None or not p.applies(st.index):
+        if p is None or st.between or not p.applies(st.grown):
             return False
         best, bad = self.pos.plateau
         if val < best - p.min_delta:
@@ -422,7 +422,7 @@ class Grower:
         if self.use_cache:
             extra.update(prefix_cache_hits=self.pcache.hits, prefix_cache_misses=self.pcache.misses)
         val = self.evaluate_now(st, **extra)
-        self.pos.summary.append({"stage": st.index + 1, "depth": len(self.model.layers), "active_params": self.active,
+        self.pos.summary.append({"stage": st.index + 1, "kind": st.kind, "depth": len(self.model.layers), "active_params": self.active,
                                  "steps": self.steps_run or st.steps, "tokens": self.pos.tokens,
                                  "train_loss": self.last_loss,
                                  "val_loss": val})

@@ -75,18 +75,20 @@ def stage_notes(cfg, t: dict) -> list:
     args = cfg.model
     per_step = cfg.train.batch_size * cfg.train.seq_len
     out = []
-    for st in plan(cfg):
+    stages = plan(cfg)
+    for st in stages:
         if st.train_all and cfg.grow.monolithic:
             out.append(f"monolithic: trains {human(t['trainable'])} ({t['trainable']:,}) at once, "
                        f"{st.steps:,} steps, {human(st.steps * per_step)} tokens")
             continue
         n = stage_active(args, st.new, st.train_head, st.lora_params, train_substrate=st.train_substrate)
         what = f"+{st.new} blocks -> depth {st.depth}" if st.new else f"LoRA rank {st.lora_rank} on {st.depth} blocks"
-        upto = "at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.index) else ""
+        upto = ("at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.grown)
+                and not st.between else "")  # a LoRA phase between stages never ends early
         out.append(f"{st.label}: {what}, active {n:,} ({human(n)}), "
                    f"{upto}{st.steps:,} steps, {human(st.steps * per_step)} tokens"
                    + (" (ends at a validation plateau)" if upto else ""))
-    total = sum(s.steps for s in plan(cfg)) * per_step
+    total = sum(s.steps for s in stages) * per_step
     out.append(f"planned tokens: {total:,} ({human(total)})")
     if not cfg.grow.monolithic:
         out.append(f"monolithic baseline trainable: {t['trainable']:,} ({human(t['trainable'])})")

@@ -20,21 +20,33 @@ class Stage:
     train_head: bool = True
     train_substrate: bool = False
     train_all: bool = False  # every block trains (monolithic, or train_all_last)
-    final_lora: bool = False  # the last LoRA phase: adapters on every block, no new block
+    lora_phase: bool = False  # a LoRA-only phase: adapters on every block, no new block
+    between: bool = False  # a LoRA phase between growth stages (grow.lora.phases), not the final one
+    grown: int = -1  # 0-based growth stage this stage is or follows (block seeds, data mixture, head)
     segments: list = field(default_factory=list)  # monolithic: steps of each grown stage it mirrors
     lora_rank: int = 0  # adapters on the frozen blocks below (0: none)
     lora_params: int = 0
+
+    def __post_init__(self):
+        if self.grown < 0:
+            self.grown = self.index
 
     @property
     def first_trainable(self) -> int:
         """Index of the lowest block whose weights train (adapters aside)."""
         if self.train_all:
             return 0
-        return self.depth if self.final_lora else self.depth - self.new
+        return self.depth if self.lora_phase else self.depth - self.new
+
+    @property
+    def kind(self) -> str:
+        return "lora" if self.lora_phase else "grow"
 
     @property
     def label(self) -> str:
-        return "LoRA phase" if self.final_lora else f"stage {self.index + 1}"
+        if self.between:
+            return f"LoRA phase after stage {self.grown + 1}"
+        return "LoRA phase" if self.lora_phase else f"stage {self.index + 1}"
 
 
 def steps_for(cfg: RunConfig, k: int, steps, tokens) -> int:
@@ -50,14 +62,14 @@ def lora_rank(cfg: RunConfig, st: Stage) -> int:
     `lora.budget`, the largest rank whose adapters fit next to the stage's own
     trainable parameters."""
     lcfg, args = cfg.grow.lora, cfg.model
-    frozen = st.depth if st.final_lora else st.depth - st.new
+    frozen = st.depth if st.lora_phase else st.depth - st.new
     if lcfg is None or frozen == 0 or st.train_all:
         return 0
-    if not st.final_lora and (lcfg.from_depth is None or st.depth < lcfg.from_depth):
+    if not st.lora_phase and (lcfg.from_depth is None or st.depth < lcfg.from_depth):
         return 0
     if not lcfg.budget:
         return lcfg.rank
-    base = stage_active(args, 0 if st.final_lora else st.new, st.train_head)
+    base = stage_active(args, 0 if st.lora_phase else st.new, st.train_head)
     return rank_for_budget(args, frozen, lcfg.targets, lcfg.budget, base)
 
 
@@ -77,14 +89,44 @@ def plan(cfg: RunConfig) -> list:
         stages = [Stage(index=0, new=depth, depth=depth, steps=sum(s.steps for s in stages), train_all=True,
                         segments=[s.steps for s in stages])]
     lcfg = g.lora
+    if lcfg and lcfg.phases:
+        stages = interleave(cfg, stages, lcfg.phases)
     if lcfg and not g.monolithic and (lcfg.final_phase_steps or lcfg.final_phase_tokens):
         steps = steps_for(cfg, 0, lcfg.final_phase_steps, lcfg.final_phase_tokens)
-        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=steps, final_lora=True,
-                            train_head=g.head_trains(len(stages))))
+        n = len(sizes)  # the final phase follows the last growth stage (seeds, data, head as before)
+        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=steps, lora_phase=True, grown=n,
+                            train_head=g.head_trains(n)))
     for st in stages:
         st.lora_rank = lora_rank(cfg, st)
-        frozen = st.depth if st.final_lora else st.depth - st.new
+        frozen = st.depth if st.lora_phase else st.depth - st.new
         st.lora_params = lora_param_count(cfg.model, frozen, st.lora_rank, lcfg.targets) if st.lora_rank else 0
     if any(s.steps < 1 for s in stages):
         raise UserError("every stage needs at least one step: raise grow.steps_per_stage or grow.tokens_per_stage")
     return stages
+
+
+def interleave(cfg: RunConfig, stages: list, phases: list) -> list:
+    """Insert the LoRA-only phases of `grow.lora.phases` after the growth stages
+    they name (1-based). A phase trains adapters on every block built so far
+    (and the head when its stage trains it), then merges them; it reads the data
+    mixture of the stage it follows."""
+    g = cfg.grow
+    if g.monolithic:
+        raise UserError("grow.lora.phases sit between growth stages, and a monolithic run has none: drop "
+                        "grow.lora.phases or grow.monolithic")
+    n = len(stages)
+    late = [p["after_stage"] for p in phases if p["after_stage"] > n]
+    if late:
+        raise UserError(f"grow.lora.phases: after_stage {late[0]} names a stage the run does not have (it has "
+                        f"{n} growth stages); use 1..{n}")
+    out = []
+    for st in stages:
+        out.append(st)
+        for p in phases:
+            if p["after_stage"] == st.index + 1:
+                steps = steps_for(cfg, 0, p.get("steps"), p.get("tokens"))
+                out.append(Stage(index=0, new=0, depth=st.depth, steps=steps, lora_phase=True, between=True, grown=st.index,
+                                 train_head=g.head_trains(st.index)))
+    for i, st in enumerate(out):
+        st.index = i
+    return out
