@@ -598,12 +598,14 @@ def eval_cmd(
     model: List[str] = typer.Option(..., "--model", help="Model directory, or a grow run directory (every "
                                     "stage-NN/ checkpoint and final/); repeatable"),
     task: Optional[List[str]] = typer.Option(None, "--task", help="mmlu | arc_easy | arc_challenge | "
-                                             "commonsense_qa | squad | a .json/.jsonl task file; repeatable"),
+                                             "commonsense_qa | squad | opus100 (--hub) | a .json/.jsonl task "
+                                             "file; repeatable"),
     text: Optional[List[Path]] = typer.Option(None, "--text", help="Held-out text (.txt, or .jsonl with 'text') "
                                               "for perplexity and bits per byte; repeatable"),
     protocol: str = typer.Option("loglik", help="loglik (as lm-evaluation-harness) | paper (the papers' "
                                  "generative first-letter protocol)"),
-    limit: Optional[int] = typer.Option(None, help="Score a fixed random subset of N items per task"),
+    limit: Optional[int] = typer.Option(None, help="Score a fixed random subset of N items per task, the same "
+                                        "for every model; translation: N per direction (the papers: 128)"),
     runs: int = typer.Option(10, help="Sampled runs of the paper protocol: mean ± 1.96·σ/√n"),
     ci_ddof: int = typer.Option(0, "--ci-ddof", help="σ of the paper protocol's interval: 0 (np.std, as the "
                                 "papers' harness) or 1 (the sample standard deviation)"),
@@ -614,7 +616,7 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed of the paper protocol's sampling"),
     batch_tokens: int = typer.Option(8192, "--batch-tokens", help="Tokens per scoring batch (memory vs speed)"),
     hub: bool = typer.Option(False, help="Without local data, load built-in tasks through datasets.load_dataset "
-                             "(needs network)"),
+                             "(needs network; opus100 always needs it)"),
     out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Report directory: report.json, report.md, "
                              "PNG plots (existing report files are replaced)"),
     progress: bool = typer.Option(True, help="Show a progress bar"),

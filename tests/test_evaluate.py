@@ -369,6 +369,102 @@ def load_for_eval_unverified(fn, path):
         C.load = real
 
 
+# --- translation: the opus-100 layout, opus100 through --hub, --limit per direction ---
+
+
+def opus_rows(pair: str, n: int, start: int = 0) -> list:
+    """n rows of the opus-100 layout for `pair` ("en-ru"), each side's text naming its row."""
+    a, b = pair.split("-")
+    return [{"translation": {a: f"{a} text {i}", b: f"{b} text {i}"}} for i in range(start, start + n)]
+
+
+def triples(task) -> list:
+    return [(it.direction, it.source, it.target) for it in task.items]
+
+
+def test_opus_layout_file_gives_both_directions(tmp_path):
+    rows = [{"translation": {"en": "Hello, world.", "ru": "Привет, мир."}},
+            {"translation": {"en": "Good morning.", "zh": "早上好。"}}]
+    for f in (write_rows(tmp_path / "opus.jsonl", rows), tmp_path / "opus.json"):
+        if f.suffix == ".json":
+            f.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        task = T.load_task(f)
+        assert task.kind == "translation" and task.name == "opus"
+        assert triples(task) == [("en-ru", "Hello, world.", "Привет, мир."), ("ru-en", "Привет, мир.", "Hello, world."),
+                                 ("en-zh", "Good morning.", "早上好。"), ("zh-en", "早上好。", "Good morning.")]
+        assert "row 2" in task.items[3].where and task.items[3].where.endswith("zh-en")
+    assert T.paper_prompt(task, task.items[1]) == "Translate from Russian to English:\nПривет, мир.\nAnswer:"
+    assert T.paper_max_tokens(task, task.items[2]) == len("早上好。")
+    flat = {"source": "Hi", "target": "Ni hao", "source_lang": "en", "target_lang": "zh"}  # the flat rows still work
+    mixed = T.load_task(write_rows(tmp_path / "mixed.jsonl", [flat] + rows[:1]))
+    assert triples(mixed) == [("en-zh", "Hi", "Ni hao"), ("en-ru", "Hello, world.", "Привет, мир."),
+                              ("ru-en", "Привет, мир.", "Hello, world.")]
+
+
+@pytest.mark.parametrize("pair,msg", [
+    ({"en": "Hello"}, "row 2.*'translation' must map two language codes"),
+    ("Hello", "row 2.*'translation' must map two language codes"),
+    ({"en": "Hello", "ru": 3}, "row 2.*'translation' must map two language codes"),
+    ({"en": "Hello", "ru": "  "}, "row 2.*the 'ru' text is empty"),
+])
+def test_bad_opus_rows_named(tmp_path, pair, msg):
+    f = write_rows(tmp_path / "bad.jsonl", opus_rows("en-ru", 1) + [{"translation": pair}])
+    with pytest.raises(ValueError, match=msg):
+        T.load_task(f)
+
+
+def test_limit_draws_per_direction(tmp_path):
+    f = write_rows(tmp_path / "opus.jsonl", opus_rows("en-ru", 10) + opus_rows("en-zh", 3))
+    full = T.load_task(f)
+    task = T.load_task(f, limit=4)
+    counts = {d: len(js) for d, js in T.group_by(task.items, lambda it: it.direction).items()}
+    assert counts == {"en-ru": 4, "ru-en": 4, "en-zh": 3, "zh-en": 3}  # en-zh has only 3 pairs: all kept
+    assert triples(task) == triples(T.load_task(f, limit=4))  # the same items on every call (every model)
+    assert set(triples(task)) < set(triples(full))
+    order = [triples(full).index(t) for t in triples(task)]
+    assert order == sorted(order)  # in file order
+    en_ru = {src for d, src, _ in triples(task) if d == "en-ru"}
+    assert len(en_ru) == 4 and en_ru == {tgt for d, _, tgt in triples(task) if d == "ru-en"}  # the same pairs
+    assert en_ru != {f"en text {i}" for i in range(4)}  # a random draw, not the first rows
+    assert len(T.load_task(f, limit=1).items) == 4  # one per direction
+    rows = [{"question": f"q{i}", "choices": ["a", "b"], "answer": 0} for i in range(10)]
+    mc = T.load_task(write_rows(tmp_path / "mc.jsonl", rows), limit=3)  # other kinds: N overall, as before
+    keep = sorted(__import__("random").Random(T.LIMIT_SEED).sample(range(10), 3))
+    assert [it.question for it in mc.items] == [f"q{i}" for i in keep]
+
+
+def test_opus100_through_hub(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        rows = opus_rows(name, 5)
+        rows[2]["translation"][name.split("-")[1]] = ""  # an empty side: no reference, the pair is skipped
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(FileNotFoundError, match="no offline copy: when online, pass --hub to load "
+                                                "Helsinki-NLP/opus-100.*local .jsonl/.json file"):
+        T.load_task("opus100")
+    assert calls == []
+    task = T.load_task("opus100", hub=True)
+    assert calls == [("Helsinki-NLP/opus-100", "en-ru", "test"), ("Helsinki-NLP/opus-100", "en-zh", "test")]
+    assert task.kind == "translation" and "Helsinki-NLP/opus-100" in task.origin
+    groups = T.group_by(task.items, lambda it: it.direction)
+    assert {d: len(js) for d, js in groups.items()} == {"en-ru": 4, "ru-en": 4, "en-zh": 4, "zh-en": 4}
+    assert list(groups) == ["en-ru", "ru-en", "en-zh", "zh-en"]
+    for d, js in groups.items():
+        src, tgt = d.split("-")
+        assert all(task.items[j].source.startswith(f"{src} text") and task.items[j].target ==
+                   task.items[j].source.replace(src, tgt, 1) for j in js)
+    assert "text 2" not in " ".join(it.source for it in task.items)
+    small = T.load_task("opus100", limit=2, hub=True)
+    assert [len(js) for js in T.group_by(small.items, lambda it: it.direction).values()] == [2, 2, 2, 2]
+    assert set(triples(small)) < set(triples(task))
+
+
 # --- reports and the command line ---
 
 
@@ -420,6 +516,30 @@ def test_cli_eval_writes_report(tok, tmp_path):
     bad = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 7}])
     r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(bad), "-o", str(out)])
     assert r.exit_code == 2 and "answer 7 is out of range" in r.output
+
+
+def test_cli_eval_opus_file_bleu_per_direction(tok, tmp_path):
+    from typer.testing import CliRunner
+
+    from mlx_grow.cli import app
+
+    save_model(random_model(tok, seed=5), tmp_path / "m", tokenizer=tok)
+    task = write_rows(tmp_path / "opus.jsonl", opus_rows("en-ru", 3) + opus_rows("en-zh", 3))
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "m"), "--task", str(task), "--protocol", "paper",
+                                 "--runs", "2", "--limit", "2", "-o", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    labels = ["opus:en-ru", "opus:ru-en", "opus:en-zh", "opus:zh-en"]
+    assert [x["task"] for x in rep["results"]] == labels
+    for x in rep["results"]:
+        m = x["metrics"]
+        assert m["metric"] == "BLEU" and m["n"] == 2 and len(m["runs"]) == 2 and 0 <= m["score"] <= 100
+    assert rep["tasks"][0]["items"] == 8 and rep["settings"]["limit"] == 2
+    md = (out / "report.md").read_text()
+    assert "| model | depth | " + " | ".join(labels) + " |" in md
+    assert "| best_bvv_ru (frozen) | 0.5B | 6.44 | 8.80 | 0.95 | 0.74 |" in md  # the papers' BLEU per direction
+    assert all(f"m · {label}: " in r.output for label in labels)
 
 
 def test_experts_vs_merge_report(tok, tmp_path):

