@@ -647,6 +647,42 @@ def eval_cmd(
 # --- convert commands ---
 
 
+@app.command("reproduce")
+@guarded
+def reproduce_cmd(
+    scale: str = typer.Option("tiny", help="tiny (a 2-core CPU, under an hour) | small | paper"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the runs and results "
+                                       "(default reproduce-SCALE); a killed run continues where it stopped"),
+    data: Optional[List[str]] = typer.Option(None, "--data", help="Data for parts 1-3 (repeatable; default "
+                                             "the built-in corpus)"),
+    expert: Optional[List[str]] = typer.Option(None, "--expert", help="The two corpora of part 4, given twice "
+                                               "(default builtin:kjv and builtin:shakespeare)"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="Part 5 tasks (repeatable; default mmlu, "
+                                             "arc_easy, arc_challenge, commonsense_qa)"),
+    report: Optional[Path] = typer.Option(None, help="Where to write the report (default OUT/reproduction.md); "
+                                          "its plots go in a folder of the same name beside it"),
+    font: Optional[str] = typer.Option(None, help="Font file for the glyph substrate (default: Unifont)"),
+    substrate: Optional[List[str]] = typer.Option(None, "--substrate", help="Part 1 substrates (repeatable; "
+                                                  "default all): glyph, 16-bit, 64-bit, float, trainable"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cost estimate and stop"),
+    progress: bool = typer.Option(True, help="Show progress bars"),
+):
+    """Re-run the papers' claims at small scale: substrates, grown vs monolithic, one layer at a
+    time with LoRA, composition, benchmarks over depth; writes a report with tables and plots
+    and prints its path last."""
+    import shlex
+    import sys
+
+    from mlx_grow.reproduce import reproduce
+
+    argv = sys.argv[1:]
+    res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
+                    command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
+                    substrates=substrate)
+    if not dry_run:
+        print(res["report"])
+
+
 def one_of(arg, alias, what: str, flag: str):
     """A positional argument that mlx-lm users may give as a flag instead."""
     if (arg is None) == (alias is None):

@@ -157,7 +157,8 @@ class LoRAConfig:
         need_int("grow.lora.final_phase_steps", self.final_phase_steps, 0)
         need_int("grow.lora.final_phase_tokens", self.final_phase_tokens, 1, optional=True)
         if not isinstance(self.phases, (list, tuple)):
-            raise UserError(f"grow.lora.phases must be a list like [{{after_stage: 1, steps: 100}}], got {self.phases!r}")
+            raise UserError(f"grow.lora.phases must be a list like [{{after_stage: 1, steps: 100}}], "
+                            f"got {self.phases!r}")
         phases = []
         for i, p in enumerate(self.phases):
             where = f"grow.lora.phases[{i}]"

@@ -336,7 +336,8 @@ def test_interleaved_lora_phase_trains_adapters_between_stages(corpus, tmp_path)
 
 def test_lora_phases_refuse_bad_plans(corpus):
     with pytest.raises(UserError, match="after_stage 3 names a stage the run does not have"):
-        plan(config(corpus, depth=2, grow={"blocks_per_stage": 1, "lora": {"phases": [{"after_stage": 3, "steps": 1}]}}))
+        plan(config(corpus, depth=2, grow={"blocks_per_stage": 1,
+                                           "lora": {"phases": [{"after_stage": 3, "steps": 1}]}}))
     with pytest.raises(UserError, match="monolithic run has none"):
         plan(config(corpus, depth=2, grow={"monolithic": True, "lora": {"phases": [{"after_stage": 1, "steps": 1}]}}))
     with pytest.raises(UserError, match="exactly one of steps or tokens"):

@@ -20,6 +20,7 @@ LAYERS = [
     {"generate"},
     {"api"},
     {"eval", "convert", "evaluate"},
+    {"reproduce"},
     {"cli"},
 ]
 

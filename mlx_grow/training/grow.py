@@ -422,7 +422,8 @@ class Grower:
         if self.use_cache:
             extra.update(prefix_cache_hits=self.pcache.hits, prefix_cache_misses=self.pcache.misses)
         val = self.evaluate_now(st, **extra)
-        self.pos.summary.append({"stage": st.index + 1, "kind": st.kind, "depth": len(self.model.layers), "active_params": self.active,
+        self.pos.summary.append({"stage": st.index + 1, "kind": st.kind, "depth": len(self.model.layers),
+                                 "active_params": self.active,
                                  "steps": self.steps_run or st.steps, "tokens": self.pos.tokens,
                                  "train_loss": self.last_loss,
                                  "val_loss": val})

@@ -125,8 +125,8 @@ def interleave(cfg: RunConfig, stages: list, phases: list) -> list:
         for p in phases:
             if p["after_stage"] == st.index + 1:
                 steps = steps_for(cfg, 0, p.get("steps"), p.get("tokens"))
-                out.append(Stage(index=0, new=0, depth=st.depth, steps=steps, lora_phase=True, between=True, grown=st.index,
-                                 train_head=g.head_trains(st.index)))
+                out.append(Stage(index=0, new=0, depth=st.depth, steps=steps, lora_phase=True, between=True,
+                                 grown=st.index, train_head=g.head_trains(st.index)))
     for i, st in enumerate(out):
         st.index = i
     return out

@@ -1,0 +1,244 @@
+"""`mlx-grow reproduce`: the papers' claims, re-run at a chosen scale.
+
+Every training run is an ordinary `grow` run under OUT/runs/KEY; its record
+(final validation loss, tokens, FLOPs, wall time, loss curve) is kept in
+OUT/records/KEY.json once it finishes, so a killed reproduction picks up at the
+first unfinished run (and that run resumes from its own checkpoint, or starts
+over in its folder). The report is rebuilt from the records at the end."""
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mlx_grow.base import UserError
+from mlx_grow.io.atomic import atomic_path
+from mlx_grow.reproduce.scales import (
+    EVAL_TASKS,
+    EXPERT_DATA,
+    estimate,
+    experiments,
+    get_scale,
+    substrate_labels,
+)
+
+MARK = "reproduce.json"
+
+
+def human_count(x: float) -> str:
+    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= div:
+            return f"{x / div:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def write_json(path: Path, obj):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+
+
+def glyph_available(font=None) -> bool:
+    from mlx_grow.substrate.glyph import find_font
+
+    try:
+        find_font(font)
+        return True
+    except (UserError, FileNotFoundError, OSError):
+        return False
+
+
+def open_out(out: Path, settings: dict):
+    """A new folder, or one this command started with the same settings."""
+    mark = out / MARK
+    if out.exists() and any(out.iterdir()):
+        if not mark.is_file():
+            raise UserError(f"{out} exists and is not a reproduction folder (no {MARK}); choose a new --out")
+        old = json.loads(mark.read_text())
+        if old.get("settings") != settings:
+            changed = sorted(k for k in set(old.get("settings", {})) | set(settings)
+                             if old.get("settings", {}).get(k) != settings.get(k))
+            raise UserError(f"{out} holds a reproduction with other settings ({', '.join(changed)} differ); "
+                            "continue it with its own settings, or choose a new --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(mark, {"settings": settings})
+
+
+def curve(run_dir: Path) -> dict:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    ev = [r for r in rows if r.get("event") == "eval"]
+    tr = [r for r in rows if r.get("event") == "train"]
+    grows = []
+    for r in rows:
+        if r.get("event") == "grow":
+            f = next((e["flops"] for e in tr if e["global_step"] >= r["global_step"]), None)
+            grows.append({"tokens": r["tokens"], "flops": f, "depth": r["depth"]})
+    return {"tokens": [r["tokens"] for r in ev], "flops": [r["flops"] for r in ev],
+            "val_loss": [r["val_loss"] for r in ev], "grows": grows,
+            "peak_mem_mb": max((r.get("peak_mem_mb") or 0 for r in tr), default=0)}
+
+
+def train_run(job, root: Path, progress: bool, echo) -> dict:
+    """Run (or resume) one experiment; return its record."""
+    from mlx_grow.training.grow import grow
+
+    part, key, label, seed, cfg = job
+    rec_path = root / "records" / f"{key}.json"
+    if rec_path.is_file():
+        return json.loads(rec_path.read_text())
+    run_dir = root / "runs" / key
+    t0 = time.perf_counter()
+    final, summary = grow(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=progress,
+                          echo=lambda *a, **k: None)
+    wall = time.perf_counter() - t0
+    c = curve(run_dir)
+    tokens = summary[-1]["tokens"]
+    rec = {"part": part, "key": key, "label": label, "seed": seed, "final": str(final),
+           "run": str(run_dir), "val_loss": summary[-1]["val_loss"], "tokens": tokens,
+           "flops": c["flops"][-1] if c["flops"] else None, "wall_s": wall, "tok_s": tokens / wall,
+           "active_params": max(s["active_params"] for s in summary), "stages": summary, "curve": c,
+           "depth": cfg.depth, "substrate": cfg.model.substrate.kind}
+    write_json(rec_path, rec)
+    echo(f"  {key}: validation loss {rec['val_loss']:.4f} after {tokens:,} tokens, {wall:.0f} s")
+    return rec
+
+
+def bytes_per_token(cfg) -> float:
+    """UTF-8 bytes per validation target token of `cfg`'s data (for bits per byte)."""
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cfg.tokenizer)
+    t = cfg.train
+    batches = open_stream(cfg.data, tok, t.seq_len, t.batch_size, 0, progress=False).val_batches(t.val_batches)
+    ys = np.concatenate([np.asarray(b)[:, 1:].reshape(-1) for b in batches])
+    ids, counts = np.unique(ys, return_counts=True)
+    n_bytes = sum(len(tok.decode([int(i)]).encode("utf-8")) * int(c) for i, c in zip(ids, counts))
+    return n_bytes / len(ys)
+
+
+def composition(s, root: Path, expert_recs: list, sources, progress: bool, echo) -> dict:
+    """Part 4: each expert, the training-free combiners and a tuned merge, scored per domain."""
+    from mlx_grow.merge import compare, merge
+
+    path = root / "records" / "composition.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    dirs = [r["final"] for r in expert_recs]
+    tuned = root / "runs" / "merged-tuned"
+    t0 = time.perf_counter()
+    if not (tuned / "mlx_grow.json").is_file():
+        merge(dirs, tuned, combiner="mean-logits", overwrite=tuned.exists(), progress=progress, echo=echo,
+              tune={"part": "all", "steps": s.tune_steps, "lr": s.lr / 2, "batch_size": s.batch, "seq_len": s.seq,
+                    "data": list(sources)})
+    tune_s = time.perf_counter() - t0
+    table = compare(dirs, list(sources), merged=[tuned], seq_len=s.seq, batches=s.val_batches, batch_size=s.batch)
+    names = list(table)
+    rename = {names[0]: "expert 1", names[1]: "expert 2", f"merged:{tuned.name}": "mean-logits + tune (all)"}
+    rec = {"sources": list(sources), "tune_steps": s.tune_steps, "tune_s": tune_s,
+           "rows": {rename.get(k, k): v for k, v in table.items()}}
+    write_json(path, rec)
+    return rec
+
+
+def depth_scores(s, root: Path, run_dir: str, tasks, echo) -> dict:
+    """Part 5: the log-likelihood benchmarks on every stage of one grown run."""
+    from mlx_grow.eval import tasks as T
+    from mlx_grow.eval.runner import run_eval
+
+    path = root / "records" / "depth.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    try:
+        loaded = [T.load_task(t, s.eval_limit) for t in tasks]
+    except (FileNotFoundError, UserError) as e:
+        echo(f"  skipped: {e}")
+        return {"skipped": str(e)}  # not stored: a later run with the data installed scores it
+    chance = {t.name: float(np.mean([1 / len(it.choices) for it in t.items])) if t.kind == "choice" else None
+              for t in loaded}
+    t0 = time.perf_counter()
+    rep = run_eval([run_dir], tasks, protocol="loglik", limit=s.eval_limit)
+    depth = {m["name"]: m["depth"] for m in rep["models"] if not m.get("final")}
+    rows = {}
+    for r in rep["results"]:
+        if r["model"] in depth:
+            rows.setdefault(depth[r["model"]], {})[r["task"]] = r["metrics"]
+    rec = {"run": run_dir, "limit": s.eval_limit, "chance": chance, "items": {t.name: len(t.items) for t in loaded},
+           "by_depth": {str(d): rows[d] for d in sorted(rows)}, "wall_s": time.perf_counter() - t0}
+    write_json(path, rec)
+    return rec
+
+
+def machine() -> dict:
+    import os
+
+    import mlx.core as mx
+
+    from mlx_grow.backend import loaded
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "mlx": mx.__version__,
+            "cpus": os.cpu_count(), "device": str(mx.default_device()), "blas": loaded.get("library") or "bundled"}
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
+
+
+def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, report=None, font=None,
+              dry_run=False, progress=True, echo=print, command=None, substrates=None) -> dict:
+    """Run every part at `scale`; write OUT/results.json and the report (default
+    OUT/reproduction.md, its plots in a folder beside it). Returns the results."""
+    from mlx_grow.reproduce.report import write_report
+
+    s = get_scale(scale)
+    experts = tuple(experts or EXPERT_DATA)
+    if len(experts) != 2:
+        raise UserError(f"--experts takes two data sources, got {len(experts)}")
+    tasks = tuple(tasks or EVAL_TASKS)
+    glyph = glyph_available(font)
+    subs = substrate_labels(substrates) if substrates else None
+    jobs = experiments(s, data, experts, glyph, font, subs)
+    est = estimate(s, jobs)
+    echo(f"reproduce --scale {s.name}: {est['runs']} training runs + a tuned merge, {human_count(est['tokens'])} "
+         f"tokens, {human_count(est['flops'])}FLOPs of training, predicted peak memory "
+         f"{est['peak_bytes'] / 2**30:.2f} GiB (one run at a time); needs {est['hardware']}")
+    if not glyph:
+        echo("no font for the glyph substrate (apt-get install fonts-unifont, or --font FILE): part 1 runs without it")
+    if dry_run:
+        return {"estimate": est}
+    out = Path(out or f"reproduce-{s.name}")
+    settings = {"scale": s.to_dict(), "data": list(data or []), "experts": list(experts), "tasks": list(tasks),
+                "glyph": glyph, "substrates": subs}
+    open_out(out, settings)
+    t0 = time.perf_counter()
+    recs = []
+    for i, job in enumerate(jobs):
+        echo(f"[{i + 1}/{len(jobs)}] part {job[0]}: {job[2]}" + (f" (seed {job[3]})" if job[0] == 2 else ""))
+        recs.append(train_run(job, out, progress, echo))
+    bpt = {}
+    for job, rec in zip(jobs, recs):
+        if job[0] == 1:
+            key = json.dumps(job[4].to_dict()["data"], sort_keys=True)
+            if key not in bpt:
+                bpt[key] = bytes_per_token(job[4])
+            rec["bits_per_byte"] = rec["val_loss"] / math.log(2) / bpt[key]
+            rec["bytes_per_token"] = bpt[key]
+    echo("part 4: merging the experts")
+    comp = composition(s, out, [r for r in recs if r["part"] == 4], experts, progress, echo)
+    echo("part 5: benchmarks on every grown stage")
+    grown0 = next(r for r in recs if r["key"] == "grown-s0")
+    depth = depth_scores(s, out, grown0["run"], tasks, echo)
+    results = {"scale": s.to_dict(), "estimate": est, "machine": machine(), "runs": recs, "composition": comp,
+               "depth": depth, "wall_s": time.perf_counter() - t0,
+               "work_s": sum(r["wall_s"] for r in recs) + comp.get("tune_s", 0) + depth.get("wall_s", 0),
+               "command": command or f"mlx-grow reproduce --scale {s.name}",
+               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    write_json(out / "results.json", results)
+    md = write_report(results, Path(report) if report else out / "reproduction.md")
+    echo(f"report: {md}")
+    results["report"] = str(md)
+    return results
