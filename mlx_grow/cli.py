@@ -323,6 +323,9 @@ def grow_cmd(
     data: Optional[List[str]] = typer.Option(None, "--data", help="Data source (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory"),
     resume: Optional[Path] = typer.Option(None, help="Resume this run directory"),
+    from_: Optional[Path] = typer.Option(None, "--from", help="Grow this model directory further (a finished "
+                                         "run's final/, an imported model): its blocks stay frozen and the stages "
+                                         "add new ones up to --depth"),
     monolithic: Optional[bool] = typer.Option(None, "--monolithic/--no-monolithic",
                                               help="Train all blocks at once (baseline)"),
     seed: Optional[int] = typer.Option(None, help="Seed for init and data order (train.seed; default 0)"),
@@ -365,6 +368,7 @@ def grow_cmd(
         given = [f"--{k}" for k, v in (("config", config), ("out", out)) if v is not None]
         given += [f"{section}.{key}" for section, kv in flags.items() for key, v in kv.items() if v is not None]
         given += ["--lora-phase"] if phases is not None else []
+        given += ["--from"] if from_ is not None else []
         if given:
             raise UserError(f"--resume continues {resume} with the config it was started with; these flags would "
                             f"change it: {', '.join(given)}. Resume without them, or start a new run with --out")
@@ -375,11 +379,17 @@ def grow_cmd(
         cfg = load_config(config or "tiny")
         if phases is not None:
             flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
+        if from_ is not None:  # the stages add depth minus the source's blocks (RunConfig.base)
+            from mlx_grow.training.source import source_depth
+
+            cfg.base = source_depth(from_)
         cfg.override(**flags)
+        cfg.validate()
         if out is None:
             out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
     try:
-        final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart)
+        final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart,
+                              from_dir=from_)
     except (TrainingDiverged, CheckpointWriteError) as e:  # NaN loss; disk full while saving
         fail(str(e), code=FAILED)
     except KeyboardInterrupt:

@@ -265,17 +265,24 @@ class GrowConfig:
             return bool(per_stage(self.train_head, k))
         return k == 0 or bool(self.train_head)
 
-    def sizes(self, depth: int) -> list:
-        """New blocks per growth stage; they must add up to `depth`."""
+    def sizes(self, depth: int, base: int = 0) -> list:
+        """New blocks per growth stage; they must add up to `depth` - `base`
+        (`base`: the blocks of a model grown further with --from)."""
+        new = depth - base
         if self.stages:
-            if sum(self.stages) != depth:
+            if sum(self.stages) != new:
+                if base:
+                    raise UserError(
+                        f"grow.stages {self.stages} add up to {sum(self.stages)} new blocks, but growing the "
+                        f"{base}-block model (--from) to depth {depth} adds {new}: list only the new blocks "
+                        f"(e.g. --stages {new})")
                 raise UserError(
                     f"grow.stages {self.stages} add up to {sum(self.stages)} blocks but the depth is {depth} "
                     "(model.num_hidden_layers, or --depth): make the stage list reach the depth "
                     "(e.g. --stages 3,3,3,3,4 for 16)")
             return list(self.stages)
         k = self.blocks_per_stage
-        return [k] * (depth // k) + ([depth % k] if depth % k else [])
+        return [k] * (new // k) + ([new % k] if new % k else [])
 
 
 @dataclass
@@ -288,6 +295,10 @@ class RunConfig:
     grow: GrowConfig = field(default_factory=GrowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     path: str = ""
+    # Blocks of the model a run grows further (`grow --from`; 0: a fresh model). Not a
+    # config key: it comes from the source model (run.json's `from` on resume), and
+    # the plan grows model.num_hidden_layers - base new blocks on top of it.
+    base: int = 0
 
     def __post_init__(self):
         # Sections may come as mappings (from YAML, JSON or Python): parse each once.
@@ -317,8 +328,9 @@ class RunConfig:
         self.validate()
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "RunConfig":
-        """Parse and validate every section; errors name the file and the key."""
+    def from_dict(cls, d: dict, where: str = "config", base: int = 0) -> "RunConfig":
+        """Parse and validate every section; errors name the file and the key.
+        `base`: see RunConfig.base."""
         if not isinstance(d, dict):
             raise UserError(f"{where} must hold a mapping with sections {', '.join(SECTIONS)}")
         unknown = sorted(set(d) - set(SECTIONS))
@@ -329,7 +341,7 @@ class RunConfig:
                 if d.get(key) is not None and not isinstance(d[key], dict):
                     raise UserError(f"section {key} must be a mapping, got {d[key]!r}")
             return cls(model=dict(d.get("model") or {}), data=dict(d.get("data") or {}),
-                       grow=dict(d.get("grow") or {}), train=dict(d.get("train") or {}),
+                       grow=dict(d.get("grow") or {}), train=dict(d.get("train") or {}), base=base,
                        **{k: d[k] for k in ("tokenizer", "name", "description") if d.get(k) is not None})
         except (UserError, ValueError, TypeError) as e:
             raise UserError(f"{where}: {e}") from None
@@ -340,7 +352,16 @@ class RunConfig:
             if not isinstance(getattr(self, key), str):
                 raise UserError(f"{key} must be a string, got {getattr(self, key)!r}")
         need_int("model.num_hidden_layers", self.model.num_hidden_layers, 1)
-        self.grow.sizes(self.depth)
+        need_int("base", self.base, 0)
+        if self.base:
+            if self.depth <= self.base:
+                raise UserError(f"the depth {self.depth} (model.num_hidden_layers, or --depth) is not above the "
+                                f"{self.base} blocks of the model it grows from (--from): give a depth above "
+                                f"{self.base}")
+            if self.grow.monolithic:
+                raise UserError("grow.monolithic trains every block from scratch, so it cannot start from an "
+                                "existing model (--from): drop --monolithic, or drop --from for the baseline")
+        self.grow.sizes(self.depth, self.base)
         if self.train.seq_len > self.model.max_position_embeddings:
             raise UserError(f"train.seq_len {self.train.seq_len} exceeds the model context "
                             f"model.max_position_embeddings {self.model.max_position_embeddings}")
@@ -367,7 +388,7 @@ class RunConfig:
                     d[section][key] = value
                     changed.append(f"{section}.{key}")
         if changed:
-            new = RunConfig.from_dict(d, where="the command-line flags")
+            new = RunConfig.from_dict(d, where="the command-line flags", base=self.base)
             new.path = self.path
             self.__dict__.update(new.__dict__)
         return changed

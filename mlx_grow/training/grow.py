@@ -1,12 +1,15 @@
 """Layer-wise growth: train a few blocks + head, freeze them, stack new blocks,
 train only the newest (+ head), optionally with LoRA phases over the frozen
-blocks; or a monolithic baseline on the same token stream.
+blocks; or a monolithic baseline on the same token stream. With `from_dir`
+(`grow --from`) the run starts from an existing model's frozen blocks instead
+(training/source.py).
 
 The run is a sequence of named steps: `start_stage` (grow, adapters, trainable
 set, a fresh compiled step), `train_step`, `evaluate_now` + `plateaued`,
 `restart_lora`, `save_checkpoint` (or explain why it could not), `end_stage`.
 """
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from mlx_grow.training.params import human
 from mlx_grow.training.prefix_cache import PrefixCache
 from mlx_grow.training.runs import Run, load_checkpoint, remove_stale_temp
 from mlx_grow.training.schedule import Stage, plan
+from mlx_grow.training.source import check_source
 from mlx_grow.training.step import Stepper, check_finite, evaluate, split_xy
 
 
@@ -187,12 +191,12 @@ class Progress:
 class Grower:
     """One run of a growth (or monolithic) schedule; `run()` returns the final model dir."""
 
-    def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print, restart=False):
+    def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print, restart=False,
+                 from_dir=None):
         self.cfg, self.out, self.resume, self.restart = cfg, Path(out), resume, restart
         self.on_step, self.show_progress = on_step, progress
         self.t, self.g, self.args = cfg.train, cfg.grow, cfg.model
         self.seed = self.t.seed
-        self.stages = plan(cfg)
         self.group = mx.distributed.init()
         self.world, self.rank = self.group.size(), self.group.rank()
         self.say = echo if self.rank == 0 else (lambda *a, **k: None)
@@ -206,17 +210,59 @@ class Grower:
         if self.tok.vocab_size != self.args.vocab_size:
             raise UserError(f"tokenizer {cfg.tokenizer} has {self.tok.vocab_size} ids but model.vocab_size is "
                             f"{self.args.vocab_size}: make them equal")
+        self.source, self.source_model = self.open_source(from_dir)
+        self.base = self.source["depth"] if self.source else 0
+        if self.base or cfg.base:  # the plan grows depth - base blocks on top of the source's
+            cfg.base = self.base
+            cfg.validate()
+        self.stages = plan(cfg)
         self.pcache = PrefixCache(self.g.prefix_cache_mb) if self.g.prefix_cache else None
         self.val_batches = None
         self.first_data = None  # the first stage's batches, opened while checking the data
         self.prev = None  # the last stage's Stepper, for carry_optimizer
+
+    def open_source(self, from_dir):
+        """(record, model) of the model this run grows further (`--from`), or (None, None).
+        A new run checks and loads it here, before anything is written; a resume takes
+        the record from run.json and loads the model only when it has no checkpoint yet."""
+        if self.resume:
+            if from_dir is not None:
+                raise UserError(f"--resume continues {self.out} from the model it was started from (run.json "
+                                "`from`); resume without --from")
+            try:
+                return json.loads((self.out / "run.json").read_text()).get("from"), None
+            except (OSError, ValueError, AttributeError):  # missing or damaged: Run.check says so
+                return None, None
+        if from_dir is None:
+            return None, None
+        return check_source(from_dir, self.cfg, self.tok)
+
+    def load_source(self) -> Model:
+        """The source model, for a run (or a resume) that starts at step 0. Its blocks
+        stay frozen (every stage's first trainable block is above them). What data
+        it was trained on, and how far it read, is not known: the new stages read the
+        config's data stream from its start (no reads yet), as a fresh run would, and
+        the new blocks take block_seed(seed, stage) as in any run."""
+        model, self.source_model = self.source_model, None
+        if model is None:  # a resume before the first checkpoint: the source must be as it was
+            record, model = check_source(self.source["path"], self.cfg, self.tok)
+            if record["weights_sha256"] != self.source["weights_sha256"]:
+                raise UserError(f"cannot resume {self.out}: the model it grows from, {self.source['path']}, changed "
+                                "since the run started (its weights differ from run.json `from`); restore it, or "
+                                "start a new run with --out")
+        model.set_dtype(mx.float32)  # as a fresh model; exact from bfloat16 / float16
+        return model
+
+    def lineage(self, **record) -> dict:
+        """A saved model's lineage: this run's record, and the model it grew from."""
+        return {**record, **({"from": self.source} if self.source else {})}
 
     # --- the run ---
 
     def run(self):
         run = self.run_dir = Run(self.out, self.rank)
         record = {**self.cfg.to_dict(), "seed": self.seed, "depth": self.cfg.depth}
-        fps = {"tokenizer": self.tok.fingerprint}
+        fps = {"tokenizer": self.tok.fingerprint, **({"from": self.source} if self.source else {})}
         # Everything is checked before the first write, so a bad input leaves no run behind.
         run.check(record, fps, self.resume)
         if self.resume and (done := self.finished()) is not None:
@@ -232,9 +278,12 @@ class Grower:
             run.truncate_metrics(state["global_step"])
             self.say(f"resuming from {ckpt} (stage {state['stage'] + 1}, step {state['step']})")
         else:
+            if self.source:  # the source's blocks, all frozen; the stages add blocks on top
+                self.model = self.load_source()
+            else:
+                self.model = build_model(self.args, self.tok, self.stages[0].new, self.seed)
             if self.resume:  # no checkpoint yet: start over in the same folder
                 run.truncate_metrics(0)
-            self.model = build_model(self.args, self.tok, self.stages[0].new, self.seed)
         self.cast()
         self.pos = Progress(**{k: v for k, v in (state or {}).items() if k in Progress.__dataclass_fields__})
         if state is not None and "reads" not in state:
@@ -283,7 +332,7 @@ class Grower:
         model, pos = self.model, self.pos
         if not resumed:
             pos.step, pos.plateau = 0, [math.inf, 0]
-            if st.index > 0 and st.new:
+            if st.new and (st.index > 0 or self.base):  # a fresh model is built with stage 1's blocks
                 model.add_blocks(st.new, self.g.block_init, seed=block_seed(self.seed, st.grown))
                 maybe_fail("grow", st.index + 1)
                 self.run_dir.log({"event": "grow", "global_step": pos.global_step, "stage": st.index + 1,
@@ -405,8 +454,8 @@ class Grower:
         pos, run = self.pos, self.run_dir
         state = {"stage": st.index, "step": pos.step, "global_step": pos.global_step, "tokens": pos.tokens,
                  "flops": pos.flops, "lora": L.lora_structure(self.model), "plateau": pos.plateau, "reads": pos.reads,
-                 "summary": pos.summary, "lineage": {"run": str(self.out), "stage": st.index + 1,
-                                                     "step": pos.global_step}}
+                 "summary": pos.summary, "lineage": self.lineage(run=str(self.out), stage=st.index + 1,
+                                                             step=pos.global_step)}
         try:
             run.save_checkpoint(self.model, self.tok_out, self.stepper, state, self.t.keep_checkpoints)
         except OSError as e:
@@ -429,8 +478,9 @@ class Grower:
                                  "val_loss": val})
         if self.rank == 0:
             save_model(self.model, self.run_dir.stage_dir(st.index), self.tok_out, overwrite=True,
-                       meta={"lineage": {"run": str(self.out), "stage": st.index + 1,
-                                         "summary": self.pos.summary[-1]}, "separator": self.cfg.data.separator})
+                       meta={"lineage": self.lineage(run=str(self.out), stage=st.index + 1,
+                                                     summary=self.pos.summary[-1]),
+                             "separator": self.cfg.data.separator})
         self.prev = self.stepper
         self.say(f"{self.label} done: validation loss {val:.4f}")
 
@@ -441,21 +491,23 @@ class Grower:
 
             self.model.set_dtype(mx.float32)
             save_model(self.model, final_dir, self.tok_out, overwrite=True,
-                       meta={"lineage": {"run": str(self.out), "stage": len(self.stages),
-                                         "summary": self.pos.summary}, "seed": self.seed,
+                       meta={"lineage": self.lineage(run=str(self.out), stage=len(self.stages),
+                                                     summary=self.pos.summary), "seed": self.seed,
                              "separator": self.cfg.data.separator})
             plot_run(self.run_dir.root)
         return final_dir, self.pos.summary
 
 
 def grow(config: RunConfig, out, resume: bool = False, seed: int | None = None, progress: bool = True,
-         on_step=None, echo=print, restart: bool = False):
+         on_step=None, echo=print, restart: bool = False, from_dir=None):
     """Run a growth (or monolithic) schedule; return (final model directory, stage summary).
     `seed` overrides train.seed; `on_step(global_step, model)` observes each step. A
-    resume whose every checkpoint is damaged stops unless `restart` (start over at step 0)."""
+    resume whose every checkpoint is damaged stops unless `restart` (start over at step 0).
+    `from_dir`: grow this model directory further (`--from`; training/source.py): its
+    blocks stay frozen and the stages add model.num_hidden_layers minus its depth."""
     if seed is not None:
         config.override(train={"seed": int(seed)})
-    return Grower(config, out, resume, progress, on_step, echo, restart).run()
+    return Grower(config, out, resume, progress, on_step, echo, restart, from_dir).run()
 
 
 def barrier(group):

@@ -1,7 +1,8 @@
 """Run directories: run.json, metrics.jsonl, resumable checkpoints, stage models.
 
 RUN/
-  run.json                 config, tokenizer and substrate fingerprints
+  run.json                 config, tokenizer and substrate fingerprints; `from`: the model a
+                           `grow --from` run grows further (training/source.py)
   metrics.jsonl            one JSON object per logged step / evaluation / event
   loss.png                 the loss plot
   checkpoints/step-000500  model + optimizer.safetensors + trainer.json (atomic)
@@ -70,13 +71,17 @@ class Run:
                     f"{self.root} already holds a run; continue it with --resume {self.root} "
                     "or choose another --out"
                 )
+            if old.get("from") != record.get("from"):
+                raise UserError(f"cannot resume {self.root}: it grows a different model than this run would "
+                                f"(run.json `from` {(old.get('from') or {}).get('path')} vs "
+                                f"{(record.get('from') or {}).get('path')})")
             for key in ("tokenizer", "substrate"):
                 if old.get(key) != record.get(key):
                     raise UserError(
                         f"cannot resume {self.root}: its {key} fingerprint differs from this config's "
                         f"({old.get(key)} vs {record.get(key)})"
                     )
-            before = normalized(old["config"])
+            before = normalized(old["config"], base_of(old))
             if before != config:
                 diff = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
                 raise UserError(
@@ -182,31 +187,37 @@ def read_run_config(root):
     if not f.exists():
         raise FileNotFoundError(f"nothing to resume: {f} does not exist")
     try:
-        record = dict(json.loads(f.read_text())["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        run = json.loads(f.read_text())
+        record, base = dict(run["config"]), base_of(run)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{f} is damaged ({e}); it cannot be resumed") from None
-    return config_from_record(record, str(f))
+    return config_from_record(record, str(f), base)
 
 
-def config_from_record(record: dict, where: str):
+def base_of(run: dict) -> int:
+    """The depth of the model a run grows further (run.json `from`; 0: none)."""
+    return int((run.get("from") or {}).get("depth") or 0)
+
+
+def config_from_record(record: dict, where: str, base: int = 0):
     """The RunConfig of a run.json config record; runs written before the seed
-    lived in train.seed keep it at the top level."""
+    lived in train.seed keep it at the top level. `base`: see RunConfig.base."""
     from mlx_grow.config import RunConfig
 
     cfg = dict(record)
     seed = cfg.pop("seed", None)
     cfg.pop("depth", None)
-    config = RunConfig.from_dict(cfg, where=where)
+    config = RunConfig.from_dict(cfg, where=where, base=base)
     if seed is not None and config.train.seed != seed:
         config.override(train={"seed": seed})
     return config
 
 
-def normalized(record: dict) -> dict:
+def normalized(record: dict, base: int = 0) -> dict:
     """A run.json config record as this version writes it (older runs kept only
     the keys their YAML gave)."""
     try:
-        config = config_from_record(record, "run.json")
+        config = config_from_record(record, "run.json", base)
     except ValueError:
         return record
     return {**config.to_dict(), "seed": config.train.seed, "depth": config.depth}

@@ -73,17 +73,29 @@ def lora_rank(cfg: RunConfig, st: Stage) -> int:
     return rank_for_budget(args, frozen, lcfg.targets, lcfg.budget, base)
 
 
-def plan(cfg: RunConfig) -> list:
-    """The stages `grow` runs for `cfg`, in order, LoRA phases included."""
+def plan(cfg: RunConfig, base: int | None = None) -> list:
+    """The stages `grow` runs for `cfg`, in order, LoRA phases included.
+
+    `base` (default `cfg.base`): the blocks of an existing model the run grows
+    further (`grow --from`). They stay frozen; the stages add the other
+    depth - base blocks on top (stage depths are base + the blocks added so far),
+    and the first stage grows too. Everything else reads as for a fresh run:
+    stage numbers, per-stage lists, LoRA phases and the head count this run's
+    stages from 1. The substrate of an existing model is not retrained
+    (grow.train_substrate_first applies to fresh models only)."""
     g = cfg.grow
     depth = cfg.depth
-    sizes = g.sizes(depth)
-    stages, built = [], 0
+    base = cfg.base if base is None else base
+    if base and g.monolithic:
+        raise UserError("grow.monolithic trains every block from scratch, so it cannot start from an existing "
+                        "model (--from)")
+    sizes = g.sizes(depth, base)
+    stages, built = [], base
     for k, n in enumerate(sizes):
         built += n
         stages.append(Stage(index=k, new=n, depth=built, steps=steps_for(cfg, k, g.steps_per_stage, g.tokens_per_stage),
                             train_head=g.head_trains(k),
-                            train_substrate=g.train_substrate_first and k == 0,
+                            train_substrate=g.train_substrate_first and k == 0 and not base,
                             train_all=g.train_all_last and k == len(sizes) - 1))
     if g.monolithic:  # one stage: every block from scratch, walking the grown run's streams in order
         stages = [Stage(index=0, new=depth, depth=depth, steps=sum(s.steps for s in stages), train_all=True,

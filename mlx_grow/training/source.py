@@ -1,0 +1,114 @@
+"""The model a run grows further (`mlx-grow grow --from MODEL`): the checks that
+it fits the config, and the record of it that run.json and every saved model's
+lineage keep.
+
+MODEL must be a single model directory (a grow run's stage or final dir, an
+imported or converted one) whose architecture is the config's in everything but
+the depth, on the same substrate table and the same tokenizer vocabulary.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from mlx_grow.base import UserError
+from mlx_grow.checkpoint import WEIGHTS, build_model, load_args, open_model_dir, read_weights
+from mlx_grow.io import sha256_file
+from mlx_grow.substrate.tables import build_table, fingerprint
+from mlx_grow.tokenizer import load_tokenizer
+
+# ModelArgs fields that may differ between MODEL and the config: the depth is what grows, and
+# the substrate is compared by its fingerprint (recipe + table) and the fields below.
+SUBSTRATE_FIELDS = ("expansion", "trainable")
+
+
+def source_depth(path) -> int:
+    """The number of blocks of the model at `path` (its config.json)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--from {path}: no such model directory")
+    return load_args(path).num_hidden_layers
+
+
+def describe(fp) -> str:
+    """A substrate fingerprint (or recipe) in a few words: `binary(bits=16, order=msb) [65536, 16] (sha256 1a2b3c4d5e6f…)`."""
+    if not isinstance(fp, dict):
+        return "(none recorded)"
+    recipe = ", ".join(f"{k}={v}" for k, v in fp.items() if k not in ("kind", "shape", "sha256"))
+    if "sha256" not in fp:  # a recipe alone
+        return f"{fp.get('kind')}({recipe})"
+    return f"{fp.get('kind')}({recipe}) {fp.get('shape')} (sha256 {str(fp.get('sha256'))[:12]}…)"
+
+
+def weights_digest(path: Path, meta: dict) -> str:
+    """One sha256 of the model's weight files (model.safetensors, or its shards and index)."""
+    files = sorted(f.name for f in path.iterdir() if f.is_file() and f.name.startswith("model")
+                   and f.name.endswith((".safetensors", ".safetensors.index.json")))
+    if not files:
+        raise UserError(f"--from {path} has no {WEIGHTS}: not a model directory")
+    known = meta.get("files") or {}
+    digests = {name: known.get(name) or sha256_file(path / name) for name in files}
+    if files == [WEIGHTS]:
+        return digests[WEIGHTS]
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+def config_substrate(cfg, tok):
+    """The fingerprint of the substrate table the config builds (as grow's build_model does)."""
+    a = cfg.model
+    strings = tok.token_strings() if a.substrate.kind == "glyph" and not a.substrate.path else None
+    return fingerprint(a.substrate, build_table(a.substrate, a.vocab_size, a.hidden_size, strings))
+
+
+def check_source(path, cfg, tok):
+    """(record, model): MODEL at `path` checked against the config `cfg` and its
+    tokenizer `tok` (every file against its checksum, the depth, the architecture,
+    the substrate, the tokenizer), and loaded. Each refusal names both sides.
+    The record goes into run.json (`from`) and every saved model's lineage."""
+    path = Path(path)
+    depth = source_depth(path)
+    if cfg.depth <= depth:
+        raise UserError(f"--from {path} has {depth} blocks, and the depth {cfg.depth} (model.num_hidden_layers, "
+                        f"or --depth) is not above it: give a depth above {depth}")
+    meta = open_model_dir(path, what="--from model")
+    if "experts" in meta:
+        raise UserError(f"--from {path} is a merged model (experts); growing needs a single model directory")
+    args = load_args(path)
+    ours, theirs = cfg.model.to_dict(), args.to_dict()
+    diffs = [f"{k} is {theirs.get(k)!r} in {path} but {ours[k]!r} in the config"
+             for k in ours if k not in ("num_hidden_layers", "substrate") and ours[k] != theirs.get(k)]
+    diffs += [f"substrate.{k} is {theirs['substrate'].get(k)!r} in {path} but {ours['substrate'][k]!r} in the config"
+              for k in SUBSTRATE_FIELDS if ours["substrate"][k] != theirs["substrate"].get(k)]
+    if diffs:
+        raise UserError(f"--from {path} does not have the config's architecture (the model section must match it "
+                        f"in everything but num_hidden_layers): {'; '.join(diffs)}")
+    weights = read_weights(path)
+    have = meta.get("substrate")
+    if not isinstance(have, dict):  # a directory without mlx_grow.json: the fingerprint of its own table
+        table = weights.get("substrate.table")
+        have = fingerprint(args.substrate, table) if table is not None else None
+    recipe = cfg.model.substrate.recipe()
+    if isinstance(have, dict) and {k: v for k, v in have.items() if k not in ("shape", "sha256")} != recipe:
+        want = recipe  # another recipe: no need to build the config's table to tell
+    else:
+        want = config_substrate(cfg, tok)
+    if have != want:
+        raise UserError(f"--from {path} has substrate {describe(have)} but the config builds {describe(want)}: "
+                        "a model grows only on the substrate it was trained on; set model.substrate to its recipe "
+                        "(or substrate.path to its table)")
+    if not (path / "tokenizer.json").is_file():
+        raise UserError(f"--from {path} has no tokenizer.json, so its vocabulary cannot be checked against the "
+                        f"config's tokenizer {cfg.tokenizer}; re-import it with --tokenizer")
+    # Compare the vocabularies and their encoding, not the prompt-start post-processor a saved
+    # model adds (training data never uses it, and each run records its own).
+    theirs_tok = load_tokenizer(str(path)).with_prompt_start(None).fingerprint
+    ours_tok = tok.with_prompt_start(None).fingerprint
+    if theirs_tok != ours_tok:
+        raise UserError(f"--from {path} has tokenizer {theirs_tok[:12]}… but the config's tokenizer "
+                        f"{cfg.tokenizer} is {ours_tok[:12]}… (sha256 of tokenizer.json without its post-processor): "
+                        "grow with the tokenizer the model was trained with")
+    model = build_model(args, weights, path)
+    record = {"path": str(path.resolve()), "depth": depth, "substrate": have, "tokenizer": theirs_tok,
+              "weights_sha256": weights_digest(path, meta), "lineage": meta.get("lineage"),
+              **({"converted_from": meta["converted_from"]} if meta.get("converted_from") else {})}
+    return record, model

@@ -1,0 +1,218 @@
+"""Growing an existing model further: `grow --from MODEL` (training/source.py)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from helpers import kjv_slice, weights
+from typer.testing import CliRunner
+
+from mlx_grow.base import UserError
+from mlx_grow.checkpoint import load_model, read_meta
+from mlx_grow.config import RunConfig
+from mlx_grow.model import ModelArgs
+from mlx_grow.training.grow import grow
+from mlx_grow.training.schedule import plan
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return str(kjv_slice(tmp_path_factory.mktemp("corpus") / "kjv.txt"))
+
+
+def config(corpus, depth=4, grow=None, train=None, tokenizer="bvv241-2-3", **model):
+    m = dict(vocab_size=65536, hidden_size=32, num_hidden_layers=depth, num_attention_heads=2,
+             max_position_embeddings=32, substrate={"kind": "binary", "bits": 16})
+    m.update(model)
+    g = {"blocks_per_stage": 1, "steps_per_stage": 3}
+    g.update(grow or {})
+    t = {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 1, "eval_every": 0,
+         "val_batches": 1, "checkpoint_every": 0, "log_every": 1}
+    t.update(train or {})
+    return RunConfig(model=ModelArgs.from_dict(m), tokenizer=tokenizer, name="t",
+                     data={"sources": [corpus]}, grow=g, train=t)
+
+
+def run(cfg, out, **kw):
+    return grow(cfg, out, progress=False, echo=lambda *a, **k: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def source(corpus, tmp_path_factory):
+    """A finished 2-block model: the thing grown further."""
+    out = tmp_path_factory.mktemp("src") / "run"
+    final, _ = run(config(corpus, depth=2, grow={"blocks_per_stage": 2, "steps_per_stage": 4}), out)
+    return final
+
+
+@pytest.fixture(scope="module")
+def grown(corpus, source, tmp_path_factory):
+    """The source grown to 4 blocks in two stages of one block."""
+    out = tmp_path_factory.mktemp("grown") / "run"
+    final, summary = run(config(corpus), out, from_dir=source)
+    return out, final, summary
+
+
+def test_plan_with_a_base_grows_on_top():
+    def cfg(depth, **grow):
+        return RunConfig(model={"num_hidden_layers": depth, "hidden_size": 32, "num_attention_heads": 2},
+                         grow={"steps_per_stage": 2, **grow})
+
+    assert [(s.new, s.depth, s.first_trainable) for s in plan(cfg(16, blocks_per_stage=3), base=9)] == [
+        (3, 12, 9), (3, 15, 12), (1, 16, 15)]
+    phased = cfg(4, blocks_per_stage=1, lora={"rank": 2, "phases": [{"after_stage": 1, "steps": 1}],
+                                              "final_phase_steps": 1})
+    assert [(s.kind, s.depth, s.lora_rank) for s in plan(phased, base=2)] == [
+        ("grow", 3, 0), ("lora", 3, 2), ("grow", 4, 0), ("lora", 4, 2)]
+    lora = cfg(4, blocks_per_stage=1, lora={"rank": 2, "from_depth": 3})  # adapters on the frozen source blocks
+    assert [s.lora_rank for s in plan(lora, base=2)] == [2, 2]
+    explicit = RunConfig(model={"num_hidden_layers": 16, "hidden_size": 32, "num_attention_heads": 2},
+                         grow={"stages": [3, 4], "steps_per_stage": 2}, base=9)
+    assert [s.depth for s in plan(explicit)] == [12, 16]
+    with pytest.raises(UserError, match=r"add up to 7 new blocks, but growing the 9-block model \(--from\) to "
+                                        r"depth 13 adds 4"):
+        explicit.override(model={"num_hidden_layers": 13})
+    with pytest.raises(UserError, match="is not above the 4 blocks"):
+        RunConfig(model={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2}, base=4)
+    with pytest.raises(UserError, match="monolithic"):
+        RunConfig(model={"num_hidden_layers": 6, "hidden_size": 32, "num_attention_heads": 2},
+                  grow={"monolithic": True, "blocks_per_stage": 3}, base=3)
+
+
+def test_grow_from_keeps_the_source_frozen_and_records_it(source, grown):
+    out, final, summary = grown
+    src, end = weights(source), weights(final)
+    assert len(load_model(final).layers) == 4
+    for k, v in src.items():
+        if k.startswith(("layers.0.", "layers.1.", "substrate.")):
+            assert np.array_equal(v, end[k]), f"{k} moved, but the source's blocks are frozen"
+        else:  # the head and final norm go on training
+            assert not np.array_equal(v, end[k]), k
+    assert [(s["depth"], s["kind"]) for s in summary] == [(3, "grow"), (4, "grow")]
+    record = json.loads((out / "run.json").read_text())["from"]
+    assert record["path"] == str(source.resolve()) and record["depth"] == 2
+    assert record["substrate"] == read_meta(source)["substrate"]
+    assert record["weights_sha256"] == read_meta(source)["files"]["model.safetensors"]
+    assert record["lineage"]["run"] == str(source.parent)  # the source's own lineage comes along
+    for d in (final, out / "stage-01", out / "stage-02"):
+        assert read_meta(d)["lineage"]["from"] == record
+    grows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["event"] == "grow"]
+    assert [(r["stage"], r["depth"]) for r in grows] == [(1, 3), (2, 4)]
+
+
+def test_grow_from_reads_the_stream_from_its_start(corpus, source, tmp_path):
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+    from mlx_grow.training import grow as G
+
+    seen, original = [], G.split_xy
+    G.split_xy = lambda b: (seen.append(np.array(b)), original(b))[1]
+    try:
+        run(config(corpus, depth=3), tmp_path / "r", from_dir=source)
+    finally:
+        G.split_xy = original
+    stream = open_stream(config(corpus).data, load_tokenizer("bvv241-2-3"), 16, 4, 0, progress=False)
+    assert len(seen) == 3 and all(np.array_equal(b, stream.batch(k)) for k, b in enumerate(seen))
+
+
+def test_grow_from_refuses_another_architecture_substrate_or_tokenizer(corpus, source, tmp_path):
+    out = tmp_path / "out"
+    table = tmp_path / "table.npy"  # binary codes in another order
+    np.save(table, np.ascontiguousarray(weights(source)["substrate.table"][::-1]))
+    with pytest.raises(UserError, match=r"substrate binary\(bits=16, order=msb\) \[65536, 16\] \(sha256 .* but "
+                                        r"the config builds random\(bits=17, seed=0\)"):
+        run(config(corpus, substrate={"kind": "random", "bits": 17}), out, from_dir=source)
+    with pytest.raises(UserError, match=r"substrate binary\(bits=16, order=msb\) \[65536, 16\] \(sha256 (\w+)…\) "
+                                        r"but the config builds binary\(bits=16, order=msb\) \[65536, 16\] "
+                                        r"\(sha256 (?!\1)\w+…\)"):  # the same recipe, another table
+        run(config(corpus, substrate={"kind": "binary", "bits": 16, "path": str(table)}), out, from_dir=source)
+    with pytest.raises(UserError, match="hidden_size is 32 in .* but 64 in the config"):
+        run(config(corpus, hidden_size=64), out, from_dir=source)
+    tok = tmp_path / "tok"  # the same vocabulary, encoded otherwise
+    from mlx_grow.tokenizer import load_tokenizer
+
+    load_tokenizer("bvv241-2-3").save(tok)
+    spec = json.loads((tok / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Lowercase"}
+    (tok / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=f"has tokenizer .* but the config's tokenizer {tok} is"):
+        run(config(corpus, tokenizer=str(tok)), out, from_dir=source)
+    with pytest.raises(UserError, match="has 2 blocks, and the depth 2 .* is not above it"):
+        run(config(corpus, depth=2), out, from_dir=source)
+    assert not out.exists()  # nothing written by any refusal
+
+
+def test_grow_from_resumes_before_and_after_a_checkpoint(corpus, source, grown, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def kill_at(n):
+        def hook(step, model):
+            if step == n:
+                raise Stop
+        return hook
+
+    want = weights(grown[1])
+    for name, train, at in (("early", {}, 1), ("late", {"checkpoint_every": 2}, 4)):
+        out = tmp_path / name
+        with pytest.raises(Stop):
+            run(config(corpus, train=train), out, from_dir=source, on_step=kill_at(at))
+        assert bool(list((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []) == \
+            (name == "late")
+        with pytest.raises(UserError, match="resume without --from"):
+            run(config(corpus, train=train), out, resume=True, from_dir=source)
+        from mlx_grow.training.runs import read_run_config
+
+        final, _ = run(read_run_config(out), out, resume=True)
+        got = weights(final)
+        assert got.keys() == want.keys() and all(np.array_equal(want[k], got[k]) for k in want), name
+        assert read_meta(final)["lineage"]["from"]["path"] == str(source.resolve())
+
+
+def test_resume_refuses_a_source_that_changed(corpus, source, tmp_path):
+    from mlx_grow.checkpoint import save_model
+    from mlx_grow.tokenizer import load_tokenizer
+
+    copy = tmp_path / "src"
+    shutil.copytree(source, copy)
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, model):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run(config(corpus, depth=3), tmp_path / "r", from_dir=copy, on_step=stop)
+    m = load_model(copy)
+    m.lm_head.weight = m.lm_head.weight * 2
+    save_model(m, copy, load_tokenizer(copy), overwrite=True)
+    with pytest.raises(UserError, match="changed since the run started"):
+        run(config(corpus, depth=3), tmp_path / "r", resume=True)
+
+
+def test_cli_grow_from(corpus, source, tmp_path):
+    from mlx_grow.cli import app
+
+    runner = CliRunner()
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config(corpus, depth=2, grow={"blocks_per_stage": 2}).to_dict()))
+    r = runner.invoke(app, ["grow", "--config", str(cfg), "--from", str(source), "--depth", "4",
+                            "--blocks-per-stage", "2", "-o", str(tmp_path / "run"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1] == str(tmp_path / "run" / "final")
+    assert len(load_model(tmp_path / "run" / "final").layers) == 4
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["from"]["depth"] == 2
+    r = runner.invoke(app, ["grow", "--resume", str(tmp_path / "run"), "--from", str(source)])
+    assert r.exit_code == 2 and "--from" in r.output
+    r = runner.invoke(app, ["grow", "--resume", str(tmp_path / "run")])  # finished: says so, changes nothing
+    assert r.exit_code == 0 and r.output.strip().splitlines()[-1] == str(tmp_path / "run" / "final")
+    for extra, msg in ((["--depth", "2"], "not above"), (["--depth", "4", "--monolithic"], "monolithic"),
+                       (["--depth", "5", "--stages", "2,2"], "list only the new blocks")):
+        r = runner.invoke(app, ["grow", "--config", str(cfg), "--from", str(source), *extra,
+                                "-o", str(tmp_path / "bad")])
+        assert r.exit_code == 2 and msg in r.output, r.output
+    assert not (tmp_path / "bad").exists()
