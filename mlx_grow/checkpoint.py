@@ -22,6 +22,7 @@ Every one is read through `read_weights` and `build_model` (`load_model`,
 """
 
 import contextlib
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -217,6 +218,19 @@ def read_meta(path) -> dict:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{p} is corrupt ({e}); restore it or re-create the model directory") from e
+
+
+def weights_digest(path: Path, meta: dict) -> str:
+    """One sha256 of the model's weight files (model.safetensors, or its shards and index)."""
+    files = sorted(f.name for f in path.iterdir() if f.is_file() and f.name.startswith("model")
+                   and f.name.endswith((".safetensors", ".safetensors.index.json")))
+    if not files:
+        raise UserError(f"{path} has no {WEIGHTS}: not a model directory")
+    known = meta.get("files") or {}
+    digests = {name: known.get(name) or sha256_file(path / name) for name in files}
+    if files == [WEIGHTS]:
+        return digests[WEIGHTS]
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
 
 
 def verify_files(path, meta: dict):

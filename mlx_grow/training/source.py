@@ -7,13 +7,16 @@ imported or converted one) whose architecture is the config's in everything but
 the depth, on the same substrate table and the same tokenizer vocabulary.
 """
 
-import hashlib
-import json
 from pathlib import Path
 
 from mlx_grow.base import UserError
-from mlx_grow.checkpoint import WEIGHTS, build_model, load_args, open_model_dir, read_weights
-from mlx_grow.io import sha256_file
+from mlx_grow.checkpoint import (
+    build_model,
+    load_args,
+    open_model_dir,
+    read_weights,
+    weights_digest,
+)
 from mlx_grow.substrate.tables import build_table, fingerprint
 from mlx_grow.tokenizer import load_tokenizer
 
@@ -38,19 +41,6 @@ def describe(fp) -> str:
     if "sha256" not in fp:  # a recipe alone
         return f"{fp.get('kind')}({recipe})"
     return f"{fp.get('kind')}({recipe}) {fp.get('shape')} (sha256 {str(fp.get('sha256'))[:12]}…)"
-
-
-def weights_digest(path: Path, meta: dict) -> str:
-    """One sha256 of the model's weight files (model.safetensors, or its shards and index)."""
-    files = sorted(f.name for f in path.iterdir() if f.is_file() and f.name.startswith("model")
-                   and f.name.endswith((".safetensors", ".safetensors.index.json")))
-    if not files:
-        raise UserError(f"--from {path} has no {WEIGHTS}: not a model directory")
-    known = meta.get("files") or {}
-    digests = {name: known.get(name) or sha256_file(path / name) for name in files}
-    if files == [WEIGHTS]:
-        return digests[WEIGHTS]
-    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
 
 
 def config_substrate(cfg, tok):

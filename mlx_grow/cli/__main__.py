@@ -1,0 +1,3 @@
+from mlx_grow.cli import main
+
+main()

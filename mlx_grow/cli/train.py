@@ -1,0 +1,185 @@
+"""The `grow`, `plot` and `reproduce` commands."""
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mlx_grow.base import UserError
+from mlx_grow.cli.common import (
+    FAILED,
+    INTERRUPTED,
+    app,
+    console,
+    err,
+    fail,
+    guarded,
+    say,
+)
+
+
+@app.command("grow")
+@guarded
+def grow_cmd(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Config (path or packaged name); default tiny"),
+    depth: Optional[int] = typer.Option(None, help="Final number of blocks (model.num_hidden_layers)"),
+    blocks_per_stage: Optional[int] = typer.Option(None, "--blocks-per-stage", help="New blocks per stage"),
+    stages: Optional[str] = typer.Option(None, help="Explicit stage sizes, e.g. 3,3,3,3,4"),
+    data: Optional[List[str]] = typer.Option(None, "--data", help="Data source (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory"),
+    resume: Optional[Path] = typer.Option(None, help="Resume this run directory"),
+    from_: Optional[Path] = typer.Option(None, "--from", help="Grow this model directory further (a finished "
+                                         "run's final/, an imported model): its blocks stay frozen and the stages "
+                                         "add new ones up to --depth"),
+    monolithic: Optional[bool] = typer.Option(None, "--monolithic/--no-monolithic",
+                                              help="Train all blocks at once (baseline)"),
+    seed: Optional[int] = typer.Option(None, help="Seed for init and data order (train.seed; default 0)"),
+    steps_per_stage: Optional[int] = typer.Option(None, "--steps-per-stage"),
+    tokens_per_stage: Optional[int] = typer.Option(None, "--tokens-per-stage"),
+    lr: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    block_init: Optional[str] = typer.Option(None, "--block-init", help="random | zero-out | copy-top"),
+    freeze_head: Optional[bool] = typer.Option(None, "--freeze-head/--train-head",
+                                               help="Head + final norm train in stage 1 only; later stages "
+                                               "train only the new blocks (grow.train_head false)"),
+    prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
+                                                help="Cache the frozen prefix's hidden states"),
+    lora_phase: Optional[List[str]] = typer.Option(
+        None, "--lora-phase", help="A LoRA-only phase after growth stage K for N steps, as K:N (repeatable; "
+        "grow.lora.phases): adapters on every existing block, merged at the phase end"),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+    restart: bool = typer.Option(False, "--restart", help="With --resume: when every checkpoint is damaged, "
+                                 "start the run over from step 0 in the same folder"),
+):
+    """Grow a model layer-wise (or train it monolithically); prints the final model dir last
+    (on stdout; progress, messages and the summary go to stderr).
+    Flags override only what you give: flag, then the config file, then the defaults."""
+    from mlx_grow.config import load_config
+    from mlx_grow.training.grow import CheckpointWriteError, TrainingDiverged, grow
+    from mlx_grow.training.runs import Run, read_run_config
+
+    flags = {
+        "model": {"num_hidden_layers": depth},
+        "grow": {"blocks_per_stage": blocks_per_stage, "stages": parse_stages(stages), "monolithic": monolithic,
+                 "steps_per_stage": steps_per_stage, "tokens_per_stage": tokens_per_stage,
+                 "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
+                 "prefix_cache": prefix_cache},
+        "train": {"lr": lr, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
+        "data": {"sources": list(data) if data else None},
+    }
+    phases = parse_lora_phases(lora_phase)
+    if resume is not None:
+        given = [f"--{k}" for k, v in (("config", config), ("out", out)) if v is not None]
+        given += [f"{section}.{key}" for section, kv in flags.items() for key, v in kv.items() if v is not None]
+        given += ["--lora-phase"] if phases is not None else []
+        given += ["--from"] if from_ is not None else []
+        if given:
+            raise UserError(f"--resume continues {resume} with the config it was started with; these flags would "
+                            f"change it: {', '.join(given)}. Resume without them, or start a new run with --out")
+        cfg, out = read_run_config(resume), resume
+    else:
+        if restart:
+            raise UserError("--restart goes with --resume RUN (it starts a damaged run over from step 0)")
+        cfg = load_config(config or "tiny")
+        if phases is not None:
+            flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
+        if from_ is not None:  # the stages add depth minus the source's blocks (RunConfig.base)
+            from mlx_grow.training.source import source_depth
+
+            cfg.base = source_depth(from_)
+        cfg.override(**flags)
+        cfg.validate()
+        if out is None:
+            out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
+    try:
+        final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart,
+                              from_dir=from_)
+    except (TrainingDiverged, CheckpointWriteError) as e:  # NaN loss; disk full while saving
+        fail(str(e), code=FAILED)
+    except KeyboardInterrupt:
+        ckpts = Run(out).checkpoints() if Path(out).is_dir() else []
+        fail(f"interrupted; continue with `mlx-grow grow --resume {out}` (from {ckpts[-1].name})" if ckpts else
+             f"interrupted before the first checkpoint; `mlx-grow grow --resume {out}` starts it over",
+             INTERRUPTED)
+    from mlx_grow.training.info import summary_table
+
+    if summary:
+        err.print(summary_table(summary))
+    print(final)
+
+
+def parse_lora_phases(texts):
+    """`--lora-phase 1:50 --lora-phase 2:50` -> [{after_stage: 1, steps: 50}, ...]; None when not given."""
+    if not texts:
+        return None
+    phases = []
+    for text in texts:
+        k, _, n = text.partition(":")
+        if not (k.strip().isdigit() and n.strip().isdigit()) or int(k) < 1 or int(n) < 1:
+            raise UserError(f"--lora-phase takes STAGE:STEPS with positive whole numbers, e.g. 1:50 (a LoRA phase "
+                            f"of 50 steps after stage 1); got {text!r}")
+        phases.append({"after_stage": int(k), "steps": int(n)})
+    return phases
+
+
+def parse_stages(text: Optional[str]):
+    """`--stages 3,3,3` -> [3, 3, 3]; None when not given."""
+    from mlx_grow.base import UserError
+
+    if text is None:
+        return None
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise UserError(f"--stages must be positive block counts separated by commas, e.g. 3,3,3; got {text!r}")
+    return sizes
+
+
+@app.command()
+@guarded
+def plot(run_dir: Path = typer.Argument(..., help="A grow run directory")):
+    """Redraw a run's loss plot (PNG)."""
+    from mlx_grow.training.plot import plot_run
+
+    console.print(str(plot_run(run_dir)))
+
+# --- merge/generate commands ---
+
+
+@app.command("reproduce")
+@guarded
+def reproduce_cmd(
+    scale: str = typer.Option("tiny", help="tiny (a 2-core CPU, under an hour) | small | paper"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the runs and results "
+                                       "(default reproduce-SCALE); a killed run continues where it stopped"),
+    data: Optional[List[str]] = typer.Option(None, "--data", help="Data for parts 1-3 (repeatable; default "
+                                             "the built-in corpus)"),
+    expert: Optional[List[str]] = typer.Option(None, "--expert", help="The two corpora of part 4, given twice "
+                                               "(default builtin:kjv and builtin:shakespeare)"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="Part 5 tasks (repeatable; default mmlu, "
+                                             "arc_easy, arc_challenge, commonsense_qa)"),
+    report: Optional[Path] = typer.Option(None, help="Where to write the report (default OUT/reproduction.md); "
+                                          "its plots go in a folder of the same name beside it"),
+    font: Optional[str] = typer.Option(None, help="Font file for the glyph substrate (default: Unifont)"),
+    substrate: Optional[List[str]] = typer.Option(None, "--substrate", help="Part 1 substrates (repeatable; "
+                                                  "default all): glyph, 16-bit, 64-bit, float, trainable"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cost estimate and stop"),
+    progress: bool = typer.Option(True, help="Show progress bars"),
+):
+    """Re-run the papers' claims at small scale: substrates, grown vs monolithic, one layer at a
+    time with LoRA, composition, benchmarks over depth; writes a report with tables and plots
+    and prints its path last."""
+    import shlex
+    import sys
+
+    from mlx_grow.reproduce import reproduce
+
+    argv = sys.argv[1:]
+    res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
+                    command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
+                    substrates=substrate)
+    if not dry_run:
+        print(res["report"])
