@@ -34,6 +34,22 @@ def tiny_run(corpus, name: str, **train) -> dict:
             "train": {**t, **train}}
 
 
+def grow_config(corpus, depth=4, grow=None, train=None, tokenizer="bvv241-2-3", **model):
+    """A RunConfig of a d-32 model on bvv241-2-3 over `corpus`, 2 blocks x 6 steps a stage;
+    `grow`, `train` and `model` override the defaults key by key."""
+    from mlx_grow.config import RunConfig
+    from mlx_grow.model import ModelArgs
+
+    m = dict(vocab_size=65536, hidden_size=32, num_hidden_layers=depth, num_attention_heads=2,
+             max_position_embeddings=32, substrate={"kind": "binary", "bits": 16})
+    m.update(model)
+    t = {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0,
+         "val_batches": 2, "checkpoint_every": 0, "log_every": 1}
+    t.update(train or {})
+    return RunConfig(model=ModelArgs.from_dict(m), tokenizer=tokenizer, name="t", data={"sources": [corpus]},
+                     grow={"blocks_per_stage": 2, "steps_per_stage": 6, **(grow or {})}, train=t)
+
+
 def weights(path) -> dict:
     """Every parameter of the model directory at `path`, as numpy arrays by name."""
     import numpy as np

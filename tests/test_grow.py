@@ -5,7 +5,7 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import kjv_slice, weights
+from helpers import grow_config, kjv_slice, weights
 
 from mlx_grow.base import UserError
 from mlx_grow.checkpoint import load_model
@@ -22,16 +22,7 @@ def corpus(tmp_path_factory):
 
 
 def config(corpus, depth=4, grow=None, train=None, **model):
-    m = dict(vocab_size=65536, hidden_size=32, num_hidden_layers=depth, num_attention_heads=2,
-             max_position_embeddings=32, substrate={"kind": "binary", "bits": 16})
-    m.update(model)
-    g = {"blocks_per_stage": 2, "steps_per_stage": 6}
-    g.update(grow or {})
-    t = {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0,
-         "val_batches": 2, "checkpoint_every": 0, "log_every": 1}
-    t.update(train or {})
-    return RunConfig(model=ModelArgs.from_dict(m), tokenizer="bvv241-2-3", name="t",
-                     data={"sources": [corpus]}, grow=g, train=t)
+    return grow_config(corpus, depth, grow, train, **model)
 
 
 def run(cfg, out, **kw):

@@ -5,13 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import kjv_slice, weights
+from helpers import grow_config, kjv_slice, weights
 from typer.testing import CliRunner
 
 from mlx_grow.base import UserError
 from mlx_grow.checkpoint import load_model, read_meta
 from mlx_grow.config import RunConfig
-from mlx_grow.model import ModelArgs
 from mlx_grow.training.grow import grow
 from mlx_grow.training.schedule import plan
 
@@ -22,16 +21,8 @@ def corpus(tmp_path_factory):
 
 
 def config(corpus, depth=4, grow=None, train=None, tokenizer="bvv241-2-3", **model):
-    m = dict(vocab_size=65536, hidden_size=32, num_hidden_layers=depth, num_attention_heads=2,
-             max_position_embeddings=32, substrate={"kind": "binary", "bits": 16})
-    m.update(model)
-    g = {"blocks_per_stage": 1, "steps_per_stage": 3}
-    g.update(grow or {})
-    t = {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 1, "eval_every": 0,
-         "val_batches": 1, "checkpoint_every": 0, "log_every": 1}
-    t.update(train or {})
-    return RunConfig(model=ModelArgs.from_dict(m), tokenizer=tokenizer, name="t",
-                     data={"sources": [corpus]}, grow=g, train=t)
+    return grow_config(corpus, depth, {"blocks_per_stage": 1, "steps_per_stage": 3, **(grow or {})},
+                       {"warmup_steps": 1, "val_batches": 1, **(train or {})}, tokenizer, **model)
 
 
 def run(cfg, out, **kw):
