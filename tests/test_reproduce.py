@@ -73,6 +73,8 @@ def test_report_has_every_table_row_and_plot(smoke):
     for name in ("substrates", "grown_vs_monolithic", "one_layer", "composition", "depth"):
         png = d / "out" / "reproduction" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(reproduction/{name}.png)" in md
+    saved = json.loads((d / "out" / "reproduction" / "results.json").read_text())
+    assert [r["val_loss"] for r in saved["runs"]] == [r["val_loss"] for r in res["runs"]]
     for r in res["runs"]:
         if r["part"] in (1, 3):
             assert re.search(rf"\| {re.escape(r['label'])} \| {r['val_loss']:.4f} \|", md), r["label"]

@@ -126,15 +126,21 @@ def write_report(res: dict, md_path: Path) -> Path:
     rel = lambda p: f"{figs.name}/{p.name}"  # noqa: E731
     s, runs, m = res["scale"], res["runs"], res["machine"]
     by = lambda part: [r for r in runs if r["part"] == part]  # noqa: E731
+    import json
+
+    with atomic_path(figs / "results.json") as tmp:
+        tmp.write_text(json.dumps(res, indent=1))
     L = [f"# Reproduction at `--scale {s['name']}`", "",
          "Produced by a real run of the command below; every number and plot here comes from that run "
-         "(`results.json` holds the raw records). Nothing was tuned toward the papers' results: where "
-         "ours differ, the text says so.", "",
+         f"([{figs.name}/results.json]({figs.name}/results.json) holds the raw records, loss curves "
+         "included). Nothing was tuned toward the papers' results: where ours differ, the text says so.", "",
          "```bash", res["command"], "```", "",
          f"- **Machine:** {m['platform']}, {m['cpus']} CPUs, {m.get('memory_gb', '?')} GiB, MLX {m['mlx']} on "
          f"{m['device']} (BLAS: {m['blas']}), Python {m['python']}.",
-         f"- **Wall time:** {res['wall_s'] / 60:.1f} min for this invocation; the runs, merge and evaluation "
-         f"themselves took {res['work_s'] / 60:.1f} min. Finished {res['finished']}.",
+         f"- **Wall time:** {res['wall_s'] / 60:.1f} min in all ({res.get('invocations', 1)} invocation"
+         f"{'s' if res.get('invocations', 1) > 1 else ''}; a later one reuses the finished runs and rewrites the "
+         f"report); the training runs, merge and evaluation themselves took {res['work_s'] / 60:.1f} min. "
+         f"Finished {res['finished']}.",
          f"- **Shape:** d_model {s['hidden']}, {s['heads']} heads, context {s['seq']}, batch {s['batch']} "
          f"sequences ({s['batch'] * s['seq']:,} tokens a step), bvv241-2-3 (65,536 ids), AdamW lr {s['lr']} "
          f"with {s['warmup']} warm-up steps re-warmed at every stage, {s['dtype']}. Validation loss is the "
@@ -233,7 +239,8 @@ def write_report(res: dict, md_path: Path) -> Path:
                        "layers (v3's interleaved LoRA stage) helps further",
                        f"validation loss {'fell after every' if falls else 'did not fall after every'} added "
                        f"block ({' → '.join(f'{x:.3f}' for x in per)}); best variant: {best['label']} "
-                       f"({best['val_loss']:.3f} vs {plain['val_loss']:.3f} without LoRA)"))
+                       f"({best['val_loss']:.3f} after {best['tokens']:,} tokens vs {plain['val_loss']:.3f} after "
+                       f"{plain['tokens']:,} without LoRA)"))
     # 4. composition
     comp = res.get("composition")
     if comp:

@@ -232,8 +232,10 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     echo("part 5: benchmarks on every grown stage")
     grown0 = next(r for r in recs if r["key"] == "grown-s0")
     depth = depth_scores(s, out, grown0["run"], tasks, echo)
+    before = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     results = {"scale": s.to_dict(), "estimate": est, "machine": machine(), "runs": recs, "composition": comp,
-               "depth": depth, "wall_s": time.perf_counter() - t0,
+               "depth": depth, "wall_s": before.get("wall_s", 0) + time.perf_counter() - t0,
+               "invocations": before.get("invocations", 1 if before else 0) + 1,
                "work_s": sum(r["wall_s"] for r in recs) + comp.get("tune_s", 0) + depth.get("wall_s", 0),
                "command": command or f"mlx-grow reproduce --scale {s.name}",
                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
