@@ -160,7 +160,8 @@ def depth_scores(s, root: Path, run_dir: str, tasks, echo) -> dict:
     chance = {t.name: float(np.mean([1 / len(it.choices) for it in t.items])) if t.kind == "choice" else None
               for t in loaded}
     t0 = time.perf_counter()
-    rep = run_eval([run_dir], tasks, protocol="loglik", limit=s.eval_limit)
+    stages = sorted(str(d) for d in Path(run_dir).glob("stage-[0-9]*") if (d / "config.json").is_file())
+    rep = run_eval(stages, tasks, protocol="loglik", limit=s.eval_limit)  # final/ is the last stage again
     depth = {m["name"]: m["depth"] for m in rep["models"] if not m.get("final")}
     rows = {}
     for r in rep["results"]:
