@@ -264,7 +264,7 @@ def test_each_stage_reads_on_where_the_last_stopped(noise, tmp_path):
     rows = [r.tobytes() for b in seen for r in b]
     assert len(set(rows)) == len(rows) < stream._n[0]  # within one epoch, no row is read twice
     # grown and monolithic twins read the same batches: test_monolithic_sees_the_same_tokens
-    from mlx_grow.training.grow import StageData
+    from mlx_grow.training.stage_data import StageData
 
     restart = config(noise, depth=4, grow={"steps_per_stage": [2, 3]})
     restart.override(data={"stage_data": "restart"})  # the old behaviour: every stage from batch 0
@@ -295,7 +295,7 @@ def test_stage_mixtures_each_read_on(corpus, noise, tmp_path):
 
 
 def test_reads_rebuilt_for_a_checkpoint_without_them():
-    from mlx_grow.training.grow import rebuild_reads
+    from mlx_grow.training.stage_data import rebuild_reads
 
     cfg = RunConfig(model={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2},
                     grow={"blocks_per_stage": 2, "steps_per_stage": 6},

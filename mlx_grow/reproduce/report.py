@@ -17,10 +17,11 @@ def _mean_sd(xs):
     return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
-def _si(x) -> str:
+def si(x) -> str:
+    """A count in SI units (K, M, G … E), 2 decimals; – for none."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
-    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= div:
             return f"{x / div:.2f}{unit}"
     return f"{x:.0f}"
@@ -146,8 +147,8 @@ def write_report(res: dict, md_path: Path) -> Path:
          f"with {s['warmup']} warm-up steps re-warmed at every stage, {s['dtype']}. Validation loss is the "
          f"mean cross-entropy over {s['val_batches']} fixed validation batches (the same for every run on the "
          f"same data).",
-         f"- **Budget:** {res['estimate']['runs']} training runs, {_si(res['estimate']['tokens'])} tokens, "
-         f"{_si(res['estimate']['flops'])}FLOPs. At this scale every run sees a few hundred thousand "
+         f"- **Budget:** {res['estimate']['runs']} training runs, {si(res['estimate']['tokens'])} tokens, "
+         f"{si(res['estimate']['flops'])}FLOPs. At this scale every run sees a few hundred thousand "
          "tokens at most: the results show directions early in training, not the papers' converged numbers.",
          ""]
     claims = []
@@ -159,7 +160,7 @@ def write_report(res: dict, md_path: Path) -> Path:
               f"One {p1[0]['depth']}-block model per input substrate, same data, same batches, "
               f"{p1[0]['tokens']:,} tokens each.", ""]
         rows = [[r["label"], f"{r['val_loss']:.4f}", f"{r.get('bits_per_byte', math.nan):.4f}",
-                 f"{math.exp(r['val_loss']):.1f}", _si(r["active_params"]), f"{r['wall_s']:.0f}"] for r in p1]
+                 f"{math.exp(r['val_loss']):.1f}", si(r["active_params"]), f"{r['wall_s']:.0f}"] for r in p1]
         L += _table(["substrate", "val loss (nats/token)", "bits per byte", "perplexity", "trained params",
                      "wall (s)"], rows)
         if "glyph" not in [r["label"] for r in p1]:
@@ -196,8 +197,8 @@ def write_report(res: dict, md_path: Path) -> Path:
             tps, _ = _mean_sd([r["tok_s"] for r in rs])
             wall, _ = _mean_sd([r["wall_s"] for r in rs])
             fl, _ = _mean_sd([r["flops"] for r in rs])
-            rows.append([k, f"{mu:.4f} ± {sd:.4f}", f"{tps:.0f}", _si(rs[0]["active_params"]), f"{wall:.0f}",
-                         _si(fl)])
+            rows.append([k, f"{mu:.4f} ± {sd:.4f}", f"{tps:.0f}", si(rs[0]["active_params"]), f"{wall:.0f}",
+                         si(fl)])
         L += _table(["variant", "final val loss", "tokens/s", "active params (max a stage)", "wall (s)",
                      "training FLOPs"], rows)
         grows = groups.get(GROWN_VARIANTS[0], [{}])[0].get("curve", {}).get("grows", [])
@@ -225,7 +226,7 @@ def write_report(res: dict, md_path: Path) -> Path:
         for r in p3:
             per = [f"{x['val_loss']:.3f}" for x in r["stages"] if x.get("kind", "grow") == "grow"]
             rows.append([r["label"], f"{r['val_loss']:.4f}", " → ".join(per), f"{r['tokens']:,}",
-                         _si(r["active_params"])])
+                         si(r["active_params"])])
         L += _table(["variant", "final val loss", "val loss after each new block", "tokens",
                      "active params (max)"], rows)
         plot_curves({r["label"]: [r] for r in p3}, figs / "one_layer.png", "one block a stage",

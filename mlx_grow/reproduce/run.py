@@ -28,13 +28,6 @@ from mlx_grow.reproduce.scales import (
 MARK = "reproduce.json"
 
 
-def human_count(x: float) -> str:
-    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if x >= div:
-            return f"{x / div:.1f}{unit}"
-    return f"{x:.0f}"
-
-
 def write_json(path: Path, obj):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))
@@ -68,17 +61,15 @@ def open_out(out: Path, settings: dict):
 
 
 def curve(run_dir: Path) -> dict:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from mlx_grow.training.runs import Run
+
+    run = Run(run_dir)
+    rows = run.metrics()
     ev = [r for r in rows if r.get("event") == "eval"]
-    tr = [r for r in rows if r.get("event") == "train"]
-    grows = []
-    for r in rows:
-        if r.get("event") == "grow":
-            f = next((e["flops"] for e in tr if e["global_step"] >= r["global_step"]), None)
-            grows.append({"tokens": r["tokens"], "flops": f, "depth": r["depth"]})
+    grows = [{k: g[k] for k in ("tokens", "flops", "depth")} for g in run.growth_events(rows)]
     return {"tokens": [r["tokens"] for r in ev], "flops": [r["flops"] for r in ev],
             "val_loss": [r["val_loss"] for r in ev], "grows": grows,
-            "peak_mem_mb": max((r.get("peak_mem_mb") or 0 for r in tr), default=0)}
+            "peak_mem_mb": max((r.get("peak_mem_mb") or 0 for r in rows if r.get("event") == "train"), default=0)}
 
 
 def train_run(job, root: Path, progress: bool, echo) -> dict:
@@ -193,7 +184,7 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
               dry_run=False, progress=True, echo=print, command=None, substrates=None) -> dict:
     """Run every part at `scale`; write OUT/results.json and the report (default
     OUT/reproduction.md, its plots in a folder beside it). Returns the results."""
-    from mlx_grow.reproduce.report import write_report
+    from mlx_grow.reproduce.report import si, write_report
 
     s = get_scale(scale)
     experts = tuple(experts or EXPERT_DATA)
@@ -204,8 +195,8 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     subs = substrate_labels(substrates) if substrates else None
     jobs = experiments(s, data, experts, glyph, font, subs)
     est = estimate(s, jobs)
-    echo(f"reproduce --scale {s.name}: {est['runs']} training runs + a tuned merge, {human_count(est['tokens'])} "
-         f"tokens, {human_count(est['flops'])}FLOPs of training, predicted peak memory "
+    echo(f"reproduce --scale {s.name}: {est['runs']} training runs + a tuned merge, {si(est['tokens'])} "
+         f"tokens, {si(est['flops'])}FLOPs of training, predicted peak memory "
          f"{est['peak_bytes'] / 2**30:.2f} GiB (one run at a time); needs {est['hardware']}")
     if not glyph:
         echo("no font for the glyph substrate (apt-get install fonts-unifont, or --font FILE): part 1 runs without it")

@@ -20,9 +20,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mlx_grow.base import UserError
-from mlx_grow.checkpoint import read_meta, save_model, verify_files
+from mlx_grow.checkpoint import read_meta, save_model
 from mlx_grow.config import RunConfig
-from mlx_grow.data.stream import open_stream
 from mlx_grow.io.progress import StepProgress
 from mlx_grow.model import Model, flops_per_token, init_weights
 from mlx_grow.substrate.tables import build_table
@@ -31,9 +30,16 @@ from mlx_grow.training import lora as L
 from mlx_grow.training.faults import armed, maybe_fail
 from mlx_grow.training.params import human
 from mlx_grow.training.prefix_cache import PrefixCache
-from mlx_grow.training.runs import Run, load_checkpoint, remove_stale_temp
+from mlx_grow.training.runs import (
+    Run,
+    barrier,
+    load_checkpoint,
+    remove_stale_temp,
+    shared_checkpoint,
+)
 from mlx_grow.training.schedule import Stage, plan
 from mlx_grow.training.source import check_source
+from mlx_grow.training.stage_data import StageData, rebuild_reads
 from mlx_grow.training.step import Stepper, check_finite, evaluate, split_xy
 
 
@@ -116,63 +122,6 @@ def train_flops(model, stage_first: int, head: bool, tokens: int, seq_len: int) 
     bwd = 2 * (flops_per_token(a, n - stage_first, seq_len) - 2 * a.hidden_size * a.vocab_size)
     head_f = 2 * a.hidden_size * a.vocab_size
     return tokens * (fwd_blocks + head_f + bwd + (2 * head_f if head or stage_first < n else 0))
-
-
-class StageData:
-    """The batches a stage reads. Local step `s` falls in a segment (a monolithic
-    stage walks the grown run's stages in order; any other stage is one segment),
-    and each segment reads its mixture's stream (`data.mixture_key`).
-
-    `data.stage_data: continue` (default): a mixture's stream goes on where it was
-    last read, so the run reads batch `reads[key]`, the count of batches that
-    mixture has given so far (with one mixture: the global step), and grown and
-    monolithic runs read the same batches. `restart`: every stage (segment) reads
-    its stream from batch 0 (every stage then re-reads the first stage's batches)."""
-
-    def __init__(self, cfg: RunConfig, tok, st: Stage, seed: int, progress: bool):
-        t = cfg.train
-        segments = st.segments or [st.steps]
-        first = 0 if st.segments else st.grown
-        self.keys = [cfg.data.mixture_key(first + j) for j in range(len(segments))]
-        streams = {}
-        for j, key in enumerate(self.keys):
-            if key not in streams:
-                streams[key] = open_stream(cfg.data, tok, t.seq_len, t.batch_size, seed, stage=first + j,
-                                           progress=progress)
-        self.streams, self.first = streams, streams[self.keys[0]]
-        self.bounds = np.cumsum([0] + segments)
-        self.restart = cfg.data.stage_data == "restart"
-
-    def key(self, step: int) -> str:
-        j = int(np.searchsorted(self.bounds, step, side="right") - 1)
-        return self.keys[min(j, len(self.keys) - 1)]
-
-    def index(self, step: int, reads: dict) -> int:
-        """The stream batch that local step `step` reads."""
-        if self.restart:
-            j = min(int(np.searchsorted(self.bounds, step, side="right") - 1), len(self.keys) - 1)
-            return int(step - self.bounds[j])
-        return reads.get(self.key(step), 0)
-
-    def batch(self, step: int, reads: dict, rank: int, world: int):
-        return self.streams[self.key(step)].batch(self.index(step, reads), rank, world)
-
-
-def rebuild_reads(cfg: RunConfig, stages: list, state: dict) -> dict:
-    """Batches read per mixture, for a checkpoint written before the count was
-    stored: every finished stage read its steps, the current one `step`."""
-    reads = {}
-    done = [s.get("steps", 0) for s in state.get("summary", [])]
-    for k, st in enumerate(stages[: state["stage"] + 1]):
-        n = done[k] if k < state["stage"] and k < len(done) else state["step"] if k == state["stage"] else st.steps
-        segments = st.segments or [st.steps]
-        first = 0 if st.segments else st.grown
-        left = n
-        for j, seg in enumerate(segments):
-            key = cfg.data.mixture_key(first + j)
-            reads[key] = reads.get(key, 0) + min(seg, left)
-            left -= min(seg, left)
-    return reads
 
 
 @dataclass
@@ -508,42 +457,3 @@ def grow(config: RunConfig, out, resume: bool = False, seed: int | None = None, 
     if seed is not None:
         config.override(train={"seed": int(seed)})
     return Grower(config, out, resume, progress, on_step, echo, restart, from_dir).run()
-
-
-def barrier(group):
-    """Wait until every rank gets here (nothing to wait for on one rank)."""
-    if group.size() > 1:
-        mx.eval(mx.distributed.all_sum(mx.array(1), group=group))
-
-
-def shared_checkpoint(run, group, restart: bool = False):
-    """The checkpoint to resume from: rank 0 picks the newest one that passes its
-    checksums, and every rank loads that one (None: start afresh, when there is
-    none, or when every one is damaged and `restart` is given)."""
-    ckpt = run.latest() if group.rank() == 0 else None
-    damaged = group.rank() == 0 and ckpt is None and bool(run.checkpoints()) and not restart
-    if group.size() == 1:
-        if damaged:
-            raise all_damaged(run)
-        return ckpt
-    mine = (-2 if damaged else int(ckpt.name.split("-")[1]) if ckpt else -1) if group.rank() == 0 else 0
-    step = mx.distributed.all_sum(mx.array(mine), group=group).item()
-    if step == -2:
-        raise all_damaged(run)
-    if step < 0:
-        return None
-    ckpt = run.ckpt_dir / f"step-{step:06d}"
-    if group.rank() > 0:
-        if not ckpt.is_dir():
-            raise FileNotFoundError(
-                f"rank {group.rank()}: {ckpt} is not on this host; resuming needs the run directory at the "
-                "same path on every host (a shared disk, or copy it there first)")
-        verify_files(ckpt, read_meta(ckpt))
-    return ckpt
-
-
-def all_damaged(run) -> UserError:
-    names = ", ".join(c.name for c in run.checkpoints())
-    return UserError(f"every checkpoint of {run.root} is damaged ({names}; see the lines above), so it cannot "
-                     f"resume; nothing was changed. Restore one from a backup, or start the run over from step 0 "
-                     f"with `mlx-grow grow --resume {run.root} --restart`")

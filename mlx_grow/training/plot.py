@@ -1,7 +1,6 @@
 """Loss plots of a run: train/validation loss over tokens and over FLOPs,
 with the growth events marked."""
 
-import json
 from pathlib import Path
 
 
@@ -11,14 +10,17 @@ def plot_run(run_dir, out=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mlx_grow.training.runs import Run
+
     run_dir = Path(run_dir)
     f = run_dir / "metrics.jsonl"
     if not f.exists():
         raise FileNotFoundError(f"{f} does not exist: is {run_dir} a grow run directory?")
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    run = Run(run_dir)
+    rows = run.metrics()
     train = [r for r in rows if r.get("event") == "train"]
     evals = [r for r in rows if r.get("event") == "eval"]
-    grows = [r for r in rows if r.get("event") == "grow"]
+    grows = run.growth_events(rows)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, label in ((axes[0], "tokens", "tokens"), (axes[1], "flops", "training FLOPs")):
         if train:
@@ -26,9 +28,7 @@ def plot_run(run_dir, out=None) -> Path:
         if evals:
             ax.plot([r[key] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, label="validation")
         for r in grows:
-            x = r.get(key, r.get("tokens"))
-            if key == "flops":  # growth events carry tokens; find the FLOPs at that point
-                x = next((e["flops"] for e in train if e["global_step"] >= r["global_step"]), None)
+            x = r[key]
             if x is not None:
                 ax.axvline(x, color="grey", ls="--", lw=0.8)
                 ax.text(x, ax.get_ylim()[1], f" depth {r['depth']}", va="top", fontsize=8, color="grey")

@@ -119,6 +119,15 @@ class Run:
             return []
         return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
 
+    def growth_events(self, rows=None) -> list:
+        """Each growth event as {global_step, tokens, flops, depth}: its FLOPs are
+        those of the first training record at or after it (events carry tokens only)."""
+        rows = self.metrics() if rows is None else rows
+        train = [r for r in rows if r.get("event") == "train"]
+        return [{"global_step": r["global_step"], "tokens": r.get("tokens"), "depth": r["depth"],
+                 "flops": next((e["flops"] for e in train if e["global_step"] >= r["global_step"]), None)}
+                for r in rows if r.get("event") == "grow"]
+
     def truncate_metrics(self, global_step: int):
         """Drop records past a resumed checkpoint so the log has no duplicate steps."""
         if not self.writer:
@@ -221,3 +230,42 @@ def normalized(record: dict, base: int = 0) -> dict:
     except ValueError:
         return record
     return {**config.to_dict(), "seed": config.train.seed, "depth": config.depth}
+
+
+def barrier(group):
+    """Wait until every rank gets here (nothing to wait for on one rank)."""
+    if group.size() > 1:
+        mx.eval(mx.distributed.all_sum(mx.array(1), group=group))
+
+
+def shared_checkpoint(run, group, restart: bool = False):
+    """The checkpoint to resume from: rank 0 picks the newest one that passes its
+    checksums, and every rank loads that one (None: start afresh, when there is
+    none, or when every one is damaged and `restart` is given)."""
+    ckpt = run.latest() if group.rank() == 0 else None
+    damaged = group.rank() == 0 and ckpt is None and bool(run.checkpoints()) and not restart
+    if group.size() == 1:
+        if damaged:
+            raise all_damaged(run)
+        return ckpt
+    mine = (-2 if damaged else int(ckpt.name.split("-")[1]) if ckpt else -1) if group.rank() == 0 else 0
+    step = mx.distributed.all_sum(mx.array(mine), group=group).item()
+    if step == -2:
+        raise all_damaged(run)
+    if step < 0:
+        return None
+    ckpt = run.ckpt_dir / f"step-{step:06d}"
+    if group.rank() > 0:
+        if not ckpt.is_dir():
+            raise FileNotFoundError(
+                f"rank {group.rank()}: {ckpt} is not on this host; resuming needs the run directory at the "
+                "same path on every host (a shared disk, or copy it there first)")
+        verify_files(ckpt, read_meta(ckpt))
+    return ckpt
+
+
+def all_damaged(run) -> UserError:
+    names = ", ".join(c.name for c in run.checkpoints())
+    return UserError(f"every checkpoint of {run.root} is damaged ({names}; see the lines above), so it cannot "
+                     f"resume; nothing was changed. Restore one from a backup, or start the run over from step 0 "
+                     f"with `mlx-grow grow --resume {run.root} --restart`")

@@ -1,0 +1,65 @@
+"""The batches a stage reads: which data mixture's stream each local step
+walks, and from which batch (`data.stage_data` continue / restart)."""
+
+import numpy as np
+
+from mlx_grow.config import RunConfig
+from mlx_grow.data.stream import open_stream
+from mlx_grow.training.schedule import Stage
+
+
+class StageData:
+    """The batches a stage reads. Local step `s` falls in a segment (a monolithic
+    stage walks the grown run's stages in order; any other stage is one segment),
+    and each segment reads its mixture's stream (`data.mixture_key`).
+
+    `data.stage_data: continue` (default): a mixture's stream goes on where it was
+    last read, so the run reads batch `reads[key]`, the count of batches that
+    mixture has given so far (with one mixture: the global step), and grown and
+    monolithic runs read the same batches. `restart`: every stage (segment) reads
+    its stream from batch 0 (every stage then re-reads the first stage's batches)."""
+
+    def __init__(self, cfg: RunConfig, tok, st: Stage, seed: int, progress: bool):
+        t = cfg.train
+        segments = st.segments or [st.steps]
+        first = 0 if st.segments else st.grown
+        self.keys = [cfg.data.mixture_key(first + j) for j in range(len(segments))]
+        streams = {}
+        for j, key in enumerate(self.keys):
+            if key not in streams:
+                streams[key] = open_stream(cfg.data, tok, t.seq_len, t.batch_size, seed, stage=first + j,
+                                           progress=progress)
+        self.streams, self.first = streams, streams[self.keys[0]]
+        self.bounds = np.cumsum([0] + segments)
+        self.restart = cfg.data.stage_data == "restart"
+
+    def key(self, step: int) -> str:
+        j = int(np.searchsorted(self.bounds, step, side="right") - 1)
+        return self.keys[min(j, len(self.keys) - 1)]
+
+    def index(self, step: int, reads: dict) -> int:
+        """The stream batch that local step `step` reads."""
+        if self.restart:
+            j = min(int(np.searchsorted(self.bounds, step, side="right") - 1), len(self.keys) - 1)
+            return int(step - self.bounds[j])
+        return reads.get(self.key(step), 0)
+
+    def batch(self, step: int, reads: dict, rank: int, world: int):
+        return self.streams[self.key(step)].batch(self.index(step, reads), rank, world)
+
+
+def rebuild_reads(cfg: RunConfig, stages: list, state: dict) -> dict:
+    """Batches read per mixture, for a checkpoint written before the count was
+    stored: every finished stage read its steps, the current one `step`."""
+    reads = {}
+    done = [s.get("steps", 0) for s in state.get("summary", [])]
+    for k, st in enumerate(stages[: state["stage"] + 1]):
+        n = done[k] if k < state["stage"] and k < len(done) else state["step"] if k == state["stage"] else st.steps
+        segments = st.segments or [st.steps]
+        first = 0 if st.segments else st.grown
+        left = n
+        for j, seg in enumerate(segments):
+            key = cfg.data.mixture_key(first + j)
+            reads[key] = reads.get(key, 0) + min(seg, left)
+            left -= min(seg, left)
+    return reads
