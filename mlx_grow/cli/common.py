@@ -20,6 +20,22 @@ tokenizer_app = typer.Typer(help="Build, train and inspect tokenizers.", no_args
 substrate_app = typer.Typer(help="Build and inspect input substrates.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare token shards and inspect corpora.", no_args_is_help=True)
 convert_app = typer.Typer(help="Convert checkpoints to and from PyTorch / Hugging Face.", no_args_is_help=True)
+
+
+def _version(value: bool):
+    if value:
+        from mlx_grow import __version__
+
+        print(f"mlx-grow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit")):
+    pass  # the app's options; the help text is the app's own
+
+
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(substrate_app, name="substrate")
 app.add_typer(data_app, name="data")
