@@ -265,3 +265,24 @@ def test_two_domain_experts_merge_beats_the_worse(tmp_path):
     assert table[names[1]]["builtin:shakespeare"] < table[names[0]]["builtin:shakespeare"], table
     model, mtok = load(merge(experts, tmp_path / "merged"))
     assert len(generate(model, mtok, "And God said", max_tokens=20)) > 0
+
+
+def test_cli_tune_without_tune_data_reads_the_experts_sources(tmp_path):
+    """`merge A B --adapter gate --tune` with no --tune-data (the documented default)
+    tunes on the sources the experts' runs were grown on, read from their run.json."""
+    from helpers import grow_config, kjv_slice
+    from typer.testing import CliRunner
+
+    from mlx_grow.cli import app
+    from mlx_grow.training.grow import grow
+
+    corpus = kjv_slice(tmp_path / "kjv.txt", docs=40)
+    quiet = lambda *a, **k: None  # noqa: E731
+    finals = [grow(grow_config(str(corpus), depth=2, grow={"steps_per_stage": 2}, train={"seed": s}),
+                   tmp_path / f"run{s}", progress=False, echo=quiet)[0] for s in (0, 1)]
+    run = CliRunner().invoke(app, ["merge", *map(str, finals), "-o", str(tmp_path / "m"), "--adapter", "gate",
+                                   "--tune", "--tune-steps", "2", "--tune-batch-size", "2", "--tune-seq-len", "16"])
+    assert run.exit_code == 0, run.output
+    tuned = json.loads((tmp_path / "m" / "mlx_grow.json").read_text())["tuned"]
+    assert str(corpus) in json.dumps(tuned), tuned
+

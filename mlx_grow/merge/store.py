@@ -101,9 +101,12 @@ def run_sources(metas) -> list:
     for m in metas:
         run = (m.get("lineage") or {}).get("run")
         try:
-            found = read_run_config(run).data.get("sources") or [] if run else []
+            data = read_run_config(run).data if run else None
         except (FileNotFoundError, ValueError):
-            found = []
+            data = None
+        # A run's sources: its one mixture, or every stage's mixture; none given means the built-in corpus.
+        found = [] if data is None else (
+            [*data.sources, *(s for stage in data.stages for s in stage)] or ["builtin:default"])
         if not found:
             raise UserError("tuning needs data, and an expert's run directory was not found to read its "
                              "sources from: give --tune-data SOURCE (repeat it for each domain)")

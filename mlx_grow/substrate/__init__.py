@@ -5,11 +5,13 @@ the n-bit codes and PCA; `glyph` the rendered-glyph recipe; `files` table files.
 from mlx_grow.substrate.codes import id_bits, padded_width, pca_l2
 from mlx_grow.substrate.files import load_table_file
 from mlx_grow.substrate.tables import (
-           KINDS,
-           Substrate,
-           SubstrateArgs,
-           build_table,
-           fingerprint,
+    KINDS,
+    Substrate,
+    SubstrateArgs,
+    build_table,
+    describe_file,
+    fingerprint,
+    save_table,
 )
 
 __all__ = ["KINDS", "Substrate", "SubstrateArgs", "build_table", "fingerprint", "id_bits", "pca_l2",
