@@ -14,9 +14,9 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
-from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
 
-from mlx_grow.base import UserError, strict_from_dict
+from mlx_grow.base import UserError, opt, strict_from_dict
+from mlx_grow.mlx_lm_parts import KVCache, create_attention_mask, scaled_dot_product_attention
 from mlx_grow.substrate.tables import Substrate, SubstrateArgs
 
 NORMS = ("layernorm", "rmsnorm")
@@ -30,19 +30,22 @@ def make_norm(args) -> nn.Module:
 
 @dataclass
 class ModelArgs:
-    vocab_size: int = 65536
-    hidden_size: int = 1024
-    num_hidden_layers: int = 16
-    num_attention_heads: int = 32
-    intermediate_size: Optional[int] = None  # default 4 * hidden_size
-    max_position_embeddings: int = 1024
-    rope_theta: float = 10000.0
-    rope_traditional: bool = False  # False: rotate-half; True: interleaved pairs
-    hidden_act: str = "gelu"  # "gelu" (exact) or "gelu_tanh"
-    norm_eps: float = 1e-5
-    norm: str = "layernorm"  # layernorm (with bias) | rmsnorm (a gain only)
-    substrate: SubstrateArgs = field(default_factory=SubstrateArgs)
-    model_type: str = "mlx_grow"
+    vocab_size: int = opt(65536, "Vocabulary size: rows of the substrate table and of the LM head")
+    hidden_size: int = opt(1024, "Model width d_model")
+    num_hidden_layers: int = opt(16, "The final number of blocks, the depth")
+    num_attention_heads: int = opt(32, "Attention heads; hidden_size must divide by it")
+    intermediate_size: Optional[int] = opt(None, "MLP width; null: 4 * hidden_size")
+    max_position_embeddings: int = opt(1024, "Context length in tokens")
+    rope_theta: float = opt(10000.0, "Rotary base frequency")
+    # The papers do not say: rotate-half and exact GELU are our assumptions (docs/model.md).
+    rope_traditional: bool = opt(False, "Rotary style: false rotates halves, true rotates interleaved pairs")
+    hidden_act: str = opt("gelu", "MLP activation: gelu (exact) | gelu_tanh")
+    norm_eps: float = opt(1e-5, "Epsilon of the norms")
+    # The published parameter counts do not decide between the two norms.
+    norm: str = opt("layernorm", "layernorm (gain and bias) | rmsnorm (a gain only)")
+    substrate: SubstrateArgs = field(default_factory=SubstrateArgs,
+                                     metadata={"help": "The input substrate (see model.substrate)"})
+    model_type: str = opt("mlx_grow", "Model type written to config.json")
 
     def __post_init__(self):
         if isinstance(self.substrate, dict):
@@ -181,8 +184,6 @@ class Model(nn.Module):
         return self.lm_head(self.hidden(inputs, mask, cache))
 
     def make_cache(self):
-        from mlx_lm.models.cache import KVCache
-
         return [KVCache() for _ in self.layers]
 
     def add_blocks(self, n: int, init: str = "random", seed: int = 0):

@@ -8,9 +8,9 @@ per row, so batched prompts are penalised by their own history only.
 import math
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_sampler as _mlx_lm_sampler
 
 from mlx_grow.base import UserError
+from mlx_grow.mlx_lm_parts import make_sampler as _mlx_lm_sampler
 
 
 def check_options(max_tokens=256, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0):

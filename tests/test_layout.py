@@ -11,17 +11,18 @@ PKG = Path(__file__).resolve().parents[1] / "mlx_grow"
 # Lower layers never import higher ones (a layer may import its own layer's
 # modules as long as that makes no circle).
 LAYERS = [
-    {"io", "base", "backend"},
+    {"io", "base", "backend", "mlx_lm_parts"},
     {"tokenizer", "substrate", "data", "sample"},
     {"model"},
     {"checkpoint", "config"},
     {"training"},
     {"merge"},
-    {"generate"},
+    {"generate", "convert"},  # convert sits below api: load() imports our exports
     {"api"},
-    {"eval", "convert", "evaluate"},
+    {"eval", "evaluate"},
     {"reproduce"},
-    {"cli"},
+    {"cli", "__main__"},
+    {"reference"},
 ]
 
 
@@ -120,6 +121,23 @@ def test_readme_python_api_in_a_fresh_interpreter():
             "import sys; assert 'lm_eval' not in sys.modules\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# Packages that take a tenth of a second to seconds to import, or pull such
+# packages in (mlx_lm imports transformers, which imports torch): the commands
+# that need one import it where they use it (benchmarks/bench_startup.py).
+HEAVY = ("mlx_lm", "transformers", "torch", "datasets", "matplotlib", "pandas", "pyarrow", "lm_eval")
+
+
+def test_import_and_cli_help_import_no_heavy_package():
+    for start in ("import mlx_grow",
+                  "import mlx_grow.cli\nsys.argv = ['mlx-grow', '--help']\n"
+                  "try:\n    mlx_grow.cli.main()\nexcept SystemExit:\n    pass"):
+        code = (f"import sys\n{start}\n"
+                f"print('heavy:', sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.splitlines()[-1] == "heavy: []", f"{start!r} imports {r.stdout.splitlines()[-1]}"
 
 
 def test_eval_command_does_not_import_lm_eval():

@@ -1,10 +1,10 @@
 """LoRA adapters on frozen blocks (mlx-lm's LoRALinear), rank budgeting and fusing."""
 
 import mlx.core as mx
-from mlx_lm.tuner.lora import LoRALinear
 
 from mlx_grow.base import UserError
 from mlx_grow.config import LORA_TARGETS as TARGETS
+from mlx_grow.mlx_lm_parts import LoRALinear
 
 
 def _linears(block, targets):
