@@ -11,17 +11,22 @@ documents follow). `prompt_start` overrides it: "none" (the bare prompt) or
 "sep" (after the tokenizer's start token, or `</s>` when it has none). With
 `instruct` the prompt is wrapped as `[INST] prompt [/INST]`, the layout of the
 instruction data. A list of ids is used exactly as given.
+
+mlx-lm's objects work here too: a model of `mlx_lm.load` (called without a mask;
+its KV cache is mlx-lm's) and its tokenizer (read through `as_tokenizer`).
 """
 
+import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
 import mlx.core as mx
 
 from mlx_grow.base import UserError
 from mlx_grow.sample import check_options, make_sampler, repetition_penalty
+from mlx_grow.tokenizer import as_tokenizer
 
 log = logging.getLogger("mlx_grow.generate")
 
@@ -43,6 +48,27 @@ class GenerationResponse:
     finish_reason: Optional[str] = None  # "stop", "length" or None while going
 
 
+@dataclass
+class BatchStats:
+    """Timings of a batch_generate call (mlx-lm's names)."""
+    prompt_tokens: int = 0
+    prompt_time: float = 0.0
+    prompt_tps: float = 0.0
+    generation_tokens: int = 0
+    generation_time: float = 0.0
+    generation_tps: float = 0.0
+    peak_memory: float = 0.0  # GB
+
+
+@dataclass
+class BatchResponse:
+    """What batch_generate returns, as mlx-lm's: the texts in prompt order, the timings,
+    and the generated ids of each row (up to its stop)."""
+    texts: List[str]
+    stats: BatchStats = field(default_factory=BatchStats)
+    token_ids: List[List[int]] = field(default_factory=list)
+
+
 PROMPT_STARTS = ("none", "sep")
 
 
@@ -51,7 +77,8 @@ def prompt_affixes(tokenizer, start: Optional[str] = None) -> tuple:
     start token ("sep": the one its post-processor puts first, else `</s>`)."""
     if start is not None and start not in PROMPT_STARTS:
         raise UserError(f"prompt start must be one of {', '.join(PROMPT_STARTS)}, got {start!r}")
-    before, after = tokenizer.affixes() if hasattr(tokenizer, "affixes") else ([], [])
+    tokenizer = as_tokenizer(tokenizer)
+    before, after = tokenizer.affixes()
     if start == "none":
         return [], []
     if start == "sep":
@@ -75,6 +102,7 @@ def encode_prompt(tokenizer, prompt, instruct: bool = False, where: str = "the p
         return ids
     if not prompt.strip():
         raise UserError(f"{where} is empty: give some text (--prompt TEXT, --prompt-file FILE or --prompt -)")
+    tokenizer = as_tokenizer(tokenizer)
     body = tokenizer.encode(f" {prompt} " if instruct else prompt)
     unk = tokenizer.unk_id
     n_unk = sum(1 for i in body if i == unk) if unk is not None else 0
@@ -121,6 +149,32 @@ def pad_mask(pad, offset: int, n: int):
     return ((k <= q)[None] & (real | (k == q)[None]))[:, None]
 
 
+def takes_mask(model) -> bool:
+    """Whether `model(x, mask=..., cache=...)` works (ours); mlx-lm's models take no mask."""
+    try:
+        return "mask" in inspect.signature(model.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def make_cache(model, pad=None):
+    """The model's KV cache. Ours masks left padding itself (`pad_mask`); an mlx-lm
+    model gets mlx-lm's cache, batched with the padding when rows are padded."""
+    if takes_mask(model):
+        cache = model.make_cache()
+        if pad is not None and hasattr(cache, "pad"):
+            cache.pad = pad
+        return cache
+    from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+
+    if pad is None:
+        return make_prompt_cache(model)
+    if hasattr(model, "make_cache"):
+        raise UserError(f"{type(model).__name__} keeps its own cache kinds, which mlx-grow cannot batch: "
+                        "generate one prompt at a time, or use mlx_lm.batch_generate")
+    return [BatchKVCache(pad.tolist()) for _ in model.layers]
+
+
 def generate_step(model, prompt, max_tokens: int, sampler, penalty: float = 1.0, pad=None, logits_processors=None,
                   prompt_progress_callback=None) -> Iterator:
     """Yield (tokens [B], logprobs [B, V]) per step for prompts [B, L].
@@ -133,15 +187,15 @@ def generate_step(model, prompt, max_tokens: int, sampler, penalty: float = 1.0,
     processors = list(logits_processors or [])
     track = penalty != 1.0 or bool(processors)
     total = prompt.shape[1]
-    cache = model.make_cache()
-    if pad is not None and hasattr(cache, "pad"):
-        cache.pad = pad
+    cache, masked = make_cache(model, pad), takes_mask(model)
     history = prompt
     if pad is not None:  # pad slots repeat the row's first real token (harmless to the penalty)
         first = mx.take_along_axis(prompt, pad[:, None], axis=1)
         history = mx.where(mx.arange(prompt.shape[1])[None] < pad[:, None], first, prompt)
 
     def forward(x):
+        if not masked:
+            return model(x, cache=cache)
         mask = None if pad is None else pad_mask(pad, cache_offset(cache), x.shape[1])
         return model(x, mask=mask, cache=cache)
 
@@ -235,8 +289,9 @@ def stream_generate(model, tokenizer, prompt, max_tokens=256, temp=0.0, top_k=0,
     longer than the model's context keeps its last context-length tokens (warned)."""
     sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop,
                            sampler)
+    tokenizer = as_tokenizer(tokenizer)
     ids = fit_context(encode_prompt(tokenizer, prompt, instruct, start=prompt_start), model)
-    eos = tokenizer.eos_id
+    eos = tokenizer.eos_token_ids
     text = TextStream(tokenizer, stop)
     tic = time.perf_counter()
     steps = generate_step(model, mx.array([ids]), max_tokens, sampler, repetition_penalty,
@@ -247,7 +302,7 @@ def stream_generate(model, tokenizer, prompt, max_tokens=256, temp=0.0, top_k=0,
         if n == 0:
             prompt_tps = len(ids) / (time.perf_counter() - tic)
             tic = time.perf_counter()
-        finish = "stop" if token == eos else None
+        finish = "stop" if token in eos else None
         piece = "" if finish else text.add(token)
         if text.done:
             finish = "stop"
@@ -277,7 +332,7 @@ def generate(model, tokenizer, prompt, max_tokens=256, verbose=False, **kw) -> s
 
 
 def print_stats(r, file=None):
-    """Token counts and tokens/s of a GenerationResponse (or a batch's stats dict), like mlx-lm."""
+    """Token counts and tokens/s of a GenerationResponse or BatchStats (or such a dict), like mlx-lm."""
     if r is None:
         return
     r = r if isinstance(r, dict) else vars(r)
@@ -289,48 +344,48 @@ def print_stats(r, file=None):
 
 def batch_generate(model, tokenizer, prompts: List[str], max_tokens=256, verbose=False, temp=0.0, top_k=0,
                    top_p=1.0, min_p=0.0, repetition_penalty=1.0, seed=None, stop=None, instruct=False,
-                   stats: Optional[dict] = None, sampler=None, logits_processors=None,
-                   prompt_progress_callback=None, prompt_start=None) -> List[str]:
-    """Generate for several prompts at once (left padding + attention mask);
-    each row stops on its own. `stats`, when given, receives the timings.
-    `sampler` and `logits_processors` as in `stream_generate` (tokens are [B, L] here)."""
+                   sampler=None, logits_processors=None, prompt_progress_callback=None,
+                   prompt_start=None) -> BatchResponse:
+    """Generate for several prompts (texts or lists of ids) at once (left padding +
+    attention mask); each row stops on its own. Returns a BatchResponse (`.texts`,
+    `.stats`, `.token_ids`) as mlx-lm's batch_generate does. `sampler` and
+    `logits_processors` as in `stream_generate` (tokens are [B, L] here)."""
     sampler, stop = _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_penalty, seed, stop,
                            sampler)
     if isinstance(prompts, str) or not len(prompts):
         raise UserError("batch_generate takes a non-empty list of prompts")
+    tokenizer = as_tokenizer(tokenizer)
     rows = [fit_context(encode_prompt(tokenizer, p, instruct, where=f"prompt {i + 1}", start=prompt_start), model,
                         f"prompt {i + 1}")
             for i, p in enumerate(prompts)]
     width = max(len(r) for r in rows)
-    fill = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
+    fill = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     pad = mx.array([width - len(r) for r in rows])
     ids = mx.array([[fill] * (width - len(r)) + r for r in rows])
     texts = [TextStream(tokenizer, stop) for _ in rows]
-    eos, n_tokens = tokenizer.eos_id, 0
+    eos, n_tokens = tokenizer.eos_token_ids, 0
     tic = time.perf_counter()
-    prompt_tps = 0.0
+    prompt_time = 0.0
     steps = generate_step(model, ids, max_tokens, sampler, repetition_penalty, pad=pad,
                           logits_processors=logits_processors, prompt_progress_callback=prompt_progress_callback)
     for n, (y, _) in enumerate(steps):
         tokens = y.tolist()
         if n == 0:
-            prompt_tps = sum(map(len, rows)) / (time.perf_counter() - tic)
+            prompt_time = time.perf_counter() - tic
             tic = time.perf_counter()
         for t, token in zip(texts, tokens):
             if not t.done:
                 n_tokens += 1
-                if token == eos:
+                if token in eos:
                     t.done = True
                 else:
                     t.add(token)
         if all(t.done for t in texts):
             steps.close()
             break
-    gen_tps = n_tokens / max(time.perf_counter() - tic, 1e-9)
-    info = dict(prompt_tokens=sum(map(len, rows)), prompt_tps=prompt_tps, generation_tokens=n_tokens,
-                generation_tps=gen_tps, peak_memory=mx.get_peak_memory() / 1e9)
-    if stats is not None:
-        stats.update(info)
+    gen_time, n_prompt = time.perf_counter() - tic, sum(map(len, rows))
+    stats = BatchStats(n_prompt, prompt_time, n_prompt / max(prompt_time, 1e-9), n_tokens, gen_time,
+                       n_tokens / max(gen_time, 1e-9), mx.get_peak_memory() / 1e9)
     if verbose:
-        print_stats(info)
-    return [t.text for t in texts]
+        print_stats(stats)
+    return BatchResponse([t.text for t in texts], stats, [t.ids for t in texts])

@@ -78,6 +78,16 @@ def check_unicode(text: str):
                          "which is not valid Unicode and cannot be tokenized; remove or replace it") from None
 
 
+def split_affixes(bare: list, full: list, name=None) -> tuple:
+    """(ids before, ids after) `bare` inside `full`: one text encoded without and with
+    the tokenizer's special tokens."""
+    bare, full = list(bare), list(full)
+    at = next((i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), None)
+    if not bare or at is None:
+        raise UserError(f"cannot tell where tokenizer {name or ''} puts its special tokens around a text")
+    return full[:at], full[at + len(bare):]
+
+
 class Tokenizer:
     """A thin wrapper over a `tokenizers.Tokenizer` with the ids a model needs."""
 
@@ -101,6 +111,38 @@ class Tokenizer:
     unk_id = property(lambda self: self._id("unk"))
     pad_id = property(lambda self: self._id("pad"))
 
+    # transformers' and mlx-lm's names, so mlx_lm.generate / batch_generate take this tokenizer
+    bos_token_id, eos_token_id, unk_token_id, pad_token_id = bos_id, eos_id, unk_id, pad_id
+    bos_token = property(lambda self: self.special["bos"])
+    eos_token = property(lambda self: self.special["eos"])
+    unk_token = property(lambda self: self.special["unk"])
+    pad_token = property(lambda self: self.special["pad"])
+    chat_template = None
+    clean_up_tokenization_spaces = False  # decode keeps " ." as it is
+
+    @property
+    def eos_token_ids(self) -> set:
+        """The ids that end generation (mlx-lm's name)."""
+        return set() if self.eos_id is None else {self.eos_id}
+
+    def get_vocab(self) -> dict:
+        """{token string: id}, special tokens included (transformers' name)."""
+        return self.backend.get_vocab(with_added_tokens=True)
+
+    def convert_ids_to_tokens(self, ids):
+        if isinstance(ids, int):
+            return self.backend.id_to_token(ids)
+        return [self.backend.id_to_token(int(i)) for i in ids]
+
+    def apply_chat_template(self, *args, **kwargs):
+        raise UserError(f"tokenizer {self.name or ''} has no chat template: give the prompt as text "
+                        "(an instruction model takes --instruct)")
+
+    def convert_tokens_to_ids(self, tokens):
+        if isinstance(tokens, str):
+            return self.backend.token_to_id(tokens)
+        return [self.backend.token_to_id(t) for t in tokens]
+
     @property
     def inst_ids(self):
         a, b = self.backend.token_to_id("[INST]"), self.backend.token_to_id("[/INST]")
@@ -115,11 +157,17 @@ class Tokenizer:
             finally:
                 self.backend.encode_special_tokens = False
 
-    def encode(self, text: str, allow_special: bool = False) -> List[int]:
+    def encode(self, text: str, add_special_tokens: bool = False, allow_special: bool = False) -> List[int]:
+        """The ids of `text`. `add_special_tokens` puts the post-processor's tokens around
+        it, as transformers and mlx-lm do by default (here off: data is encoded bare)."""
         if not isinstance(text, str):
             raise UserError(f"encode takes a str, got {type(text).__name__}")
         check_unicode(text)
-        return self._encode(lambda: self.backend.encode(text, add_special_tokens=False).ids, allow_special)
+        ids = self._encode(lambda: self.backend.encode(text, add_special_tokens=False).ids, allow_special)
+        if add_special_tokens:
+            before, after = self.affixes()
+            ids = before + ids + after
+        return ids
 
     def encode_batch(self, texts: Sequence[str], allow_special: bool = False) -> List[List[int]]:
         texts = list(texts)
@@ -131,8 +179,10 @@ class Tokenizer:
         encs = self._encode(lambda: encode(texts, add_special_tokens=False), allow_special)
         return [e.ids for e in encs]
 
-    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        ids = [int(i) for i in ids]
+    def decode(self, ids: Iterable[int], skip_special: bool = False, skip_special_tokens=None) -> str:
+        if skip_special_tokens is not None:  # transformers' name
+            skip_special = skip_special_tokens
+        ids = [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise UserError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
@@ -147,10 +197,7 @@ class Tokenizer:
         with self._lock:
             bare = self.backend.encode("a", add_special_tokens=False).ids
             full = self.backend.encode("a", add_special_tokens=True).ids
-        at = next((i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare), None)
-        if not bare or at is None:
-            raise UserError(f"cannot tell where tokenizer {self.name or ''} puts its special tokens around a text")
-        return full[:at], full[at + len(bare):]
+        return split_affixes(bare, full, self.name)
 
     def with_prompt_start(self, token) -> "Tokenizer":
         """A copy whose post-processor puts `token` (a special-token string, e.g. the
@@ -204,6 +251,43 @@ class Tokenizer:
         _write_json(out / "special_tokens_map.json", smap)
         _write_json(out / "tokenizer_config.json", config)
         return out
+
+
+class ForeignTokenizer:
+    """A transformers or mlx-lm tokenizer (e.g. the TokenizerWrapper of `mlx_lm.load`)
+    under the names mlx-grow's generation reads: `encode` is bare, `affixes()` gives
+    what its own encode adds around a text."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.name = getattr(tok, "name_or_path", None)
+        self.bos_id, self.eos_id, self.unk_id, self.pad_id = (
+            getattr(tok, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad"))
+        eos = getattr(tok, "eos_token_ids", None)
+        self.eos_token_ids = set(eos) if eos else ({self.eos_id} if self.eos_id is not None else set())
+        vocab = tok.get_vocab()
+        a, b = vocab.get("[INST]"), vocab.get("[/INST]")
+        self.inst_ids = None if a is None or b is None else (a, b)
+
+    def encode(self, text: str) -> List[int]:
+        if not isinstance(text, str):
+            raise UserError(f"encode takes a str, got {type(text).__name__}")
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+    def affixes(self) -> tuple:
+        full = self.tok.encode("a", add_special_tokens=True)
+        return split_affixes(self.tok.encode("a", add_special_tokens=False), full, self.name)
+
+
+def as_tokenizer(tok):
+    """Ours as it is (also inside an mlx-lm TokenizerWrapper), anything else as a ForeignTokenizer."""
+    inner = getattr(tok, "_tokenizer", None)
+    if isinstance(inner, Tokenizer):
+        return inner
+    return tok if isinstance(tok, (Tokenizer, ForeignTokenizer)) else ForeignTokenizer(tok)
 
 
 # --- bvv241 ---

@@ -67,3 +67,17 @@ def train_steps(run) -> list:
 
     rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
     return [r["global_step"] for r in rows if r["event"] == "train"]
+
+
+def grown_and_exported(root):
+    """A two-stage grow run under `root` (a 1-block stage-01, a 2-block final/) on
+    bvv241-2-3, trained a few steps, and final/ exported as Starcoder2 to root/hf.
+    Returns (run directory, export directory)."""
+    from mlx_grow.convert import export_model
+    from mlx_grow.training.grow import grow
+
+    corpus = kjv_slice(root / "kjv.txt", docs=40)
+    cfg = grow_config(str(corpus), depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 3})
+    final, _ = grow(cfg, root / "run", progress=False, echo=lambda *a, **k: None)
+    export_model(final, root / "hf", to="starcoder2")
+    return root / "run", root / "hf"

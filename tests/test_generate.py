@@ -88,14 +88,17 @@ def test_batch_matches_one_by_one(tok):
     model = tiny(tok)
     prompts = ["Hi", "The quick brown fox jumps", "x"]
     single = [generate(model, tok, p, max_tokens=15) for p in prompts]
-    assert batch_generate(model, tok, prompts, max_tokens=15) == single
+    out = batch_generate(model, tok, prompts, max_tokens=15)
+    assert out.texts == single
+    assert [tok.decode(ids) for ids in out.token_ids] == single
+    assert out.stats.prompt_tokens == sum(len(encode_prompt(tok, p)) for p in prompts)
 
 
 def test_batch_with_router_matches_one_by_one(tok):
     merged = MergedModel([tiny(tok), tiny(tok, seed=1)], make_combiner(2, router=True))
     prompts = ["abc", "a much longer prompt here"]
     single = [generate(merged, tok, p, max_tokens=10) for p in prompts]
-    assert batch_generate(merged, tok, prompts, max_tokens=10) == single
+    assert batch_generate(merged, tok, prompts, max_tokens=10).texts == single
 
 
 def test_stop_string_and_streaming(tok):
@@ -106,7 +109,7 @@ def test_stop_string_and_streaming(tok):
     out = "".join(p.text for p in pieces)
     assert out == text[: text.find(stop)]
     assert pieces[-1].finish_reason == "stop"
-    assert batch_generate(model, tok, ["Hello"], max_tokens=40, stop=[stop]) == [out]
+    assert batch_generate(model, tok, ["Hello"], max_tokens=40, stop=[stop]).texts == [out]
 
 
 def test_stops_at_eos(tok):

@@ -6,8 +6,8 @@ intended output is byte-identical before and after.
 Every case runs in a fresh copy of one small world (models, a merge, exports, a
 finished grow run, a corpus), with that copy as the working directory. `new`
 marks the cases that failed before issue 15 (they were fixed with it); the others
-were already handled and stay here so they keep being handled. The README's
-Reliability section gives the counts (`python tests/test_hostile.py` prints them).
+were already handled and stay here so they keep being handled. docs/reliability.md
+describes the table (`python tests/test_hostile.py` prints the counts).
 """
 
 import hashlib
@@ -487,8 +487,11 @@ CASES = [
     Case("generate-run-dir", ["generate", "-m", "run", "-p", "In", "-n", "2"], 0, r"using run/final", new=True),
     Case("generate-unfinished-run", ["generate", "-m", "run", "-p", "In"], 2,
          r"run is a grow run without a final/ model yet: use a stage model such as run/stage-02", unfinished, new=True),
-    Case("generate-transformers-export", ["generate", "-m", "hf", "-p", "In"], 2,
-         r"hf is a Hugging Face \(transformers\) model.*`mlx-grow convert import hf -o hf-mlx`", new=True),
+    Case("generate-transformers-folder", ["generate", "-m", "hf", "-p", "In"], 2,
+         r"hf is a Hugging Face \(transformers\) model.*`mlx-grow convert import hf -o hf-mlx`",
+         lambda w: (w / "hf" / "mlx_grow_export.json").unlink(), new=True),
+    Case("generate-our-export", ["generate", "-m", "hf", "-p", "In", "-n", "2"], 0, r"Generation: 2 tokens",
+         new=True),
     Case("generate-prompt-over-context", ["generate", "-m", "a", "-p", PROMPT_LONG, "-n", "2"], 0,
          r"warning: the prompt has [\d,]+ tokens but the model.s context is 64: only its last 64", new=True),
     Case("generate-long-prompt-progress", ["generate", "-m", "long", "-p", PROMPT_LONG, "-n", "2"], 0,

@@ -81,8 +81,10 @@ def compare_cmd(
 @app.command("generate")
 @guarded
 def generate_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", help="Model or merged model directory, or a grow run "
-                                         "directory (its final/ model)"),
+    model: Optional[str] = typer.Option(None, "--model", help="Model or merged model directory, a grow run "
+                                        "directory (its final/ model), our Hugging Face export, or a Hub id "
+                                        "org/name"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a Hub id"),
     m: Optional[str] = typer.Option(None, "-m", help="--model; next to --model, mlx-lm's -m N (--max-tokens)"),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text; '-' reads stdin"),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="One prompt per line, run as a batch"),
@@ -111,6 +113,7 @@ def generate_cmd(
         print_stats,
         stream_generate,
     )
+    from mlx_grow.io.hub import resolve
     from mlx_grow.io.progress import StepProgress
 
     if model is None and m is None:
@@ -119,7 +122,7 @@ def generate_cmd(
         if m.isdigit() and not Path(m).exists():
             raise UserError(f"-m {m}: -m means --model here; for the number of tokens use --max-tokens {m} (or "
                             f"-n {m}), or give --model DIR and mlx-lm's -m {m}")
-        model = Path(m)
+        model = m
     elif m is not None:
         if not m.isdigit():
             raise UserError(f"both --model {model} and -m {m} name a model: give it once")
@@ -134,8 +137,8 @@ def generate_cmd(
             raise UserError(f"prompt file {prompt_file} has no non-empty line")
     else:
         prompts = [sys.stdin.read().rstrip("\n") if prompt == "-" else prompt]
-    path = model_dir(model)
-    if path != model:
+    path = model_dir(resolve(model, revision), name=model)
+    if path != Path(model):
         say(f"using {path}")
     m_, tok = load(path)
     bar = None
@@ -155,10 +158,10 @@ def generate_cmd(
                 prompt_progress_callback=progress, prompt_start=prompt_start)
     try:
         if prompt_file is not None:
-            stats = {}
-            for i, text in enumerate(batch_generate(m_, tok, prompts, stats=stats, **opts)):
+            out = batch_generate(m_, tok, prompts, **opts)
+            for i, text in enumerate(out.texts):
                 print(f"--- {i + 1}: {prompts[i]}\n{text}", flush=True)
-            print_stats(stats, file=sys.stderr)
+            print_stats(out.stats, file=sys.stderr)
             return
         last = None
         for last in stream_generate(m_, tok, prompts[0], **opts):

@@ -13,6 +13,7 @@ from mlx_grow.cli.common import (
     guarded,
     say,
 )
+from mlx_grow.config import config_help
 
 
 def one_of(arg, alias, what: str, flag: str):
@@ -30,15 +31,17 @@ def print_notes(report: dict):
 @convert_app.command("inspect")
 @guarded
 def convert_inspect(
-    path: Path = typer.Argument(..., help="Checkpoint directory or weights file"),
+    path: str = typer.Argument(..., help="Checkpoint directory or weights file, or a Hub id org/name"),
     map_file: Optional[Path] = typer.Option(None, "--map", help="Mapping file (YAML) for a custom layout"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a Hub id"),
 ):
     """Print every tensor's name, shape and dtype, the config, and which layout matched."""
     import json
 
     from mlx_grow.convert.inspect import inspect
+    from mlx_grow.io.hub import resolve
 
-    rep = inspect(path, map_file)
+    rep = inspect(resolve(path, revision, checkpoint=True), map_file)
     for name, shape, dtype in rep["tensors"]:
         console.print(f"{name}  {shape}  {dtype}", highlight=False)
     console.print(f"config: {json.dumps(rep['config'])}", highlight=False)
@@ -57,12 +60,13 @@ def convert_inspect(
 @convert_app.command("import")
 @guarded
 def convert_import(
-    src: Optional[Path] = typer.Argument(None, help="Checkpoint: config.json + *.safetensors (or .bin / .pt), or "
-                                         "one file (or --hf-path, as mlx_lm.convert)"),
+    src: Optional[str] = typer.Argument(None, help="Checkpoint: config.json + *.safetensors (or .bin / .pt), "
+                                        "one file, or a Hub id org/name (or --hf-path, as mlx_lm.convert)"),
     out: Path = typer.Option(..., "--out", "-o", "--mlx-path", help="Output mlx-grow model directory"),
-    hf_path: Optional[Path] = typer.Option(None, "--hf-path", help="The checkpoint, as mlx_lm.convert spells it"),
+    hf_path: Optional[str] = typer.Option(None, "--hf-path", help="The checkpoint, as mlx_lm.convert spells it"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a Hub id"),
     map_file: Optional[Path] = typer.Option(None, "--map", help="Mapping file (YAML) for a custom layout"),
-    expansion: Optional[str] = typer.Option(None, help="How a narrow [V, w] table widens to d: repeat | tile"),
+    expansion: Optional[str] = typer.Option(None, help=config_help("model.substrate.expansion")),
     table: Optional[Path] = typer.Option(None, help="Input table file: .pt, .npy, .safetensors or embeddings.txt"),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer (dir, tokenizer.json or bvv241 name)"),
     substrate: Optional[str] = typer.Option(None, help="Substrate kind, if not inferred: binary | random | float "
@@ -75,6 +79,7 @@ def convert_import(
 ):
     """Import a PyTorch / Hugging Face checkpoint (or merged experts) into a mlx-grow model directory."""
     from mlx_grow.convert.importer import import_checkpoint
+    from mlx_grow.io.hub import resolve
 
     src = one_of(src, hf_path, "the checkpoint (CKPT)", "--hf-path")
     for name, val, ok in (("--expansion", expansion, ("repeat", "tile")),
@@ -82,8 +87,9 @@ def convert_import(
                           ("--output-rope", output_rope, ("rotate-half", "interleaved"))):
         if val is not None and val not in ok:
             fail(f"{name} must be {' or '.join(ok)}, got {val!r}")
-    rep = import_checkpoint(src, out, mapping=map_file, expansion=expansion, table=table, tokenizer=tokenizer,
-                            kind=substrate, rope=rope, output_rope=output_rope, dtype=dtype, overwrite=overwrite)
+    rep = import_checkpoint(resolve(src, revision, checkpoint=True), out, mapping=map_file, expansion=expansion,
+                            table=table, tokenizer=tokenizer, kind=substrate, rope=rope, output_rope=output_rope,
+                            dtype=dtype, overwrite=overwrite)
     s = rep["substrate"]
     what = f"{rep['experts']} experts" if rep["experts"] else f"{rep['args']['num_hidden_layers']} layers"
     say(f"imported {src} ({rep['layout']} layout, {what}); substrate {s['kind']} {s['shape']} "
@@ -115,14 +121,16 @@ def convert_export(
 @convert_app.command("verify")
 @guarded
 def convert_verify(
-    src: str = typer.Argument(..., help="The source checkpoint (a directory transformers can load)"),
+    src: str = typer.Argument(..., help="The source checkpoint (a directory transformers can load, or a Hub id "
+                              "org/name)"),
     model: Path = typer.Argument(..., help="Our imported model directory"),
     prompt: str = typer.Option("The quick brown fox jumps over the lazy dog.", help="Prompt to compare on"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the source's own model code"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a Hub id SRC"),
 ):
     """Run the source with transformers and our import on one prompt; print the largest logit difference."""
     from mlx_grow.convert.inspect import verify
 
-    rep = verify(src, model, prompt=prompt, trust_remote_code=trust_remote_code)
+    rep = verify(src, model, prompt=prompt, trust_remote_code=trust_remote_code, revision=revision)
     console.print(f"{rep['tokens']} tokens: max |logit difference| {rep['max_abs_diff']:.3g}, "
                   f"argmax agreement {rep['argmax_agree']:.0%}", highlight=False)

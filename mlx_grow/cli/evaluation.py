@@ -19,8 +19,11 @@ from mlx_grow.cli.common import (
 @app.command("eval")
 @guarded
 def eval_cmd(
-    model: List[str] = typer.Option(..., "--model", help="Model directory, or a grow run directory (every "
-                                    "stage-NN/ checkpoint and final/); repeatable"),
+    model: List[str] = typer.Option(..., "--model", help="Model directory, a grow run directory (every "
+                                    "stage-NN/ checkpoint and final/), our Hugging Face export, or a Hub id "
+                                    "org/name; repeatable"),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of the Hub ids among "
+                                           "--model"),
     task: Optional[List[str]] = typer.Option(None, "--task", help="mmlu | arc_easy | arc_challenge | "
                                              "commonsense_qa | squad | opus100 (--hub) | a .json/.jsonl task "
                                              "file; repeatable"),
@@ -52,7 +55,7 @@ def eval_cmd(
     writable(out)  # before any score is computed
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
                       top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress, echo=say,
-                      ci_ddof=ci_ddof, prompt_start=prompt_start)
+                      ci_ddof=ci_ddof, prompt_start=prompt_start, revision=revision)
     console.print(markdown(report), highlight=False, soft_wrap=True)
     try:
         paths = write(report, out)

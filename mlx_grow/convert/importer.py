@@ -204,6 +204,42 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
             "notes": notes}
 
 
+def load_export(src):
+    """(model, tokenizer) of a Hugging Face folder imported in memory, nothing written:
+    the model `import_checkpoint` would write (float32), a merge with its combiner."""
+    import mlx.core as mx
+
+    from mlx_grow.checkpoint import build_model, check_vocab
+    from mlx_grow.merge.combine import Combiner, MergedModel
+    from mlx_grow.tokenizer import load_tokenizer
+
+    source = Source(src)
+    if not (source.root / "tokenizer.json").is_file():
+        raise UserError(f"{source.root} has no tokenizer.json: import it with `mlx-grow convert import "
+                        f"{source.root} -o DIR --tokenizer TOKENIZER`, then load DIR")
+    split = split_experts(source)
+    if split is None:
+        results, record = [plan_import(source)], None
+    else:
+        subs, _, shared, record = split
+        results = [plan_import(s, table=shared, strict=False) for s in subs]
+    models = [build_model(args, {name: mx.array(make()) for name, _, _, make in plan}, source.path)
+              for args, plan, _ in results]
+    if split is None:
+        model = models[0]
+    else:
+        model = MergedModel(models, Combiner(**((record or {}).get("combiner") or {})))
+        if model.adapter is not None:
+            f = source.root / ADAPTER
+            if not f.is_file():
+                raise UserError(f"{f} is missing: the merge's {model.combiner.adapter} adapter has no weights")
+            model.adapter.load_weights(str(f), strict=True)
+        mx.eval(model.parameters())
+    tok = load_tokenizer(source.root)
+    check_vocab(model.args, tok, source.root)
+    return model, tok
+
+
 def split_experts(source, mapping=None):
     """None for a single model; else (expert sources, unplaced keys, a shared
     table, the merge record). A merge is our export (experts/N + the combiner)

@@ -28,12 +28,18 @@ def inspect(path, mapping=None) -> dict:
             "experts": [str(s.path) for s in subs], "unplaced": unplaced}
 
 
-def verify(src, model_dir, prompt="The quick brown fox jumps over the lazy dog.", trust_remote_code=False) -> dict:
-    """Run the source with transformers (its own code) and our import on one
-    prompt; report the largest logit difference."""
+def verify(src, model_dir, prompt="The quick brown fox jumps over the lazy dog.", trust_remote_code=False,
+           revision=None) -> dict:
+    """Run the source (a folder, or a Hub id at `revision`) with transformers (its own
+    code) and our import on one prompt; report the largest logit difference."""
     import mlx.core as mx
 
-    from mlx_grow.api import load
+    from mlx_grow.checkpoint import load_model, read_meta, read_tokenizer
+    from mlx_grow.io.hub import resolve
+
+    src = resolve(src, revision, checkpoint=True)
+    if not src.exists():
+        raise FileNotFoundError(f"source checkpoint {src} does not exist")
 
     try:
         import torch
@@ -41,12 +47,14 @@ def verify(src, model_dir, prompt="The quick brown fox jumps over the lazy dog."
     except ImportError:
         raise UserError("verify runs the source with transformers and PyTorch: install both "
                          "(the dev extra: pip install 'mlx-grow[dev]')") from None
-    model, tok = load(model_dir)
-    if not hasattr(model, "layers"):
+    if "experts" in read_meta(model_dir):
         raise UserError(f"{model_dir} is a merge; verify each expert against its source")
+    model = load_model(model_dir)
+    tok = read_tokenizer(model_dir, model.args)
     ids = tok.encode(prompt)[: model.args.max_position_embeddings] or [0]
     try:
-        hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, trust_remote_code=trust_remote_code)
+        hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                  local_files_only=True)
     except Exception as e:  # transformers raises many kinds
         raise UserError(f"transformers cannot load {src}: {e}") from None
     with torch.no_grad():

@@ -99,7 +99,7 @@ def generate_with(model, tokenizer, prompt_start=None):
         for n in sorted(set(max_tokens)):
             idx = [i for i, m in enumerate(max_tokens) if m == n]
             texts = batch_generate(model, tokenizer, [prompts[i] for i in idx], max_tokens=n, temp=temp,
-                                   top_k=top_k, seed=seed, prompt_start=prompt_start)
+                                   top_k=top_k, seed=seed, prompt_start=prompt_start).texts
             for i, t in zip(idx, texts):
                 out[i] = t
         return out
@@ -107,13 +107,20 @@ def generate_with(model, tokenizer, prompt_start=None):
     return fn
 
 
-def expand_models(specs) -> list:
-    """[(name, path)]; a grow RUN directory gives its stage-NN/ checkpoints and final/ model."""
+def expand_models(specs, revision=None) -> list:
+    """[(name, path)]; a grow RUN directory gives its stage-NN/ checkpoints and final/ model;
+    a Hub id (at `revision`) its folder in the Hugging Face cache, named by the id."""
+    from mlx_grow.io.hub import resolve
+
     out = []
     for spec in specs:
-        p = Path(spec)
+        p = resolve(spec, revision, strict=False)
         if not p.is_dir():
-            raise FileNotFoundError(f"model {spec} does not exist: give a model directory or a grow run directory")
+            raise FileNotFoundError(f"model {spec} does not exist: give a model directory, a grow run directory "
+                                    "or a Hub id org/name")
+        if p != Path(str(spec)).expanduser():  # a Hub id, in the cache
+            out.append((str(spec), p))
+            continue
         is_model = (p / "config.json").exists() or (p / "mlx_grow.json").exists()
         if not is_model and ((p / "run.json").exists() or (p / "metrics.jsonl").exists() or any(p.glob("stage-*"))):
             dirs = sorted(d for d in p.glob("stage-[0-9]*") if (d / "config.json").exists())
@@ -158,11 +165,12 @@ def load_for_eval(path):
 
 def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10, temp=1.0, top_k=0, seed=0,
              batch_tokens=None, hub=False, progress=False, echo=None, generate_fn=None, ci_ddof=0,
-             prompt_start=None) -> dict:
+             prompt_start=None, revision=None) -> dict:
     """Evaluate every model (paths; run directories expand) on tasks and texts; return the report.
     `generate_fn(model, tokenizer)` may supply the paper protocol's generator (see evaluate.py).
     `ci_ddof`: the σ of the paper protocol's interval (0 as the papers' harness; 1 the sample form).
-    `prompt_start`: how paper-protocol prompts start (None: as each model's tokenizer says; "none"; "sep")."""
+    `prompt_start`: how paper-protocol prompts start (None: as each model's tokenizer says; "none"; "sep").
+    `revision`: the branch, tag or commit of the Hub ids among `models`."""
     from mlx_grow.eval import scorer as E
     from mlx_grow.io.progress import StepProgress
 
@@ -184,7 +192,7 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
                            "loglik_start": "contexts and texts start after </s> (the separator)"},
               "tasks": [{"name": t.name, "kind": t.kind, "items": len(t.items), "style": t.style, "origin": t.origin}
                         for t in loaded]}
-    for name, path in expand_models(models):
+    for name, path in expand_models(models, revision):
         model, tok, info = load_for_eval(path)
         scorer = E.Scorer(model, tok, batch_tokens or E.DEFAULT_BATCH_TOKENS, name=name, prompt_start=prompt_start)
         info["prompt_start"] = [tok.decode([i]) for i in scorer.prompt_before]  # what paper prompts follow

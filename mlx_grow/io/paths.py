@@ -1,15 +1,27 @@
 """Paths read from our own files (an index, a manifest, a merge record) are
 data, not trust: each must stay inside the folder that names it."""
 
+import os
 from pathlib import Path
 
 from mlx_grow.base import UserError
 
 
+def hub_blobs(folder: Path):
+    """The blobs folder of the huggingface_hub cache repository whose snapshot holds
+    `folder` (.../models--org--name/snapshots/<commit>[/sub]), else None: the cache
+    links each snapshot file to a blob there."""
+    for p in (folder, *folder.parents):
+        if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
+            return p.parent.parent / "blobs"
+    return None
+
+
 def inside(root, name, what: str, error=UserError, kind: str = "file") -> Path:
     """`root / name`, refused (with `error`, naming the entry) unless it resolves
-    inside `root` and is a regular file (kind="file") or a folder (kind="dir").
-    A missing entry is returned as it is, for the caller's own message."""
+    inside `root` (or, in a Hub cache snapshot, is a link inside `root` to one of
+    the repository's blobs) and is a regular file (kind="file") or a folder
+    (kind="dir"). A missing entry is returned as it is, for the caller's own message."""
     root = Path(root)
     if not isinstance(name, str) or not name or "\x00" in name:
         raise error(f"{what} {name!r} is not a file name: the entry is damaged")
@@ -18,7 +30,9 @@ def inside(root, name, what: str, error=UserError, kind: str = "file") -> Path:
         real, base = path.resolve(), root.resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
         raise error(f"{what} {name!r} cannot be resolved ({e}): the entry is damaged") from None
-    if real == base or base not in real.parents:
+    named = Path(os.path.normpath(root / name))
+    blobs = hub_blobs(base) if Path(os.path.normpath(root)) in named.parents else None
+    if (real == base or base not in real.parents) and not (blobs is not None and blobs.resolve() in real.parents):
         raise error(f"{what} {name!r} points outside {root}: refusing to read it (only files inside the "
                     "folder are read)")
     if path.exists():

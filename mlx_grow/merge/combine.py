@@ -42,8 +42,40 @@ class Combiner:
     rank: int = 8  # of the low-rank adapter
 
 
+class ExpertCache(list):
+    """One expert's per-layer KV caches, one cache to mlx-lm's generation loops:
+    `state` and the batch operations (merge, extract, filter, extend, prepare,
+    finalize) apply to every layer."""
+
+    @property
+    def state(self):
+        return [c.state for c in self]
+
+    def merge(self, caches):
+        return ExpertCache(layer[0].merge(list(layer)) for layer in zip(*caches))
+
+    def extract(self, idx):
+        return ExpertCache(c.extract(idx) for c in self)
+
+    def filter(self, keep):
+        for c in self:
+            c.filter(keep)
+
+    def extend(self, other):
+        for a, b in zip(self, other):
+            a.extend(b)
+
+    def prepare(self, **kw):
+        for c in self:
+            c.prepare(**kw)
+
+    def finalize(self):
+        for c in self:
+            c.finalize()
+
+
 class MergedCache(list):
-    """One KV cache list per expert, plus the router's running state."""
+    """One ExpertCache per expert, plus the router's running state."""
 
     def __init__(self, caches):
         super().__init__(caches)
@@ -138,7 +170,7 @@ class MergedModel(nn.Module):
         self.freeze()
 
     def make_cache(self):
-        return MergedCache([e.make_cache() for e in self.experts])
+        return MergedCache([ExpertCache(e.make_cache()) for e in self.experts])
 
     def __call__(self, inputs, mask=None, cache=None):
         c = self.combiner
@@ -178,7 +210,10 @@ class MergedModel(nn.Module):
         """Log-likelihood [E, B, T] of the tokens up to each position under each expert."""
         lps = [z - mx.logsumexp(z, axis=-1, keepdims=True) for z in zs]
         B, T = inputs.shape
-        state = cache if isinstance(cache, MergedCache) else None
+        if cache is not None and not isinstance(cache, MergedCache):
+            raise UserError("a merge with a router keeps a running score per sequence, which mlx-lm's batched "
+                            "generation drops: use mlx_grow.batch_generate")
+        state = cache
         if state is not None and state.last is not None:  # the first token, scored by the last step
             first = mx.take_along_axis(state.last, mx.broadcast_to(inputs[None, :, :1], (len(zs), B, 1)), axis=-1)
         else:
