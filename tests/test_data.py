@@ -329,3 +329,49 @@ def test_cli_prepare_and_info(tok, small, tmp_path):
     assert "documents" in r.output and "1 of 1 items" in r.output
     r = runner.invoke(app, ["data", "info", str(tmp_path / "missing.txt")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_mlx_lm_folder_trains_on_train_validates_on_valid_never_reads_test(tok, tmp_path, monkeypatch):
+    """An mlx-lm data folder (train/valid/test.jsonl): train.jsonl is the training split,
+    valid.jsonl the validation split, test.jsonl is never opened; prepare, data info and
+    a grow run say so."""
+    from typer.testing import CliRunner
+
+    from mlx_grow.cli import app
+
+    d = tmp_path / "lm"
+    d.mkdir()
+    train, valid, test = kjv_docs(30), kjv_docs(4, start=30), ["TEST ONLY " + t for t in kjv_docs(3, start=40)]
+    jsonl(d / "train.jsonl", train), jsonl(d / "valid.jsonl", valid), jsonl(d / "test.jsonl", test)
+    opened = []
+    real = corpora.file_documents
+    monkeypatch.setattr(corpora, "file_documents", lambda p, *a, **k: (opened.append(p.name), real(p, *a, **k))[1])
+    (shard,) = prepare([str(d)], tok, progress=False, val_fraction=0.25)
+    assert "test.jsonl" not in opened
+    assert [tok.decode(x[:-1]) for x in doc_texts(tok, shard, "val")] == valid  # less the separator
+    assert [tok.decode(x[:-1]) for x in doc_texts(tok, shard, "train")] == train
+    note = data.split_note(shard.meta)
+    assert "train.jsonl" in note and "validates on valid.jsonl" in note and "test.jsonl is never read" in note
+
+    r = CliRunner().invoke(app, ["data", "info", str(d)])
+    assert r.exit_code == 0 and "test.jsonl is never read" in r.output, r.output
+    # a folder without valid.jsonl holds out val_fraction of train.jsonl, and says so
+    (d / "valid.jsonl").unlink()
+    (shard,) = prepare([str(d)], tok, progress=False, val_fraction=0.1)
+    assert shard.meta["documents"]["val"] == 3 and "holds out 10% of train.jsonl" in data.split_note(shard.meta)
+    assert "test.jsonl" not in opened
+
+
+def test_grow_on_an_mlx_lm_folder_says_how_it_is_split(tmp_path):
+    from helpers import grow_config
+
+    from mlx_grow.training.grow import grow
+
+    d = tmp_path / "lm"
+    d.mkdir()
+    jsonl(d / "train.jsonl", kjv_docs(20)), jsonl(d / "valid.jsonl", kjv_docs(3, start=20))
+    (d / "test.jsonl").write_text("not json at all\n")  # would fail if anything read it
+    said = []
+    grow(grow_config(str(d), depth=2, grow={"steps_per_stage": 1}), tmp_path / "run", progress=False,
+         echo=lambda m, *a, **k: said.append(str(m)))
+    assert any("mlx-lm data folder" in m and "test.jsonl is never read" in m for m in said), said

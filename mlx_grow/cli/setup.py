@@ -12,9 +12,11 @@ from mlx_grow.cli.common import (
     console,
     data_app,
     guarded,
+    say,
     substrate_app,
     tokenizer_app,
 )
+from mlx_grow.config import config_help
 from mlx_grow.io.atomic import check_output
 
 
@@ -54,7 +56,7 @@ def info(
 def substrate_build(
     config: str = typer.Argument(..., help="Config (path or packaged name)"),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file"),
-    font: Optional[str] = typer.Option(None, help="Font file for the glyph substrate (default: Unifont)"),
+    font: Optional[str] = typer.Option(None, help=config_help("model.substrate.font")),
     overwrite: bool = typer.Option(False, help="Replace an existing substrate file that mlx-grow wrote"),
 ):
     """Build a config's substrate table and write it with its fingerprint."""
@@ -178,10 +180,10 @@ def data_prepare(
     sources: Optional[List[str]] = typer.Argument(None, help=_SOURCES_HELP),
     tokenizer: str = typer.Option("bvv241-2-3", "--tokenizer", "-t", help="Tokenizer name or folder"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Shard folder (default: the shard cache)"),
-    separator: str = typer.Option("</s>", help="Token that ends every document"),
-    val_fraction: float = typer.Option(0.01, help="Share of documents held out for validation"),
-    field: Optional[str] = typer.Option(None, help="Text field of jsonl / parquet / dataset rows (default text)"),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip files that are not UTF-8, with a warning"),
+    separator: str = typer.Option("</s>", help=config_help("data.separator")),
+    val_fraction: float = typer.Option(0.01, help=config_help("data.val_fraction")),
+    field: Optional[str] = typer.Option(None, help=config_help("data.sources[].field")),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=config_help("data.skip_bad_files")),
 ):
     """Tokenize sources into packed token shards (cached; reused when unchanged)."""
     from mlx_grow.data import stream as data
@@ -190,9 +192,13 @@ def data_prepare(
     data.check_val_fraction(val_fraction, "--val-fraction")
     shards = data.prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
                           field=field, skip_bad_files=skip_bad)
-    console.print(info_table(info(shards)))
-    for s in shards:
-        console.print(f"{s.meta['source']}: {s.path}", highlight=False)
+    rows = info(shards)
+    console.print(info_table(rows))
+    for r in rows:
+        console.print(f"{r['source']}: {r['path']}", highlight=False)
+    for r in rows:
+        if r["note"]:
+            say(r["note"])
 
 
 @data_app.command("info")
@@ -203,13 +209,16 @@ def data_info(
     against: Optional[Path] = typer.Option(None, help="Task file (.json/.jsonl: question, choices, answer) "
                                                       "to check for contamination"),
     n: int = typer.Option(13, "-n", help="Word n-gram length for --against"),
-    field: Optional[str] = typer.Option(None, help="Text field of jsonl / parquet / dataset rows (default text)"),
+    field: Optional[str] = typer.Option(None, help=config_help("data.sources[].field")),
 ):
     """Documents, characters, tokens, characters per token and <unk> share per source."""
     from mlx_grow.data.contamination import contamination, info, info_table
 
     rows = info(sources, tokenizer, field=field)
     console.print(info_table(rows))
+    for r in rows:
+        if r["note"]:
+            say(r["note"])
     if against is not None:
         rep = contamination([r["path"] for r in rows], against, n=n)
         hits = [r["index"] for r in rep["per_item"] if r["question"] or r["answer"]]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mlx_grow.base import UserError
-from mlx_grow.data.stream import Shard, Stream, _checked, _tokenizer, prepare
+from mlx_grow.data.stream import Shard, Stream, _checked, _tokenizer, prepare, split_note
 
 
 def _shards(items, tokenizer="bvv241-2-3", **kw) -> list:
@@ -40,7 +40,7 @@ def info(items=None, tokenizer="bvv241-2-3", **prepare_kw) -> list:
         tot = {k: sum(m[k].values()) for k in ("documents", "characters", "tokens", "unk")}
         rows.append(dict(source=m["source"], **tot, chars_per_token=tot["characters"] / max(tot["tokens"], 1),
                          unk_share=tot["unk"] / max(tot["tokens"], 1), train_tokens=m["tokens"]["train"],
-                         val_tokens=m["tokens"]["val"], path=str(s.path)))
+                         val_tokens=m["tokens"]["val"], path=str(s.path), note=split_note(m)))
     return rows
 
 

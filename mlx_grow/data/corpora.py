@@ -241,6 +241,20 @@ def file_documents(path: Path, field: Optional[str] = None, skip_bad: bool = Fal
         yield from sections(row_text(row, field, f"{path} row {n}"))
 
 
+def mlx_lm_splits(source: str) -> Optional[dict]:
+    """The files of an mlx-lm data folder (`train.jsonl`, optional `valid.jsonl` and
+    `test.jsonl`) as {"train": path, "val": path or None, "test": path or None};
+    None for any other source. Training reads train, validation reads valid, and
+    nothing reads test."""
+    if source.startswith(("builtin:", "hf:")):
+        return None
+    p = Path(source).expanduser()
+    if not (p.is_dir() and (p / "train.jsonl").is_file()):
+        return None
+    found = {k: p / f for k, f in (("val", "valid.jsonl"), ("test", "test.jsonl"))}
+    return {"train": p / "train.jsonl", **{k: f if f.is_file() else None for k, f in found.items()}}
+
+
 def is_dataset_dir(p: Path) -> bool:
     return p.is_dir() and any((p / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
 
@@ -280,7 +294,12 @@ def documents(source: str, field: Optional[str] = None, skip_bad: bool = False) 
         yield from _dataset(datasets.load_dataset(source[3:], split="train"), field, source)
         return
     p = Path(source).expanduser()
-    if is_dataset_dir(p):
+    splits = mlx_lm_splits(source)
+    if splits:  # train, then valid; test.jsonl is never read
+        for f in (splits["train"], splits["val"]):
+            if f is not None:
+                yield from file_documents(f, field, skip_bad)
+    elif is_dataset_dir(p):
         import datasets
 
         yield from _dataset(datasets.load_from_disk(str(p)), field, str(p))

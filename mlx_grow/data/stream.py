@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, opt
 from mlx_grow.data import corpora
 from mlx_grow.io import atomic_dir
 
@@ -42,9 +42,9 @@ STAGE_DATA = ("continue", "restart")
 
 @dataclass
 class SourceSpec:
-    source: str
-    weight: float = 1.0
-    field: Optional[str] = None  # text field of jsonl / parquet / dataset rows ("text" by default)
+    source: str = opt(help="A text or row file, a folder, hf:NAME (a datasets dataset) or builtin:NAME")
+    weight: float = opt(1.0, "Mixture weight: the share of rows drawn from this source, relative to the others")
+    field: Optional[str] = opt(None, "Text field of jsonl / parquet / dataset rows; default text")
 
     @classmethod
     def parse(cls, item, where: str) -> "SourceSpec":
@@ -63,15 +63,19 @@ class SourceSpec:
 
 @dataclass
 class DataConfig:
-    sources: list = field(default_factory=list)  # empty -> builtin:default
-    val_fraction: float = 0.01  # share of documents held out for validation
-    separator: str = "</s>"
-    instruction_files: list = field(default_factory=list)  # question/answer .jsonl/.json/.parquet
-    instruction_ratio: float = 0.0  # share of rows drawn from instruction_files
-    stages: list = field(default_factory=list)  # per growth stage: a list like `sources`
-    stage_data: str = "continue"  # continue: each stage reads on where its mixture stopped; restart: from batch 0
-    cache_dir: Optional[str] = None  # default $MLX_GROW_CACHE/shards or ~/.cache/mlx-grow/shards
-    skip_bad_files: bool = False  # skip non-UTF-8 files with a warning instead of failing
+    sources: list = opt([], "Training sources: strings, or mappings {source, weight, field} (see "
+                            "data.sources[]); empty: builtin:default")
+    val_fraction: float = opt(0.01, "Share of documents held out for validation, between 0 and 0.5")
+    separator: str = opt("</s>", "Token that ends every document")
+    instruction_files: list = opt([], "Question/answer files (.jsonl, .json, .parquet) mixed into training")
+    instruction_ratio: float = opt(0.0, "Share of rows drawn from instruction_files, in [0, 1)")
+    stages: list = opt([], "One mixture per growth stage, each a list like sources (the last repeats); empty: "
+                           "sources for every stage")
+    stage_data: str = opt("continue", "continue: each stage reads on where its mixture stopped; restart: every "
+                                      "stage reads from batch 0")
+    cache_dir: Optional[str] = opt(None, "Shard cache folder; null: $MLX_GROW_CACHE/shards, else "
+                                         "~/.cache/mlx-grow/shards")
+    skip_bad_files: bool = opt(False, "Skip files that are not UTF-8, with a warning, instead of failing")
 
     @classmethod
     def from_dict(cls, d: Optional[dict], where: str = "data config") -> "DataConfig":
@@ -224,10 +228,17 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
     ids = dict(sep=_special_id(tok, separator, "separator"))
     if instruction:
         ids.update(inst=_special_id(tok, "[INST]", "control token"), end=_special_id(tok, "[/INST]", "control token"))
-    hashes, chars, content = _scan(_docs(spec, instruction, skip_bad_files))
+    splits = None if instruction else corpora.mlx_lm_splits(spec.source)
+    if splits and splits["val"] is not None:  # the folder says which documents validate
+        parts = [_scan(corpora.file_documents(splits[k], spec.field, skip_bad_files)) for k in ("train", "val")]
+        hashes, chars = np.concatenate([p[0] for p in parts]), parts[0][1] + parts[1][1]
+        content = hashlib.sha256((parts[0][2] + parts[1][2]).encode()).hexdigest()
+        n_val = len(parts[1][0])
+    else:
+        hashes, chars, content = _scan(_docs(spec, instruction, skip_bad_files))
+        n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(hashes)))
     if len(hashes) == 0:
         raise UserError(f"data source {spec.source} has no text (no non-empty documents)")
-    n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(hashes)))
     if n_val and len(hashes) < 2:
         raise UserError(f"data source {spec.source} has one document, and a validation split needs two: "
                          "add text, or set val_fraction: 0")
@@ -237,12 +248,17 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
     with _lock(path):  # ranks that share a cache prepare a source once
         if not (path / "meta.json").exists():
             is_val = np.zeros(len(hashes), bool)
-            is_val[np.argsort(hashes, kind="stable")[:n_val]] = True
+            if splits and splits["val"] is not None:
+                is_val[len(hashes) - n_val:] = True
+            else:
+                is_val[np.argsort(hashes, kind="stable")[:n_val]] = True
             meta = dict(format=FORMAT, name=_slug(spec.source), source=spec.source, field=spec.field,
                         kind="instruction" if instruction else "text", tokenizer=getattr(tok, "name", None),
                         tokenizer_fingerprint=tok.fingerprint, vocab_size=tok.vocab_size,
                         dtype="uint16" if tok.vocab_size <= 1 << 16 else "uint32", separator=separator,
                         separator_id=ids["sep"], val_fraction=val_fraction, content_hash=content)
+            if splits:
+                meta["splits"] = {k: f.name if f else None for k, f in splits.items()}
             with atomic_dir(path, overwrite=True, marker="meta.json") as tmp:
                 meta.update(_encode(_docs(spec, instruction, skip_bad_files), tok, tmp, is_val, chars, ids,
                                     np.dtype(meta["dtype"]), f"tokenizing {spec.source}", progress))
@@ -310,6 +326,17 @@ def _encode(docs, tok, out: Path, is_val, chars, ids, dtype, label, progress) ->
         f.close()
         np.save(out / f"{s}.idx.npy", np.array(starts[s], np.int64))
     return {k: {s: stats[s][k] for s in stats} for k in ("documents", "characters", "tokens", "unk")}
+
+
+def split_note(meta: dict):
+    """What an mlx-lm data folder's shard trains and validates on, or None."""
+    splits = meta.get("splits")
+    if not splits:
+        return None
+    val = (f"validates on {splits['val']}" if splits["val"] else
+           f"has no valid.jsonl, so validation holds out {meta['val_fraction']:.0%} of {splits['train']}")
+    test = f"; {splits['test']} is never read" if splits.get("test") else ""
+    return f"{meta['source']} is an mlx-lm data folder: training reads {splits['train']}, {val}{test}"
 
 
 def _checked(shard: Shard) -> Shard:

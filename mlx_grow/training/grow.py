@@ -269,6 +269,8 @@ class Grower:
         self.first_data = StageData(self.cfg, self.tok, self.stages[0], self.seed,
                                     self.show_progress and self.rank == 0)
         self.val_batches = self.first_data.first.val_batches(self.t.val_batches)
+        for note in self.first_data.notes():
+            self.say(note)
 
     def cast(self):
         if self.t.dtype != "float32":  # new blocks and adapters are built in float32

@@ -4,7 +4,7 @@ walks, and from which batch (`data.stage_data` continue / restart)."""
 import numpy as np
 
 from mlx_grow.config import RunConfig
-from mlx_grow.data.stream import open_stream
+from mlx_grow.data.stream import open_stream, split_note
 from mlx_grow.training.schedule import Stage
 
 
@@ -32,6 +32,11 @@ class StageData:
         self.streams, self.first = streams, streams[self.keys[0]]
         self.bounds = np.cumsum([0] + segments)
         self.restart = cfg.data.stage_data == "restart"
+
+    def notes(self) -> list:
+        """How the stage's mlx-lm data folders are split (see data.stream.split_note)."""
+        metas = [s.meta for stream in self.streams.values() for s in stream.shards]
+        return [n for n in map(split_note, metas) if n]
 
     def key(self, step: int) -> str:
         j = int(np.searchsorted(self.bounds, step, side="right") - 1)
