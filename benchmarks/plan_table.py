@@ -1,5 +1,5 @@
 """The memory planner's predictions for every packaged config at one batch shape
-(default: the papers' 32 x 1024 tokens in bfloat16), as the README's table.
+(default: the papers' 32 x 1024 tokens in bfloat16), as the table in docs/scaling-out.md.
 
     python benchmarks/plan_table.py [--batch 32] [--seq 1024] [--dtype bfloat16] [--ranks 1 2 8]
 

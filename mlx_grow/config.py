@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from mlx_grow.base import UserError, strict_from_dict
+from mlx_grow.base import UserError, field_help, opt, strict_from_dict
 from mlx_grow.data.stream import DataConfig
 from mlx_grow.model import BLOCK_INITS, ModelArgs
 
@@ -87,24 +87,27 @@ def per_stage(value, k: int):
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16  # global batch, in sequences
-    seq_len: int = 128
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = 20  # re-warmed at every growth event
-    weight_decay: float = 0.01
-    betas: list = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0  # 0 turns clipping off
-    grad_accum: int = 1
-    grad_checkpoint: bool = False  # recompute trainable blocks' activations in the backward pass
-    dtype: str = "float32"  # bfloat16 on Metal/CUDA; float32 on CPU
-    eval_every: int = 50  # 0: only at stage ends
-    val_batches: int = 4
-    checkpoint_every: int = 500  # 0: no resumable checkpoints
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0  # init, data order, adapters (see training/grow.py seeds)
-    loss_chunk: int = 0  # tokens per chunk of the cross-entropy (0: about 128 MB of float32 logits a chunk)
+    batch_size: int = opt(16, "Global batch in sequences, summed over all ranks and micro-batches")
+    seq_len: int = opt(128, "Tokens per training sequence; at most model.max_position_embeddings")
+    lr: float = opt(1e-3, "Peak learning rate of AdamW")
+    min_lr_ratio: float = opt(0.1, "The cosine decay ends at lr * min_lr_ratio")
+    warmup_steps: int = opt(20, "Linear warm-up steps; the warm-up starts again at every growth event")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    betas: list = opt([0.9, 0.95], "AdamW betas, two numbers in [0, 1)")
+    grad_clip: float = opt(1.0, "Clip the gradient to this global norm; 0 turns clipping off")
+    grad_accum: int = opt(1, "Micro-batches per step; batch_size must divide by ranks x grad_accum")
+    grad_checkpoint: bool = opt(False, "Recompute the trainable blocks' activations in the backward pass "
+                                       "(less memory, more compute)")
+    dtype: str = opt("float32", "float32 | bfloat16 | float16: bfloat16 on Metal and CUDA, float32 on a CPU "
+                                "(half-precision matmuls are slow on Linux CPUs)")
+    eval_every: int = opt(50, "Steps between validation-loss evaluations; 0: only at stage ends")
+    val_batches: int = opt(4, "Batches in the fixed validation set")
+    checkpoint_every: int = opt(500, "Steps between resumable checkpoints; 0: none")
+    keep_checkpoints: int = opt(2, "Resumable checkpoints kept; older ones are deleted")
+    log_every: int = opt(10, "Steps between progress log lines")
+    # Every random choice derives from it (training/grow.py: init_seed, block_seed, adapter_key, ...).
+    seed: int = opt(0, "Seed for the initialisation, the data order and the LoRA adapters")
+    loss_chunk: int = opt(0, "Tokens per chunk of the cross-entropy; 0: about 128 MB of float32 logits a chunk")
 
     def __post_init__(self):
         for key in ("batch_size", "seq_len", "grad_accum", "val_batches", "log_every"):
@@ -131,17 +134,23 @@ class TrainConfig:
 
 @dataclass
 class LoRAConfig:
-    rank: int = 8
-    scale: float = 2.0
-    targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
-    from_depth: int | None = None  # adapters on all frozen blocks once the model is this deep
-    budget: int | None = None  # cap on active params; the rank is chosen to fit
-    restarts: int = 0  # per stage: merge, fresh adapters, optimizer reset, LR re-warmup
-    final_phase_steps: int = 0  # a last phase: adapters on every block, merged at the end
-    final_phase_tokens: int | None = None  # the same phase's length in tokens (wins over steps)
-    # Interleaved LoRA-only phases (v3): [{after_stage: k, steps: n} | {after_stage: k, tokens: n}];
-    # adapters on every existing block, no new block, merged at the phase end.
-    phases: list = field(default_factory=list)
+    rank: int = opt(8, "Rank of the LoRA adapters")
+    scale: float = opt(2.0, "Scale of the adapters' update (mlx-lm's LoRALinear scale)")
+    targets: list = opt(["q_proj", "v_proj"], "Projections that get adapters: q_proj, k_proj, v_proj, o_proj, "
+                                              "c_fc, c_proj")
+    from_depth: int | None = opt(None, "Put adapters on all frozen blocks once the model is this deep; "
+                                       "null: no adapters during growth")
+    budget: int | None = opt(None, "Cap on the active (trainable) parameters of a stage; the adapter rank is "
+                                   "chosen to fit")
+    restarts: int = opt(0, "Restarts per stage: merge the adapters, start fresh ones, reset the optimizer, "
+                           "warm the LR up again")
+    final_phase_steps: int = opt(0, "Steps of a last phase: adapters on every block, merged at the end; "
+                                    "0: no such phase")
+    final_phase_tokens: int | None = opt(None, "The last phase's length in tokens (wins over "
+                                               "final_phase_steps)")
+    # The v3 schedule: LoRA-only phases between growth stages.
+    phases: list = opt([], "LoRA-only phases, [{after_stage: K, steps: N}] or [{after_stage: K, tokens: N}]: "
+                           "adapters on every existing block, no new block, merged at the phase end")
 
     def __post_init__(self):
         need_int("grow.lora.rank", self.rank, 1)
@@ -184,9 +193,9 @@ class LoRAConfig:
 
 @dataclass
 class PlateauConfig:
-    patience: int = 3  # evaluations without improvement before the stage ends
-    min_delta: float = 0.0  # nats the validation loss must fall to count as improvement
-    stages: list | None = None  # 1-based stages it applies to (None: every stage); e.g. [1]
+    patience: int = opt(3, "Evaluations without improvement before the stage ends")
+    min_delta: float = opt(0.0, "Nats the validation loss must fall to count as an improvement")
+    stages: list | None = opt(None, "Stages it applies to, 1-based, e.g. [1]; null: every stage")
 
     def __post_init__(self):
         need_int("grow.plateau.patience", self.patience, 1)
@@ -206,20 +215,26 @@ class PlateauConfig:
 
 @dataclass
 class GrowConfig:
-    blocks_per_stage: int = 3
-    stages: list | None = None  # explicit new-block counts, e.g. [3, 3, 3, 3, 4]
-    monolithic: bool = False  # all blocks at once on the same token stream
-    steps_per_stage: int | list = 200
-    tokens_per_stage: int | list | None = None  # wins over steps_per_stage
-    plateau: PlateauConfig | None = None  # end a stage early when validation loss stops falling
-    train_head: bool | list = True  # False: head + final norm train in stage 1, frozen after; or one per stage
-    train_substrate_first: bool = False  # substrate trainable in stage 1, frozen after
-    train_all_last: bool = False  # the last stage trains every block (never a paper default)
-    block_init: str = "random"  # random | zero-out | copy-top
-    carry_optimizer: bool = True  # keep head/norm Adam moments across growth events
-    prefix_cache: bool = False  # cache the frozen prefix's hidden states
-    prefix_cache_mb: int = 512
-    lora: LoRAConfig | None = None
+    blocks_per_stage: int = opt(3, "New blocks per growth stage, unless stages lists them")
+    stages: list | None = opt(None, "New blocks of each stage, e.g. [3, 3, 3, 3, 4]; they add up to the depth")
+    monolithic: bool = opt(False, "Train all blocks at once on the same token stream (the baseline)")
+    steps_per_stage: int | list = opt(200, "Steps of each stage; a list gives one per stage (the last repeats)")
+    tokens_per_stage: int | list | None = opt(None, "Tokens of each stage (wins over steps_per_stage); a list "
+                                                    "gives one per stage")
+    plateau: PlateauConfig | None = opt(None, "End a stage early when the validation loss stops falling "
+                                              "(see grow.plateau)")
+    train_head: bool | list = opt(True, "Whether the LM head and final norm train. false: they train in stage 1 "
+                                        "and are frozen after; a list gives one value per stage")
+    train_substrate_first: bool = opt(False, "The substrate trains in stage 1 and is frozen after (fresh "
+                                             "models only)")
+    # Never a paper default: the papers train only the newest blocks.
+    train_all_last: bool = opt(False, "The last stage trains every block")
+    block_init: str = opt("random", "How new blocks start: random | zero-out (the block starts as the "
+                                    "identity) | copy-top (a copy of the top block)")
+    carry_optimizer: bool = opt(True, "Keep the head's and final norm's AdamW moments across growth events")
+    prefix_cache: bool = opt(False, "Cache the frozen prefix's hidden states")
+    prefix_cache_mb: int = opt(512, "Size cap of the prefix cache, in MB")
+    lora: LoRAConfig | None = opt(None, "LoRA adapters on frozen blocks (see grow.lora); null: none")
 
     def __post_init__(self):
         if isinstance(self.plateau, dict):
@@ -287,14 +302,15 @@ class GrowConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelArgs
-    tokenizer: str = "bvv241-2-3"
-    name: str = ""
-    description: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
-    grow: GrowConfig = field(default_factory=GrowConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    path: str = ""
+    model: ModelArgs = opt(help="The model's shape and substrate (see model)")
+    tokenizer: str = opt("bvv241-2-3", "bvv241-2-3 | bvv241-max | a tokenizer folder or tokenizer.json")
+    name: str = opt("", "Names the run: runs/NAME-grow-sSEED by default")
+    description: str = opt("", "What the config is; which figures are the papers' and which are ours")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data (see data)"})
+    grow: GrowConfig = field(default_factory=GrowConfig, metadata={"help": "The growth schedule (see grow)"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The optimiser and the loop "
+                                                                              "(see train)"})
+    path: str = ""  # the file it was read from; not a config key
     # Blocks of the model a run grows further (`grow --from`; 0: a fresh model). Not a
     # config key: it comes from the source model (run.json's `from` on resume), and
     # the plan grows model.num_hidden_layers - base new blocks on top of it.
@@ -392,6 +408,25 @@ class RunConfig:
             new.path = self.path
             self.__dict__.update(new.__dict__)
         return changed
+
+
+def config_sections() -> dict:
+    """Every section of a run config, by its dotted name ("" is the top level), in
+    the order of the config reference (docs/reference/config.md)."""
+    from mlx_grow.data.stream import SourceSpec
+    from mlx_grow.substrate.tables import SubstrateArgs
+
+    return {"": RunConfig, "model": ModelArgs, "model.substrate": SubstrateArgs, "data": DataConfig,
+            "data.sources[]": SourceSpec, "grow": GrowConfig, "grow.plateau": PlateauConfig,
+            "grow.lora": LoRAConfig, "train": TrainConfig}
+
+
+def config_help(key: str, note: str = "") -> str:
+    """The help text of config key `key` (e.g. "train.seed"), naming the key: the
+    help of a command-line flag that sets it. `note` adds what only the flag needs."""
+    section, _, name = key.rpartition(".")
+    text = field_help(config_sections()[section], name)
+    return f"{text} ({key}{'; ' + note if note else ''})"
 
 
 def packaged_configs() -> dict:

@@ -16,38 +16,41 @@ from mlx_grow.cli.common import (
     guarded,
     say,
 )
+from mlx_grow.config import config_help
 
 
 @app.command("grow")
 @guarded
 def grow_cmd(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Config (path or packaged name); default tiny"),
-    depth: Optional[int] = typer.Option(None, help="Final number of blocks (model.num_hidden_layers)"),
-    blocks_per_stage: Optional[int] = typer.Option(None, "--blocks-per-stage", help="New blocks per stage"),
-    stages: Optional[str] = typer.Option(None, help="Explicit stage sizes, e.g. 3,3,3,3,4"),
-    data: Optional[List[str]] = typer.Option(None, "--data", help="Data source (repeatable)"),
+    depth: Optional[int] = typer.Option(None, help=config_help("model.num_hidden_layers")),
+    blocks_per_stage: Optional[int] = typer.Option(None, "--blocks-per-stage",
+                                                   help=config_help("grow.blocks_per_stage")),
+    stages: Optional[str] = typer.Option(None, help=config_help("grow.stages", "as 3,3,3,3,4")),
+    data: Optional[List[str]] = typer.Option(None, "--data", help=config_help("data.sources", "repeatable")),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory"),
     resume: Optional[Path] = typer.Option(None, help="Resume this run directory"),
     from_: Optional[Path] = typer.Option(None, "--from", help="Grow this model directory further (a finished "
                                          "run's final/, an imported model): its blocks stay frozen and the stages "
                                          "add new ones up to --depth"),
     monolithic: Optional[bool] = typer.Option(None, "--monolithic/--no-monolithic",
-                                              help="Train all blocks at once (baseline)"),
-    seed: Optional[int] = typer.Option(None, help="Seed for init and data order (train.seed; default 0)"),
-    steps_per_stage: Optional[int] = typer.Option(None, "--steps-per-stage"),
-    tokens_per_stage: Optional[int] = typer.Option(None, "--tokens-per-stage"),
-    lr: Optional[float] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
-    block_init: Optional[str] = typer.Option(None, "--block-init", help="random | zero-out | copy-top"),
+                                              help=config_help("grow.monolithic")),
+    seed: Optional[int] = typer.Option(None, help=config_help("train.seed")),
+    steps_per_stage: Optional[int] = typer.Option(None, "--steps-per-stage",
+                                                  help=config_help("grow.steps_per_stage")),
+    tokens_per_stage: Optional[int] = typer.Option(None, "--tokens-per-stage",
+                                                   help=config_help("grow.tokens_per_stage")),
+    lr: Optional[float] = typer.Option(None, help=config_help("train.lr")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=config_help("train.batch_size")),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help=config_help("train.seq_len")),
+    block_init: Optional[str] = typer.Option(None, "--block-init", help=config_help("grow.block_init")),
     freeze_head: Optional[bool] = typer.Option(None, "--freeze-head/--train-head",
-                                               help="Head + final norm train in stage 1 only; later stages "
-                                               "train only the new blocks (grow.train_head false)"),
+                                               help=config_help("grow.train_head", "--freeze-head sets it false")),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
-                                                help="Cache the frozen prefix's hidden states"),
+                                                help=config_help("grow.prefix_cache")),
     lora_phase: Optional[List[str]] = typer.Option(
-        None, "--lora-phase", help="A LoRA-only phase after growth stage K for N steps, as K:N (repeatable; "
-        "grow.lora.phases): adapters on every existing block, merged at the phase end"),
+        None, "--lora-phase", help=config_help("grow.lora.phases", "one phase of N steps after stage K as K:N; "
+                                                                   "repeatable")),
     progress: bool = typer.Option(True, help="Show a progress bar"),
     restart: bool = typer.Option(False, "--restart", help="With --resume: when every checkpoint is damaged, "
                                  "start the run over from step 0 in the same folder"),

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, opt
 from mlx_grow.substrate.codes import (
     gf2_code,
     id_bits,
@@ -37,19 +37,19 @@ KINDS = ("binary", "gf2", "random", "float", "glyph", "trainable")
 
 @dataclass
 class SubstrateArgs:
-    kind: str = "binary"
-    bits: int = 16  # code width for binary / gf2 / random; the table width (PCA components) for float
-    code_bits: Optional[int] = None  # float: width of the random code before PCA (default: bits)
-    order: str = "msb"  # binary bit order: msb | lsb
-    expansion: str = "repeat"  # repeat | tile
-    seed: int = 0  # random / float / gf2 / trainable
-    trainable: bool = False  # train the table (materialised as [V, d])
-    path: Optional[str] = None  # load the table from .npy / .safetensors / .pt
-    # glyph recipe
-    font: Optional[str] = None
-    font_size: int = 32
-    augment: str = "2-3"  # augmentation table: 2-3 | max
-    tokenizer: Optional[str] = None  # whose token strings are rendered
+    kind: str = opt("binary", "binary | gf2 | random | float | glyph | trainable")
+    bits: int = opt(16, "Code width for binary, gf2 and random; the table width (PCA components) for float")
+    # The code's width before PCA is not published: ours to choose.
+    code_bits: Optional[int] = opt(None, "float: width of the random code before PCA; null: bits")
+    order: str = opt("msb", "Bit order of binary: msb | lsb")
+    expansion: str = opt("repeat", "How a [V, w] table widens to d_model: repeat (each entry d/w times) | tile")
+    seed: int = opt(0, "Seed of random, float, gf2 and trainable tables")
+    trainable: bool = opt(False, "Train the table (materialised as [V, d_model])")
+    path: Optional[str] = opt(None, "Load the table from a .npy, .safetensors or .pt file instead")
+    font: Optional[str] = opt(None, "glyph: the font file; default Unifont")
+    font_size: int = opt(32, "glyph: the font size in pixels")
+    augment: str = opt("2-3", "glyph: the augmentation table, 2-3 | max")
+    tokenizer: Optional[str] = opt(None, "glyph: the tokenizer whose token strings are rendered")
 
     def __post_init__(self):
         if self.kind not in KINDS:
