@@ -563,6 +563,7 @@ def test_lm_eval_harness_agrees_with_loglik_protocol(tok, tmp_path):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
+    import mlx_grow.evaluate  # noqa: F401  (registers the lm-eval model "mlx-grow", as documented)
     from mlx_grow.eval.runner import run_eval as evaluate
 
     rng = np.random.default_rng(0)
