@@ -41,6 +41,7 @@ def grow_cmd(
     tokens_per_stage: Optional[int] = typer.Option(None, "--tokens-per-stage",
                                                    help=config_help("grow.tokens_per_stage")),
     lr: Optional[float] = typer.Option(None, help=config_help("train.lr")),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help=config_help("train.schedule")),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=config_help("train.batch_size")),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=config_help("train.seq_len")),
     block_init: Optional[str] = typer.Option(None, "--block-init", help=config_help("grow.block_init")),
@@ -68,7 +69,7 @@ def grow_cmd(
                  "steps_per_stage": steps_per_stage, "tokens_per_stage": tokens_per_stage,
                  "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
                  "prefix_cache": prefix_cache},
-        "train": {"lr": lr, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
+        "train": {"lr": lr, "schedule": schedule, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
         "data": {"sources": list(data) if data else None},
     }
     phases = parse_lora_phases(lora_phase)

@@ -40,7 +40,7 @@ from mlx_grow.training.runs import (
 from mlx_grow.training.schedule import Stage, plan
 from mlx_grow.training.source import check_source
 from mlx_grow.training.stage_data import StageData, rebuild_reads
-from mlx_grow.training.step import Stepper, check_finite, evaluate, split_xy
+from mlx_grow.training.step import Stepper, check_finite, evaluate, run_schedule, split_xy
 
 
 class TrainingDiverged(RuntimeError):
@@ -165,6 +165,8 @@ class Grower:
             cfg.base = self.base
             cfg.validate()
         self.stages = plan(cfg)
+        # The run's planned step where each stage starts (train.schedule global / constant).
+        self.planned = np.cumsum([0] + [s.steps for s in self.stages]).tolist()
         self.pcache = PrefixCache(self.g.prefix_cache_mb) if self.g.prefix_cache else None
         self.val_batches = None
         self.first_data = None  # the first stage's batches, opened while checking the data
@@ -315,8 +317,12 @@ class Grower:
         self.segment = st.steps
         if lcfg and lcfg.restarts and L.has_lora(self.model):
             self.segment = math.ceil(st.steps / (lcfg.restarts + 1))
+        sched = {}
+        if self.t.schedule != "per_stage":  # the LR follows the run's planned step: no re-warm here
+            sched = dict(schedule=run_schedule(self.t, self.planned[-1]),
+                         start_step=self.planned[st.index] + self.pos.step)
         self.stepper = Stepper(self.model, self.t, self.segment, self.group, carry=carry,
-                               prefix_start=self.first if self.use_cache else None, frozen_below=self.first)
+                               prefix_start=self.first if self.use_cache else None, frozen_below=self.first, **sched)
 
     def train_stage(self, st: Stage):
         t, pos = self.t, self.pos
@@ -395,7 +401,8 @@ class Grower:
         return bad >= p.patience
 
     def restart_lora(self, st: Stage):
-        """Merge the adapters, add fresh ones, reset their optimizer and re-warm the LR."""
+        """Merge the adapters, add fresh ones, reset their optimizer and (train.schedule
+        per_stage) re-warm the LR."""
         L.fuse_lora(self.model.layers)
         add_adapters(self.model, st, self.cfg, restart_key(self.seed, self.pos.global_step))
         self.cast()
