@@ -76,6 +76,20 @@ def test_monolithic_scalar_token_budget_needs_named_stages():
     assert [s.segments for s in plan(cfg)] == [[91553] * 3]
 
 
+def test_monolithic_keeps_the_final_lora_phase_as_a_last_segment():
+    from mlx_grow.training.info import stage_notes
+    from mlx_grow.training.params import totals
+
+    cfg = load_config("paper-16l-16bit")
+    grown = plan(cfg)
+    cfg.override(grow={"monolithic": True})
+    (mono,) = plan(cfg)
+    assert mono.segments == [s.steps for s in grown] and grown[-1].kind == "lora"  # 5 stages + the final phase
+    assert mono.steps * 32 * 1024 == sum(s.steps for s in grown) * 32 * 1024 == 68_900_028_416
+    notes = stage_notes(cfg, totals(cfg.model))
+    assert "planned tokens: 68,900,028,416 (68.9B)" in notes and notes[0].endswith("68.9B tokens")
+
+
 def test_one_layer_series_configs_follow_the_cards_and_v1():
     for name, lora_from in (("d4096-1layer", 5), ("d4096-1layer-v1", 3)):
         cfg = load_config(name)

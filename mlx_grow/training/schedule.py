@@ -97,16 +97,18 @@ def plan(cfg: RunConfig, base: int | None = None) -> list:
                             train_head=g.head_trains(k),
                             train_substrate=g.train_substrate_first and k == 0 and not base,
                             train_all=g.train_all_last and k == len(sizes) - 1))
-    if g.monolithic:  # one stage: every block from scratch, walking the grown run's streams in order
-        stages = [Stage(index=0, new=depth, depth=depth, steps=sum(s.steps for s in stages), train_all=True,
-                        segments=[s.steps for s in stages])]
     lcfg = g.lora
+    final = steps_for(cfg, 0, lcfg.final_phase_steps, lcfg.final_phase_tokens) if lcfg and (
+        lcfg.final_phase_steps or lcfg.final_phase_tokens) else 0
+    if g.monolithic:  # one stage: every block from scratch, walking the grown run's streams in order,
+        # the final LoRA phase's tokens included (a last segment of the same length)
+        segments = [s.steps for s in stages] + ([final] if final else [])
+        stages = [Stage(index=0, new=depth, depth=depth, steps=sum(segments), train_all=True, segments=segments)]
     if lcfg and lcfg.phases:
         stages = interleave(cfg, stages, lcfg.phases)
-    if lcfg and not g.monolithic and (lcfg.final_phase_steps or lcfg.final_phase_tokens):
-        steps = steps_for(cfg, 0, lcfg.final_phase_steps, lcfg.final_phase_tokens)
+    if final and not g.monolithic:
         n = len(sizes)  # the final phase follows the last growth stage (seeds, data, head as before)
-        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=steps, lora_phase=True, grown=n,
+        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=final, lora_phase=True, grown=n,
                             train_head=g.head_trains(n)))
     for st in stages:
         st.lora_rank = lora_rank(cfg, st)
