@@ -90,6 +90,19 @@ def test_monolithic_keeps_the_final_lora_phase_as_a_last_segment():
     assert "planned tokens: 68,900,028,416 (68.9B)" in notes and notes[0].endswith("68.9B tokens")
 
 
+def test_blocks_per_stage_with_listed_stages_is_refused_naming_both(tmp_path):
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["grow", "-c", "paper-9l-16bit", "--blocks-per-stage", "1", "-o", str(out)])
+    assert r.exit_code == 2 and out.exists() is False, r.output
+    said = " ".join(r.output.split())
+    assert "--blocks-per-stage 1 and grow.stages of paper-9l-16bit [3, 3, 3] both set the blocks" in said
+    assert "--stages 1,1,1,1,1,1,1,1,1" in said
+    r = runner.invoke(app, ["grow", "--stages", "4,5", "--blocks-per-stage", "2", "-o", str(out)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--blocks-per-stage 2 and --stages [4, 5]" in said and "--stages 2,2,2,2,1" in said
+    assert not out.exists()
+
+
 def test_one_layer_series_configs_follow_the_cards_and_v1():
     for name, lora_from in (("d4096-1layer", 5), ("d4096-1layer-v1", 3)):
         cfg = load_config(name)

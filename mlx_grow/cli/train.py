@@ -92,6 +92,13 @@ def grow_cmd(
             from mlx_grow.training.source import source_depth
 
             cfg.base = source_depth(from_)
+        listed = parse_stages(stages) or cfg.grow.stages
+        if blocks_per_stage is not None and listed:  # the list would win without a word
+            where = "--stages" if stages is not None else f"grow.stages of {config or 'tiny'}"
+            split = split_blocks(blocks_per_stage, (depth if depth is not None else cfg.depth) - cfg.base)
+            raise UserError(f"--blocks-per-stage {blocks_per_stage} and {where} {listed} both set the blocks of "
+                            "each stage, and the list would win: drop --blocks-per-stage, or list the stages you "
+                            f"want with --stages (e.g. --stages {','.join(map(str, split))})")
         cfg.override(**flags)
         cfg.validate()
         if out is None:
@@ -125,6 +132,11 @@ def parse_lora_phases(texts):
                             f"of 50 steps after stage 1); got {text!r}")
         phases.append({"after_stage": int(k), "steps": int(n)})
     return phases
+
+
+def split_blocks(n: int, total: int) -> list:
+    """`total` blocks in stages of `n` (the last one smaller when they do not divide)."""
+    return [n] * (total // n) + ([total % n] if total % n else [])
 
 
 def parse_stages(text: Optional[str]):
