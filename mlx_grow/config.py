@@ -248,6 +248,10 @@ class GrowConfig:
     train_all_last: bool = opt(False, "The last stage trains every block")
     block_init: str = opt("random", "How new blocks start: random | zero-out (the block starts as the "
                                     "identity) | copy-top (a copy of the top block)")
+    from_as_first_stage: bool = opt(False, "grow --from: the first new stage follows the config's stage-1 "
+                                           "rules (per-stage lists, train_head, plateau.stages, data.stages); "
+                                           "false: the source model counts as stage 1, so this run's stages "
+                                           "follow the rules of stages 2, 3, ...")
     carry_optimizer: bool = opt(True, "Keep the head's and final norm's AdamW moments across growth events")
     prefix_cache: bool = opt(False, "Cache the frozen prefix's hidden states")
     prefix_cache_mb: int = opt(512, "Size cap of the prefix cache, in MB")
@@ -280,7 +284,8 @@ class GrowConfig:
             raise UserError("grow.train_head[0] is false, so the LM head and final norm would never train from "
                             "their random start; `train_head: false` (--freeze-head) already trains them in stage 1 "
                             "and freezes them after")
-        for key in ("monolithic", "train_substrate_first", "train_all_last", "carry_optimizer", "prefix_cache"):
+        for key in ("monolithic", "train_substrate_first", "train_all_last", "from_as_first_stage", "carry_optimizer",
+                    "prefix_cache"):
             need_bool(f"grow.{key}", getattr(self, key))
         need_choice("grow.block_init", self.block_init, BLOCK_INITS)
         need_int("grow.prefix_cache_mb", self.prefix_cache_mb, 1)

@@ -120,6 +120,7 @@ def test_one_layer_series_configs_follow_the_cards_and_v1():
     ("train", "grad_checkpoint", "yes", "train.grad_checkpoint must be true or false"),
     ("train", "schedule", "cosine", "train.schedule must be one of per_stage, global, constant"),
     ("train", "decay_fraction", 1.0, "train.decay_fraction must be a number >= 0 and < 1"),
+    ("grow", "from_as_first_stage", "yes", "grow.from_as_first_stage must be true or false"),
     ("grow", "stages", [0, 2], "grow.stages[0] must be a positive integer"),
     ("grow", "steps_per_stage", 0, "grow.steps_per_stage must be a positive integer"),
     ("grow", "block_init", "ones", "grow.block_init must be one of random, zero-out, copy-top"),

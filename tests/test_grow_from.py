@@ -107,6 +107,51 @@ def test_grow_from_reads_the_stream_from_its_start(corpus, source, tmp_path):
     assert len(seen) == 3 and all(np.array_equal(b, stream.batch(k)) for k, b in enumerate(seen))
 
 
+def test_from_stages_follow_the_later_stage_rules():
+    def cfg(**grow):
+        return RunConfig(model={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2},
+                         grow={"blocks_per_stage": 1, "steps_per_stage": [9, 2, 3], "train_head": False,
+                               "plateau": {"stages": [1]}, **grow},
+                         data={"stages": [["a.txt"], ["b.txt"]]})
+
+    def rules(c, base):
+        return [(s.steps, s.train_head, c.grow.plateau.applies(s.rule), c.data.mixture_key(s.rule))
+                for s in plan(c, base=base)]
+
+    fresh = rules(cfg(), 0)  # stage 1: 9 steps, the head trains, the plateau rule, a.txt; later: 2, 3, 3
+    key = cfg().data.mixture_key
+    assert fresh == [(9, True, True, key(0)), (2, False, False, key(1)), (3, False, False, key(1)),
+                     (3, False, False, key(1))]
+    assert rules(cfg(), 1) == fresh[1:]  # --from a 1-block model: its stages are stages 2, 3, 4
+    assert rules(cfg(from_as_first_stage=True), 1) == fresh[:3]  # asked: stage-1 rules first
+    final = cfg(lora={"rank": 2, "final_phase_steps": 1})  # the final phase too
+    assert [(s.kind, s.train_head) for s in plan(final, base=3)] == [("grow", False), ("lora", False)]
+
+
+def test_from_runs_started_before_the_rule_resume_with_stage_1_rules(tmp_path):
+    from mlx_grow.cli import app
+    from mlx_grow.training.runs import config_from_record
+
+    record = config(str(tmp_path / "c.txt")).to_dict()
+    del record["grow"]["from_as_first_stage"]  # a run.json written before the key
+    assert config_from_record(record, "run.json", base=2).grow.from_as_first_stage is True  # as it started
+    assert config_from_record(record, "run.json").grow.from_as_first_stage is False  # no --from: no matter
+    r = CliRunner().invoke(app, ["grow", "--from-as-first-stage", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "--from-as-first-stage goes with --from MODEL" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_grow_from_trains_no_head_when_later_stages_do_not(corpus, source, tmp_path):
+    cfg = config(corpus, depth=3, grow={"train_head": False})
+    final, summary = run(cfg, tmp_path / "r", from_dir=source)
+    src, end = weights(source), weights(final)
+    for k in ("lm_head.weight", "norm.weight"):
+        assert np.array_equal(src[k], end[k]), k  # as v1's layer 2: only the new block trains
+    assert not np.array_equal(src["lm_head.weight"], weights(run(
+        config(corpus, depth=3, grow={"train_head": False, "from_as_first_stage": True}), tmp_path / "first",
+        from_dir=source)[0])["lm_head.weight"])  # asked for stage-1 rules: the head trains
+
+
 def test_grow_from_refuses_another_architecture_substrate_or_tokenizer(corpus, source, tmp_path):
     out = tmp_path / "out"
     table = tmp_path / "table.npy"  # binary codes in another order

@@ -33,6 +33,8 @@ def grow_cmd(
     from_: Optional[Path] = typer.Option(None, "--from", help="Grow this model directory further (a finished "
                                          "run's final/, an imported model): its blocks stay frozen and the stages "
                                          "add new ones up to --depth"),
+    from_as_first_stage: bool = typer.Option(False, "--from-as-first-stage",
+                                             help=config_help("grow.from_as_first_stage")),
     monolithic: Optional[bool] = typer.Option(None, "--monolithic/--no-monolithic",
                                               help=config_help("grow.monolithic")),
     seed: Optional[int] = typer.Option(None, help=config_help("train.seed")),
@@ -68,7 +70,7 @@ def grow_cmd(
         "grow": {"blocks_per_stage": blocks_per_stage, "stages": parse_stages(stages), "monolithic": monolithic,
                  "steps_per_stage": steps_per_stage, "tokens_per_stage": tokens_per_stage,
                  "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
-                 "prefix_cache": prefix_cache},
+                 "prefix_cache": prefix_cache, "from_as_first_stage": True if from_as_first_stage else None},
         "train": {"lr": lr, "schedule": schedule, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
         "data": {"sources": list(data) if data else None},
     }
@@ -85,6 +87,9 @@ def grow_cmd(
     else:
         if restart:
             raise UserError("--restart goes with --resume RUN (it starts a damaged run over from step 0)")
+        if from_as_first_stage and from_ is None:
+            raise UserError("--from-as-first-stage goes with --from MODEL (it gives the first new stage the "
+                            "config's stage-1 rules)")
         cfg = load_config(config or "tiny")
         if phases is not None:
             flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}

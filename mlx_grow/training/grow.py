@@ -390,7 +390,7 @@ class Grower:
         """True when `grow.plateau.patience` evaluations in a row brought no gain
         of at least `min_delta` nats (in the stages `grow.plateau.stages` names)."""
         p = self.g.plateau
-        if p is None or st.between or not p.applies(st.grown):
+        if p is None or st.between or not p.applies(st.rule):
             return False
         best, bad = self.pos.plateau
         if val < best - p.min_delta:

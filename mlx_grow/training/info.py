@@ -83,7 +83,7 @@ def stage_notes(cfg, t: dict) -> list:
             continue
         n = stage_active(args, st.new, st.train_head, st.lora_params, train_substrate=st.train_substrate)
         what = f"+{st.new} blocks -> depth {st.depth}" if st.new else f"LoRA rank {st.lora_rank} on {st.depth} blocks"
-        upto = ("at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.grown)
+        upto = ("at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.rule)
                 and not st.between else "")  # a LoRA phase between stages never ends early
         out.append(f"{st.label}: {what}, active {n:,} ({human(n)}), "
                    f"{upto}{st.steps:,} steps, {human(st.steps * per_step)} tokens"

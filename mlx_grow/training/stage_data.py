@@ -22,7 +22,7 @@ class StageData:
     def __init__(self, cfg: RunConfig, tok, st: Stage, seed: int, progress: bool):
         t = cfg.train
         segments = st.segments or [st.steps]
-        first = 0 if st.segments else st.grown
+        first = 0 if st.segments else st.rule
         self.keys = [cfg.data.mixture_key(first + j) for j in range(len(segments))]
         streams = {}
         for j, key in enumerate(self.keys):
@@ -61,7 +61,7 @@ def rebuild_reads(cfg: RunConfig, stages: list, state: dict) -> dict:
     for k, st in enumerate(stages[: state["stage"] + 1]):
         n = done[k] if k < state["stage"] and k < len(done) else state["step"] if k == state["stage"] else st.steps
         segments = st.segments or [st.steps]
-        first = 0 if st.segments else st.grown
+        first = 0 if st.segments else st.rule
         left = n
         for j, seg in enumerate(segments):
             key = cfg.data.mixture_key(first + j)
