@@ -31,8 +31,9 @@ def grow_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory"),
     resume: Optional[Path] = typer.Option(None, help="Resume this run directory"),
     from_: Optional[Path] = typer.Option(None, "--from", help="Grow this model directory further (a finished "
-                                         "run's final/, an imported model): its blocks stay frozen and the stages "
-                                         "add new ones up to --depth"),
+                                         "run's final/, an imported model): its blocks stay frozen, the stages "
+                                         "add new ones up to --depth under the config's rules for stages 2, 3, ... "
+                                         "and read on where the source's run stopped reading the same data"),
     from_as_first_stage: bool = typer.Option(False, "--from-as-first-stage",
                                              help=config_help("grow.from_as_first_stage")),
     monolithic: Optional[bool] = typer.Option(None, "--monolithic/--no-monolithic",

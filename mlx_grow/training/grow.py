@@ -39,7 +39,7 @@ from mlx_grow.training.runs import (
 )
 from mlx_grow.training.schedule import Stage, plan
 from mlx_grow.training.source import check_source
-from mlx_grow.training.stage_data import StageData, rebuild_reads
+from mlx_grow.training.stage_data import StageData, continued_reads, rebuild_reads, stream_record
 from mlx_grow.training.step import Stepper, check_finite, evaluate, run_schedule, split_xy
 
 
@@ -190,10 +190,10 @@ class Grower:
 
     def load_source(self) -> Model:
         """The source model, for a run (or a resume) that starts at step 0. Its blocks
-        stay frozen (every stage's first trainable block is above them). What data
-        it was trained on, and how far it read, is not known: the new stages read the
-        config's data stream from its start (no reads yet), as a fresh run would, and
-        the new blocks take block_seed(seed, stage) as in any run."""
+        stay frozen (every stage's first trainable block is above them). The new
+        stages read on where the source's run stopped when its record says it read
+        this run's stream (stage_data.continued_reads), else from batch 0; the new
+        blocks take block_seed(seed, stage) as in any run."""
         model, self.source_model = self.source_model, None
         if model is None:  # a resume before the first checkpoint: the source must be as it was
             record, model = check_source(self.source["path"], self.cfg, self.tok)
@@ -205,8 +205,11 @@ class Grower:
         return model
 
     def lineage(self, **record) -> dict:
-        """A saved model's lineage: this run's record, and the model it grew from."""
-        return {**record, **({"from": self.source} if self.source else {})}
+        """A saved model's lineage: this run's record, the batches it has read per data
+        mixture with what its stream depends on (so `grow --from` that model can read
+        on), and the model it grew from."""
+        return {**record, "reads": dict(self.pos.reads), "stream": stream_record(self.cfg),
+                **({"from": self.source} if self.source else {})}
 
     # --- the run ---
 
@@ -239,6 +242,10 @@ class Grower:
         self.pos = Progress(**{k: v for k, v in (state or {}).items() if k in Progress.__dataclass_fields__})
         if state is not None and "reads" not in state:
             self.pos.reads = rebuild_reads(self.cfg, self.stages, state)
+        if state is None and self.source:  # read on where the source's run stopped, when it is this stream
+            self.pos.reads, note = continued_reads(self.cfg, self.stages, self.source)
+            if note:
+                self.say(note)
         self.bar = StepProgress(sum(s.steps for s in self.stages), enabled=self.show_progress and self.rank == 0,
                                 tokens_per_step=self.t.batch_size * self.t.seq_len)
         self.bar.advance_to(self.pos.global_step)
