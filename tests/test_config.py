@@ -76,6 +76,25 @@ def test_monolithic_scalar_token_budget_needs_named_stages():
     assert [s.segments for s in plan(cfg)] == [[91553] * 3]
 
 
+def test_descriptions_state_the_unstated_choices():
+    from mlx_grow.training.params import human
+
+    for name in sorted(packaged_configs()):
+        cfg = load_config(name)
+        said = " ".join(cfg.description.split())
+        if "weight decay" in said:  # its scope: every trained weight
+            assert "on every trained weight, norms" in said and "biases" in said, name
+        if cfg.model.substrate.kind == "trainable":  # its init, and that it decays too
+            assert "ours starts at N(0, 0.02), where PyTorch's nn.Embedding starts at N(0, 1)" in said, name
+            assert "the trainable embedding included" in said, name
+    cfg = load_config("paper-16l-16bit")  # the final LoRA phase trains the head: its share, from the plan
+    last = plan(cfg)[-1]
+    assert last.kind == "lora" and last.train_head
+    head, active = stage_active(cfg.model, 0, True), stage_active(cfg.model, 0, True, last.lora_params)
+    assert f"head and final norm train too (ours: {human(head)} of its {human(active)} active parameters)" in \
+        " ".join(cfg.description.split()) and (human(head), human(active)) == ("67.1M", "71.3M")
+
+
 def test_monolithic_keeps_the_final_lora_phase_as_a_last_segment():
     from mlx_grow.training.info import stage_notes
     from mlx_grow.training.params import totals
