@@ -144,6 +144,7 @@ def test_grow_from_an_older_model_rebuilds_or_warns(corpus, source, tmp_path):
     older = {k: v for k, v in lineage.items() if k not in ("reads", "stream")}  # written before they were kept
     assert recorded_reads(older) == {"reads": lineage["reads"], "stream": lineage["stream"]}  # from run.json
     assert recorded_reads({**older, "run": str(tmp_path / "gone")}) == {}
+    assert recorded_reads({**older, "run": "moved"}, source) == recorded_reads(older)  # the run folder above it
     assert recorded_reads(None) == {}
     copy = tmp_path / "imported"  # a model with no lineage: batch 0, with a warning
     shutil.copytree(source, copy)

@@ -78,7 +78,8 @@ def stream_record(cfg: RunConfig) -> dict:
     d, t = cfg.data, cfg.train
     return {"seed": t.seed, "seq_len": t.seq_len, "batch_size": t.batch_size, "separator": d.separator,
             "val_fraction": d.val_fraction, "instruction_files": list(d.instruction_files),
-            "instruction_ratio": d.instruction_ratio, "skip_bad_files": d.skip_bad_files}
+            "instruction_ratio": d.instruction_ratio, "skip_bad_files": d.skip_bad_files,
+            "stage_data": d.stage_data}
 
 
 def _mixture(key: str) -> str:
