@@ -18,6 +18,7 @@ from mlx_grow.model import BLOCK_INITS, ModelArgs
 
 SECTIONS = ("name", "description", "tokenizer", "model", "data", "grow", "train")
 DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("per_stage", "global", "constant")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
 
 
@@ -90,8 +91,18 @@ class TrainConfig:
     batch_size: int = opt(16, "Global batch in sequences, summed over all ranks and micro-batches")
     seq_len: int = opt(128, "Tokens per training sequence; at most model.max_position_embeddings")
     lr: float = opt(1e-3, "Peak learning rate of AdamW")
-    min_lr_ratio: float = opt(0.1, "The cosine decay ends at lr * min_lr_ratio")
-    warmup_steps: int = opt(20, "Linear warm-up steps; the warm-up starts again at every growth event")
+    min_lr_ratio: float = opt(0.1, "The LR decay ends at lr * min_lr_ratio")
+    warmup_steps: int = opt(20, "Linear warm-up steps: in every stage (per_stage), or once at the start of "
+                                "the run (global, constant)")
+    schedule: str = opt("per_stage", "per_stage: every stage (growth stage, LoRA phase, LoRA restart) warms up "
+                                     "again and decays a cosine over its own steps | global: one warm-up and one "
+                                     "cosine decay over the whole run's planned steps, across stages and LoRA "
+                                     "phases (a grown run and its monolithic twin get the same LR at every step) "
+                                     "| constant: one warm-up, then constant (with decay_fraction: warm-up, "
+                                     "stable, decay)")
+    decay_fraction: float = opt(0.0, "schedule constant: share of the run's planned steps, at its end, over "
+                                     "which the LR falls linearly to lr * min_lr_ratio (warmup-stable-decay); "
+                                     "0: no decay")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     betas: list = opt([0.9, 0.95], "AdamW betas, two numbers in [0, 1)")
     grad_clip: float = opt(1.0, "Clip the gradient to this global norm; 0 turns clipping off")
@@ -116,6 +127,12 @@ class TrainConfig:
             need_int(f"train.{key}", getattr(self, key), 0)
         need_number("train.lr", self.lr, 0, open_lo=True)
         need_number("train.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        need_choice("train.schedule", self.schedule, SCHEDULES)
+        need_number("train.decay_fraction", self.decay_fraction, 0, 1, open_hi=True)
+        if self.decay_fraction and self.schedule != "constant":
+            raise UserError(f"train.decay_fraction {self.decay_fraction} applies to train.schedule constant only "
+                            f"(the {self.schedule} schedule decays a cosine): set schedule: constant, or drop "
+                            "decay_fraction")
         need_number("train.weight_decay", self.weight_decay, 0)
         need_number("train.grad_clip", self.grad_clip, 0)
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
@@ -143,7 +160,7 @@ class LoRAConfig:
     budget: int | None = opt(None, "Cap on the active (trainable) parameters of a stage; the adapter rank is "
                                    "chosen to fit")
     restarts: int = opt(0, "Restarts per stage: merge the adapters, start fresh ones, reset the optimizer, "
-                           "warm the LR up again")
+                           "warm the LR up again (train.schedule per_stage)")
     final_phase_steps: int = opt(0, "Steps of a last phase: adapters on every block, merged at the end; "
                                     "0: no such phase")
     final_phase_tokens: int | None = opt(None, "The last phase's length in tokens (wins over "
@@ -231,6 +248,10 @@ class GrowConfig:
     train_all_last: bool = opt(False, "The last stage trains every block")
     block_init: str = opt("random", "How new blocks start: random | zero-out (the block starts as the "
                                     "identity) | copy-top (a copy of the top block)")
+    from_as_first_stage: bool = opt(False, "grow --from: the first new stage follows the config's stage-1 "
+                                           "rules (per-stage lists, train_head, plateau.stages, data.stages); "
+                                           "false: the source model counts as stage 1, so this run's stages "
+                                           "follow the rules of stages 2, 3, ...")
     carry_optimizer: bool = opt(True, "Keep the head's and final norm's AdamW moments across growth events")
     prefix_cache: bool = opt(False, "Cache the frozen prefix's hidden states")
     prefix_cache_mb: int = opt(512, "Size cap of the prefix cache, in MB")
@@ -263,7 +284,8 @@ class GrowConfig:
             raise UserError("grow.train_head[0] is false, so the LM head and final norm would never train from "
                             "their random start; `train_head: false` (--freeze-head) already trains them in stage 1 "
                             "and freezes them after")
-        for key in ("monolithic", "train_substrate_first", "train_all_last", "carry_optimizer", "prefix_cache"):
+        for key in ("monolithic", "train_substrate_first", "train_all_last", "from_as_first_stage", "carry_optimizer",
+                    "prefix_cache"):
             need_bool(f"grow.{key}", getattr(self, key))
         need_choice("grow.block_init", self.block_init, BLOCK_INITS)
         need_int("grow.prefix_cache_mb", self.prefix_cache_mb, 1)

@@ -76,6 +76,52 @@ def test_monolithic_scalar_token_budget_needs_named_stages():
     assert [s.segments for s in plan(cfg)] == [[91553] * 3]
 
 
+def test_descriptions_state_the_unstated_choices():
+    from mlx_grow.training.params import human
+
+    for name in sorted(packaged_configs()):
+        cfg = load_config(name)
+        said = " ".join(cfg.description.split())
+        if "weight decay" in said:  # its scope: every trained weight
+            assert "on every trained weight, norms" in said and "biases" in said, name
+        if cfg.model.substrate.kind == "trainable":  # its init, and that it decays too
+            assert "ours starts at N(0, 0.02), where PyTorch's nn.Embedding starts at N(0, 1)" in said, name
+            assert "the trainable embedding included" in said, name
+    cfg = load_config("paper-16l-16bit")  # the final LoRA phase trains the head: its share, from the plan
+    last = plan(cfg)[-1]
+    assert last.kind == "lora" and last.train_head
+    head, active = stage_active(cfg.model, 0, True), stage_active(cfg.model, 0, True, last.lora_params)
+    assert f"head and final norm train too (ours: {human(head)} of its {human(active)} active parameters)" in \
+        " ".join(cfg.description.split()) and (human(head), human(active)) == ("67.1M", "71.3M")
+
+
+def test_monolithic_keeps_the_final_lora_phase_as_a_last_segment():
+    from mlx_grow.training.info import stage_notes
+    from mlx_grow.training.params import totals
+
+    cfg = load_config("paper-16l-16bit")
+    grown = plan(cfg)
+    cfg.override(grow={"monolithic": True})
+    (mono,) = plan(cfg)
+    assert mono.segments == [s.steps for s in grown] and grown[-1].kind == "lora"  # 5 stages + the final phase
+    assert mono.steps * 32 * 1024 == sum(s.steps for s in grown) * 32 * 1024 == 68_900_028_416
+    notes = stage_notes(cfg, totals(cfg.model))
+    assert "planned tokens: 68,900,028,416 (68.9B)" in notes and notes[0].endswith("68.9B tokens")
+
+
+def test_blocks_per_stage_with_listed_stages_is_refused_naming_both(tmp_path):
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["grow", "-c", "paper-9l-16bit", "--blocks-per-stage", "1", "-o", str(out)])
+    assert r.exit_code == 2 and out.exists() is False, r.output
+    said = " ".join(r.output.split())
+    assert "--blocks-per-stage 1 and grow.stages of paper-9l-16bit [3, 3, 3] both set the blocks" in said
+    assert "--stages 1,1,1,1,1,1,1,1,1" in said
+    r = runner.invoke(app, ["grow", "--stages", "4,5", "--blocks-per-stage", "2", "-o", str(out)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--blocks-per-stage 2 and --stages [4, 5]" in said and "--stages 2,2,2,2,1" in said
+    assert not out.exists()
+
+
 def test_one_layer_series_configs_follow_the_cards_and_v1():
     for name, lora_from in (("d4096-1layer", 5), ("d4096-1layer-v1", 3)):
         cfg = load_config(name)
@@ -91,6 +137,9 @@ def test_one_layer_series_configs_follow_the_cards_and_v1():
     ("train", "lr", -1e-3, "train.lr must be a number > 0"),
     ("train", "seq_len", "long", "train.seq_len must be a positive integer"),
     ("train", "grad_checkpoint", "yes", "train.grad_checkpoint must be true or false"),
+    ("train", "schedule", "cosine", "train.schedule must be one of per_stage, global, constant"),
+    ("train", "decay_fraction", 1.0, "train.decay_fraction must be a number >= 0 and < 1"),
+    ("grow", "from_as_first_stage", "yes", "grow.from_as_first_stage must be true or false"),
     ("grow", "stages", [0, 2], "grow.stages[0] must be a positive integer"),
     ("grow", "steps_per_stage", 0, "grow.steps_per_stage must be a positive integer"),
     ("grow", "block_init", "ones", "grow.block_init must be one of random, zero-out, copy-top"),

@@ -424,7 +424,11 @@ def test_limit_draws_per_direction(tmp_path):
     order = [triples(full).index(t) for t in triples(task)]
     assert order == sorted(order)  # in file order
     en_ru = {src for d, src, _ in triples(task) if d == "en-ru"}
-    assert len(en_ru) == 4 and en_ru == {tgt for d, _, tgt in triples(task) if d == "ru-en"}  # the same pairs
+    ru_en = {tgt for d, _, tgt in triples(task) if d == "ru-en"}  # the English side of the ru-en pairs drawn
+    assert len(en_ru) == len(ru_en) == 4 and en_ru != ru_en  # each direction draws its own pairs
+    for d, side in (("en-ru", en_ru), ("ru-en", ru_en)):  # with its own seed, as the authors' harness
+        want = __import__("random").Random(f"{T.LIMIT_SEED} {d}").sample(range(10), 4)
+        assert side == {f"en text {i}" for i in want}, d
     assert en_ru != {f"en text {i}" for i in range(4)}  # a random draw, not the first rows
     assert len(T.load_task(f, limit=1).items) == 4  # one per direction
     rows = [{"question": f"q{i}", "choices": ["a", "b"], "answer": 0} for i in range(10)]
@@ -440,7 +444,7 @@ def test_opus100_through_hub(monkeypatch):
 
     def fake_load_dataset(path, name=None, split=None, **kw):
         calls.append((path, name, split))
-        rows = opus_rows(name, 5)
+        rows = opus_rows(name, 5, start=100 if split == "test" else 0)  # the test split: rows 100-104
         rows[2]["translation"][name.split("-")[1]] = ""  # an empty side: no reference, the pair is skipped
         return rows
 
@@ -449,9 +453,21 @@ def test_opus100_through_hub(monkeypatch):
                                                 "Helsinki-NLP/opus-100.*local .jsonl/.json file"):
         T.load_task("opus100")
     assert calls == []
-    task = T.load_task("opus100", hub=True)
-    assert calls == [("Helsinki-NLP/opus-100", "en-ru", "test"), ("Helsinki-NLP/opus-100", "en-zh", "test")]
-    assert task.kind == "translation" and "Helsinki-NLP/opus-100" in task.origin
+    task = T.load_task("opus100", hub=True)  # the validation split, as the authors' harness
+    assert calls == [("Helsinki-NLP/opus-100", "en-ru", "validation"),
+                     ("Helsinki-NLP/opus-100", "en-zh", "validation")]
+    assert task.kind == "translation" and "Helsinki-NLP/opus-100 (en-ru, en-zh, validation)" in task.origin
+    test = T.load_task("opus100", hub=True, split="test")
+    assert calls[2:] == [("Helsinki-NLP/opus-100", "en-ru", "test"), ("Helsinki-NLP/opus-100", "en-zh", "test")]
+    assert "en text 100" in {it.source for it in test.items} and "en text 0" not in {it.source for it in test.items}
+    assert "(en-ru, en-zh, test)" in test.origin
+    with pytest.raises(ValueError, match="--split must be one of validation, test, train"):
+        T.load_task("opus100", hub=True, split="dev")
+    from mlx_grow.eval.runner import run_eval
+
+    with pytest.raises(ValueError, match="--split test chooses the split of the opus100 task"):
+        run_eval(["no-model"], tasks=["mmlu"], split="test")
+    del calls[2:]
     groups = T.group_by(task.items, lambda it: it.direction)
     assert {d: len(js) for d, js in groups.items()} == {"en-ru": 4, "ru-en": 4, "en-zh": 4, "zh-en": 4}
     assert list(groups) == ["en-ru", "ru-en", "en-zh", "zh-en"]

@@ -294,6 +294,16 @@ def test_stage_mixtures_each_read_on(corpus, noise, tmp_path):
     assert len(mono) == len(want) and all(np.array_equal(x, y) for x, y in zip(mono, want))
 
 
+def test_monolithic_reads_the_final_lora_phase_tokens_too(noise, tmp_path):
+    def cfg(monolithic):
+        return config(noise, depth=2, grow={"blocks_per_stage": 1, "steps_per_stage": 2, "monolithic": monolithic,
+                                            "lora": {"rank": 2, "final_phase_steps": 3}})
+
+    assert [s.steps for s in plan(cfg(False))] == [2, 2, 3] and plan(cfg(True))[0].segments == [2, 2, 3]
+    grown, mono = recorded(cfg(False), tmp_path / "grow"), recorded(cfg(True), tmp_path / "mono")
+    assert len(grown) == len(mono) == 7 and all(np.array_equal(a, b) for a, b in zip(grown, mono))
+
+
 def test_reads_rebuilt_for_a_checkpoint_without_them():
     from mlx_grow.training.stage_data import rebuild_reads
 

@@ -92,19 +92,113 @@ def test_grow_from_keeps_the_source_frozen_and_records_it(source, grown):
     assert [(r["stage"], r["depth"]) for r in grows] == [(1, 3), (2, 4)]
 
 
-def test_grow_from_reads_the_stream_from_its_start(corpus, source, tmp_path):
-    from mlx_grow.data.stream import open_stream
-    from mlx_grow.tokenizer import load_tokenizer
+def read_batches(cfg, out, **kw):
+    """(every training batch a run read, in order; the lines it said)."""
     from mlx_grow.training import grow as G
 
-    seen, original = [], G.split_xy
+    seen, said, original = [], [], G.split_xy
     G.split_xy = lambda b: (seen.append(np.array(b)), original(b))[1]
     try:
-        run(config(corpus, depth=3), tmp_path / "r", from_dir=source)
+        grow(cfg, out, progress=False, echo=lambda *a, **k: said.append(" ".join(map(str, a))), **kw)
     finally:
         G.split_xy = original
+    return seen, said
+
+
+def test_grow_from_reads_on_where_the_source_stopped(corpus, source, tmp_path):
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+
+    key = config(corpus).data.mixture_key()
+    assert read_meta(source)["lineage"]["reads"] == {key: 4}  # the source's run read 4 batches
+    seen, said = read_batches(config(corpus, depth=3), tmp_path / "r", from_dir=source)
     stream = open_stream(config(corpus).data, load_tokenizer("bvv241-2-3"), 16, 4, 0, progress=False)
-    assert len(seen) == 3 and all(np.array_equal(b, stream.batch(k)) for k, b in enumerate(seen))
+    assert len(seen) == 3 and all(np.array_equal(b, stream.batch(4 + k)) for k, b in enumerate(seen))
+    assert not np.array_equal(seen[0], stream.batch(0))
+    assert any("its run read 4 batches" in s and "goes on from batch 4" in s for s in said), said
+    assert read_meta(tmp_path / "r" / "final")["lineage"]["reads"] == {key: 7}  # and a --from of it reads on
+
+
+def test_grow_from_restarts_at_batch_0_with_a_warning_when_the_stream_differs(corpus, source, tmp_path):
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.tokenizer import load_tokenizer
+
+    other = str(kjv_slice(tmp_path / "other.txt", docs=60))
+    tok = load_tokenizer("bvv241-2-3")
+    cases = (("mixture", config(corpus, depth=3), {"sources": [other]}, "read another data mixture"),
+             ("seed", config(corpus, depth=3, train={"seed": 5}), None, "seed 0 (this run: 5)"))
+    for name, cfg, data, why in cases:
+        if data:
+            cfg.override(data=data)
+        seen, said = read_batches(cfg, tmp_path / name, from_dir=source)
+        stream = open_stream(cfg.data, tok, 16, 4, cfg.train.seed, progress=False)
+        assert all(np.array_equal(b, stream.batch(k)) for k, b in enumerate(seen)), name
+        warning = [s for s in said if s.startswith("warning:")]
+        assert len(warning) == 1 and why in warning[0] and "from batch 0" in warning[0], said
+
+
+def test_grow_from_an_older_model_rebuilds_or_warns(corpus, source, tmp_path):
+    from mlx_grow.training.source import recorded_reads
+
+    lineage = read_meta(source)["lineage"]
+    older = {k: v for k, v in lineage.items() if k not in ("reads", "stream")}  # written before they were kept
+    assert recorded_reads(older) == {"reads": lineage["reads"], "stream": lineage["stream"]}  # from run.json
+    assert recorded_reads({**older, "run": str(tmp_path / "gone")}) == {}
+    assert recorded_reads({**older, "run": "moved"}, source) == recorded_reads(older)  # the run folder above it
+    assert recorded_reads(None) == {}
+    copy = tmp_path / "imported"  # a model with no lineage: batch 0, with a warning
+    shutil.copytree(source, copy)
+    meta = json.loads((copy / "mlx_grow.json").read_text())
+    meta.pop("lineage")
+    (copy / "mlx_grow.json").write_text(json.dumps(meta))
+    seen, said = read_batches(config(corpus, depth=3), tmp_path / "r", from_dir=copy)
+    assert [s for s in said if s.startswith("warning:")][0].startswith(f"warning: --from {copy.resolve()} records "
+                                                                        "no data position")
+
+
+def test_from_stages_follow_the_later_stage_rules():
+    def cfg(**grow):
+        return RunConfig(model={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2},
+                         grow={"blocks_per_stage": 1, "steps_per_stage": [9, 2, 3], "train_head": False,
+                               "plateau": {"stages": [1]}, **grow},
+                         data={"stages": [["a.txt"], ["b.txt"]]})
+
+    def rules(c, base):
+        return [(s.steps, s.train_head, c.grow.plateau.applies(s.rule), c.data.mixture_key(s.rule))
+                for s in plan(c, base=base)]
+
+    fresh = rules(cfg(), 0)  # stage 1: 9 steps, the head trains, the plateau rule, a.txt; later: 2, 3, 3
+    key = cfg().data.mixture_key
+    assert fresh == [(9, True, True, key(0)), (2, False, False, key(1)), (3, False, False, key(1)),
+                     (3, False, False, key(1))]
+    assert rules(cfg(), 1) == fresh[1:]  # --from a 1-block model: its stages are stages 2, 3, 4
+    assert rules(cfg(from_as_first_stage=True), 1) == fresh[:3]  # asked: stage-1 rules first
+    final = cfg(lora={"rank": 2, "final_phase_steps": 1})  # the final phase too
+    assert [(s.kind, s.train_head) for s in plan(final, base=3)] == [("grow", False), ("lora", False)]
+
+
+def test_from_runs_started_before_the_rule_resume_with_stage_1_rules(tmp_path):
+    from mlx_grow.cli import app
+    from mlx_grow.training.runs import config_from_record
+
+    record = config(str(tmp_path / "c.txt")).to_dict()
+    del record["grow"]["from_as_first_stage"]  # a run.json written before the key
+    assert config_from_record(record, "run.json", base=2).grow.from_as_first_stage is True  # as it started
+    assert config_from_record(record, "run.json").grow.from_as_first_stage is False  # no --from: no matter
+    r = CliRunner().invoke(app, ["grow", "--from-as-first-stage", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "--from-as-first-stage goes with --from MODEL" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_grow_from_trains_no_head_when_later_stages_do_not(corpus, source, tmp_path):
+    cfg = config(corpus, depth=3, grow={"train_head": False})
+    final, summary = run(cfg, tmp_path / "r", from_dir=source)
+    src, end = weights(source), weights(final)
+    for k in ("lm_head.weight", "norm.weight"):
+        assert np.array_equal(src[k], end[k]), k  # as v1's layer 2: only the new block trains
+    assert not np.array_equal(src["lm_head.weight"], weights(run(
+        config(corpus, depth=3, grow={"train_head": False, "from_as_first_stage": True}), tmp_path / "first",
+        from_dir=source)[0])["lm_head.weight"])  # asked for stage-1 rules: the head trains
 
 
 def test_grow_from_refuses_another_architecture_substrate_or_tokenizer(corpus, source, tmp_path):

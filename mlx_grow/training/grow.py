@@ -39,8 +39,8 @@ from mlx_grow.training.runs import (
 )
 from mlx_grow.training.schedule import Stage, plan
 from mlx_grow.training.source import check_source
-from mlx_grow.training.stage_data import StageData, rebuild_reads
-from mlx_grow.training.step import Stepper, check_finite, evaluate, split_xy
+from mlx_grow.training.stage_data import StageData, continued_reads, rebuild_reads, stream_record
+from mlx_grow.training.step import Stepper, check_finite, evaluate, run_schedule, split_xy
 
 
 class TrainingDiverged(RuntimeError):
@@ -165,6 +165,8 @@ class Grower:
             cfg.base = self.base
             cfg.validate()
         self.stages = plan(cfg)
+        # The run's planned step where each stage starts (train.schedule global / constant).
+        self.planned = np.cumsum([0] + [s.steps for s in self.stages]).tolist()
         self.pcache = PrefixCache(self.g.prefix_cache_mb) if self.g.prefix_cache else None
         self.val_batches = None
         self.first_data = None  # the first stage's batches, opened while checking the data
@@ -188,10 +190,10 @@ class Grower:
 
     def load_source(self) -> Model:
         """The source model, for a run (or a resume) that starts at step 0. Its blocks
-        stay frozen (every stage's first trainable block is above them). What data
-        it was trained on, and how far it read, is not known: the new stages read the
-        config's data stream from its start (no reads yet), as a fresh run would, and
-        the new blocks take block_seed(seed, stage) as in any run."""
+        stay frozen (every stage's first trainable block is above them). The new
+        stages read on where the source's run stopped when its record says it read
+        this run's stream (stage_data.continued_reads), else from batch 0; the new
+        blocks take block_seed(seed, stage) as in any run."""
         model, self.source_model = self.source_model, None
         if model is None:  # a resume before the first checkpoint: the source must be as it was
             record, model = check_source(self.source["path"], self.cfg, self.tok)
@@ -203,8 +205,11 @@ class Grower:
         return model
 
     def lineage(self, **record) -> dict:
-        """A saved model's lineage: this run's record, and the model it grew from."""
-        return {**record, **({"from": self.source} if self.source else {})}
+        """A saved model's lineage: this run's record, the batches it has read per data
+        mixture with what its stream depends on (so `grow --from` that model can read
+        on), and the model it grew from."""
+        return {**record, "reads": dict(self.pos.reads), "stream": stream_record(self.cfg),
+                **({"from": self.source} if self.source else {})}
 
     # --- the run ---
 
@@ -237,6 +242,10 @@ class Grower:
         self.pos = Progress(**{k: v for k, v in (state or {}).items() if k in Progress.__dataclass_fields__})
         if state is not None and "reads" not in state:
             self.pos.reads = rebuild_reads(self.cfg, self.stages, state)
+        if state is None and self.source:  # read on where the source's run stopped, when it is this stream
+            self.pos.reads, note = continued_reads(self.cfg, self.stages, self.source)
+            if note:
+                self.say(note)
         self.bar = StepProgress(sum(s.steps for s in self.stages), enabled=self.show_progress and self.rank == 0,
                                 tokens_per_step=self.t.batch_size * self.t.seq_len)
         self.bar.advance_to(self.pos.global_step)
@@ -315,8 +324,12 @@ class Grower:
         self.segment = st.steps
         if lcfg and lcfg.restarts and L.has_lora(self.model):
             self.segment = math.ceil(st.steps / (lcfg.restarts + 1))
+        sched = {}
+        if self.t.schedule != "per_stage":  # the LR follows the run's planned step: no re-warm here
+            sched = dict(schedule=run_schedule(self.t, self.planned[-1]),
+                         start_step=self.planned[st.index] + self.pos.step)
         self.stepper = Stepper(self.model, self.t, self.segment, self.group, carry=carry,
-                               prefix_start=self.first if self.use_cache else None, frozen_below=self.first)
+                               prefix_start=self.first if self.use_cache else None, frozen_below=self.first, **sched)
 
     def train_stage(self, st: Stage):
         t, pos = self.t, self.pos
@@ -384,7 +397,7 @@ class Grower:
         """True when `grow.plateau.patience` evaluations in a row brought no gain
         of at least `min_delta` nats (in the stages `grow.plateau.stages` names)."""
         p = self.g.plateau
-        if p is None or st.between or not p.applies(st.grown):
+        if p is None or st.between or not p.applies(st.rule):
             return False
         best, bad = self.pos.plateau
         if val < best - p.min_delta:
@@ -395,7 +408,8 @@ class Grower:
         return bad >= p.patience
 
     def restart_lora(self, st: Stage):
-        """Merge the adapters, add fresh ones, reset their optimizer and re-warm the LR."""
+        """Merge the adapters, add fresh ones, reset their optimizer and (train.schedule
+        per_stage) re-warm the LR."""
         L.fuse_lora(self.model.layers)
         add_adapters(self.model, st, self.cfg, restart_key(self.seed, self.pos.global_step))
         self.cast()

@@ -83,16 +83,32 @@ def stage_notes(cfg, t: dict) -> list:
             continue
         n = stage_active(args, st.new, st.train_head, st.lora_params, train_substrate=st.train_substrate)
         what = f"+{st.new} blocks -> depth {st.depth}" if st.new else f"LoRA rank {st.lora_rank} on {st.depth} blocks"
-        upto = ("at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.grown)
+        upto = ("at most " if cfg.grow.plateau is not None and cfg.grow.plateau.applies(st.rule)
                 and not st.between else "")  # a LoRA phase between stages never ends early
         out.append(f"{st.label}: {what}, active {n:,} ({human(n)}), "
                    f"{upto}{st.steps:,} steps, {human(st.steps * per_step)} tokens"
                    + (" (ends at a validation plateau)" if upto else ""))
     total = sum(s.steps for s in stages) * per_step
     out.append(f"planned tokens: {total:,} ({human(total)})")
+    out.append(schedule_note(cfg.train, sum(s.steps for s in stages), cfg.grow.monolithic))
     if not cfg.grow.monolithic:
         out.append(f"monolithic baseline trainable: {t['trainable']:,} ({human(t['trainable'])})")
     return out
+
+
+def schedule_note(t, total_steps: int, monolithic: bool = False) -> str:
+    """The LR schedule in words (train.schedule)."""
+    end = f"{t.min_lr_ratio:.0%} of the peak {t.lr:g}"
+    if t.schedule == "per_stage":
+        where = ("over the one stage of the monolithic run" if monolithic else
+                 "in every stage and LoRA phase (re-warmed at every growth event)")
+        return f"LR (train.schedule per_stage): {t.warmup_steps:,} warm-up steps and a cosine decay to {end} {where}"
+    if t.schedule == "global":
+        return (f"LR (train.schedule global): {t.warmup_steps:,} warm-up steps, then one cosine decay to {end} "
+                f"over the run's {total_steps:,} planned steps")
+    decay = (f", then a linear decay to {end} over the last {t.decay_fraction:.0%} of the run's "
+             f"{total_steps:,} planned steps") if t.decay_fraction else ""
+    return f"LR (train.schedule constant): {t.warmup_steps:,} warm-up steps, then {t.lr:g}{decay}"
 
 
 def summary_table(summary: list):

@@ -210,10 +210,14 @@ def base_of(run: dict) -> int:
 
 def config_from_record(record: dict, where: str, base: int = 0):
     """The RunConfig of a run.json config record; runs written before the seed
-    lived in train.seed keep it at the top level. `base`: see RunConfig.base."""
+    lived in train.seed keep it at the top level, and `grow --from` runs written
+    before grow.from_as_first_stage resume with it true (as they started).
+    `base`: see RunConfig.base."""
     from mlx_grow.config import RunConfig
 
     cfg = dict(record)
+    if base and isinstance(cfg.get("grow"), dict) and "from_as_first_stage" not in cfg["grow"]:
+        cfg["grow"] = {**cfg["grow"], "from_as_first_stage": True}  # started when --from gave stage-1 rules
     seed = cfg.pop("seed", None)
     cfg.pop("depth", None)
     config = RunConfig.from_dict(cfg, where=where, base=base)

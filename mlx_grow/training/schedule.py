@@ -22,7 +22,10 @@ class Stage:
     train_all: bool = False  # every block trains (monolithic, or train_all_last)
     lora_phase: bool = False  # a LoRA-only phase: adapters on every block, no new block
     between: bool = False  # a LoRA phase between growth stages (grow.lora.phases), not the final one
-    grown: int = -1  # 0-based growth stage this stage is or follows (block seeds, data mixture, head)
+    grown: int = -1  # 0-based growth stage of this run that this stage is or follows (block seeds)
+    # 0-based config stage whose per-stage rules it follows: budget, head, plateau, data mixture. The
+    # growth stage, except in a `grow --from` run, where the source counts as stage 1 (plan()).
+    rule: int = -1
     segments: list = field(default_factory=list)  # monolithic: steps of each grown stage it mirrors
     lora_rank: int = 0  # adapters on the frozen blocks below (0: none)
     lora_params: int = 0
@@ -30,6 +33,8 @@ class Stage:
     def __post_init__(self):
         if self.grown < 0:
             self.grown = self.index
+        if self.rule < 0:
+            self.rule = self.grown
 
     @property
     def first_trainable(self) -> int:
@@ -79,10 +84,13 @@ def plan(cfg: RunConfig, base: int | None = None) -> list:
     `base` (default `cfg.base`): the blocks of an existing model the run grows
     further (`grow --from`). They stay frozen; the stages add the other
     depth - base blocks on top (stage depths are base + the blocks added so far),
-    and the first stage grows too. Everything else reads as for a fresh run:
-    stage numbers, per-stage lists, LoRA phases and the head count this run's
-    stages from 1. The substrate of an existing model is not retrained
-    (grow.train_substrate_first applies to fresh models only)."""
+    and the first stage grows too. The source counts as stage 1 of the config's
+    rules: this run's stages follow the rules of stages 2, 3, ... (per-stage
+    lists, grow.train_head, grow.plateau.stages, data.stages), as v1 grows layer 2
+    as a later stage; grow.from_as_first_stage gives them stage 1's rules instead.
+    Stage numbers (labels, stage-NN/ folders, block seeds) and grow.lora.phases'
+    after_stage count this run's stages from 1. The substrate of an existing
+    model is not retrained (grow.train_substrate_first applies to fresh models only)."""
     g = cfg.grow
     depth = cfg.depth
     base = cfg.base if base is None else base
@@ -90,24 +98,28 @@ def plan(cfg: RunConfig, base: int | None = None) -> list:
         raise UserError("grow.monolithic trains every block from scratch, so it cannot start from an existing "
                         "model (--from)")
     sizes = g.sizes(depth, base)
+    offset = 1 if base and not g.from_as_first_stage else 0  # --from: the source is stage 1
     stages, built = [], base
     for k, n in enumerate(sizes):
         built += n
-        stages.append(Stage(index=k, new=n, depth=built, steps=steps_for(cfg, k, g.steps_per_stage, g.tokens_per_stage),
-                            train_head=g.head_trains(k),
+        r = k + offset
+        stages.append(Stage(index=k, new=n, depth=built, steps=steps_for(cfg, r, g.steps_per_stage, g.tokens_per_stage),
+                            train_head=g.head_trains(r), rule=r,
                             train_substrate=g.train_substrate_first and k == 0 and not base,
                             train_all=g.train_all_last and k == len(sizes) - 1))
-    if g.monolithic:  # one stage: every block from scratch, walking the grown run's streams in order
-        stages = [Stage(index=0, new=depth, depth=depth, steps=sum(s.steps for s in stages), train_all=True,
-                        segments=[s.steps for s in stages])]
     lcfg = g.lora
+    final = steps_for(cfg, 0, lcfg.final_phase_steps, lcfg.final_phase_tokens) if lcfg and (
+        lcfg.final_phase_steps or lcfg.final_phase_tokens) else 0
+    if g.monolithic:  # one stage: every block from scratch, walking the grown run's streams in order,
+        # the final LoRA phase's tokens included (a last segment of the same length)
+        segments = [s.steps for s in stages] + ([final] if final else [])
+        stages = [Stage(index=0, new=depth, depth=depth, steps=sum(segments), train_all=True, segments=segments)]
     if lcfg and lcfg.phases:
         stages = interleave(cfg, stages, lcfg.phases)
-    if lcfg and not g.monolithic and (lcfg.final_phase_steps or lcfg.final_phase_tokens):
-        steps = steps_for(cfg, 0, lcfg.final_phase_steps, lcfg.final_phase_tokens)
+    if final and not g.monolithic:
         n = len(sizes)  # the final phase follows the last growth stage (seeds, data, head as before)
-        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=steps, lora_phase=True, grown=n,
-                            train_head=g.head_trains(n)))
+        stages.append(Stage(index=len(stages), new=0, depth=depth, steps=final, lora_phase=True, grown=n,
+                            rule=n + offset, train_head=g.head_trains(n + offset)))
     for st in stages:
         st.lora_rank = lora_rank(cfg, st)
         frozen = st.depth if st.lora_phase else st.depth - st.new
@@ -138,7 +150,7 @@ def interleave(cfg: RunConfig, stages: list, phases: list) -> list:
             if p["after_stage"] == st.index + 1:
                 steps = steps_for(cfg, 0, p.get("steps"), p.get("tokens"))
                 out.append(Stage(index=0, new=0, depth=st.depth, steps=steps, lora_phase=True, between=True,
-                                 grown=st.index, train_head=g.head_trains(st.index)))
+                                 grown=st.index, rule=st.rule, train_head=g.head_trains(st.rule)))
     for i, st in enumerate(out):
         st.index = i
     return out

@@ -7,6 +7,7 @@ imported or converted one) whose architecture is the config's in everything but
 the depth, on the same substrate table and the same tokenizer vocabulary.
 """
 
+import json
 from pathlib import Path
 
 from mlx_grow.base import UserError
@@ -100,5 +101,37 @@ def check_source(path, cfg, tok):
     model = build_model(args, weights, path)
     record = {"path": str(path.resolve()), "depth": depth, "substrate": have, "tokenizer": theirs_tok,
               "weights_sha256": weights_digest(path, meta), "lineage": meta.get("lineage"),
-              **({"converted_from": meta["converted_from"]} if meta.get("converted_from") else {})}
+              **({"converted_from": meta["converted_from"]} if meta.get("converted_from") else {}),
+              **recorded_reads(meta.get("lineage"), path)}
     return record, model
+
+
+def recorded_reads(lineage, path=None) -> dict:
+    """{reads, stream}: the training batches the run that made a model read per data
+    mixture, and what else its stream depended on (training/stage_data.py
+    stream_record). Saved models keep both in their lineage; for the final model of
+    a run written before they did, they are rebuilt from its run's run.json (the
+    folder above the model at `path`, else the lineage's `run`) and stage summary.
+    {} when unknown (an imported model, a moved run, an older stage dir)."""
+    from mlx_grow.training.runs import base_of, config_from_record
+    from mlx_grow.training.schedule import plan
+    from mlx_grow.training.stage_data import rebuild_reads, stream_record
+
+    if not isinstance(lineage, dict):
+        return {}
+    if isinstance(lineage.get("reads"), dict) and isinstance(lineage.get("stream"), dict):
+        return {"reads": lineage["reads"], "stream": lineage["stream"]}
+    summary, run = lineage.get("summary"), lineage.get("run")
+    if not isinstance(summary, list) or not summary or not run:
+        return {}
+    root = Path(path).parent if path is not None and (Path(path).parent / "run.json").is_file() else Path(run)
+    try:
+        record = json.loads((root / "run.json").read_text())
+        cfg = config_from_record(record["config"], "run.json", base_of(record))
+        stages = plan(cfg)
+        if len(summary) != len(stages):
+            return {}
+        state = {"stage": len(stages) - 1, "step": summary[-1]["steps"], "summary": summary}
+        return {"reads": rebuild_reads(cfg, stages, state), "stream": stream_record(cfg)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}

@@ -69,6 +69,27 @@ def lr_schedule(cfg: TrainConfig, total_steps: int, scale: float = 1.0):
     return optim.join_schedules([optim.linear_schedule(0.0, peak, warm), decay], [warm])
 
 
+def run_schedule(cfg: TrainConfig, total_steps: int):
+    """The LR of `train.schedule` global or constant as a function of the run's
+    planned step (0 .. total_steps - 1, summed over every stage and LoRA phase).
+    global: linear warm-up, then one cosine decay to lr * min_lr_ratio at the end
+    of the run. constant: linear warm-up, then lr; with decay_fraction f, a linear
+    decay to lr * min_lr_ratio over the last f of the planned steps (WSD)."""
+    if cfg.schedule == "global":
+        return lr_schedule(cfg, total_steps)
+    peak = cfg.lr
+    warm = max(0, min(cfg.warmup_steps, total_steps - 1))
+    decay = min(max(1, round(cfg.decay_fraction * total_steps)), total_steps - warm) if cfg.decay_fraction else 0
+    parts, bounds = [lambda step: mx.array(peak, mx.float32)], []
+    if decay:
+        parts.append(optim.linear_schedule(peak, peak * cfg.min_lr_ratio, decay))
+        bounds.append(total_steps - decay)
+    if warm:
+        parts.insert(0, optim.linear_schedule(0.0, peak, warm))
+        bounds.insert(0, warm)
+    return optim.join_schedules(parts, bounds) if bounds else parts[0]
+
+
 def make_optimizer(cfg: TrainConfig, schedule):
     return optim.AdamW(learning_rate=schedule, betas=list(cfg.betas), weight_decay=cfg.weight_decay)
 
@@ -80,16 +101,26 @@ class Stepper:
     Stepper must be rebuilt (with a fresh optimizer state) after every
     freeze/unfreeze/growth event. `carry` copies optimizer moments of
     parameters that stay trainable (e.g. the head) from the previous Stepper.
+
+    The LR is a function of the optimizer's step count, which a checkpoint keeps:
+    by default a warm-up and a cosine over this Stepper's `total_steps` from step 0;
+    with `schedule` (the run's: run_schedule) the count starts at `start_step`, the
+    run's planned step (AdamW here has no bias correction, so the count moves only
+    the LR).
     """
 
     def __init__(self, model, cfg: TrainConfig, total_steps: int, world=None, carry=None, prefix_start=None,
-                 frozen_below: int = 0):
+                 frozen_below: int = 0, schedule=None, start_step: int = 0):
         self.model, self.cfg = model, cfg
         self.group = world
         self.prefix_start = prefix_start
         self.frozen_below = frozen_below  # the backward pass stops at this block's input
-        self.optimizer = make_optimizer(cfg, lr_schedule(cfg, total_steps))
+        self.optimizer = make_optimizer(cfg, schedule or lr_schedule(cfg, total_steps))
         self.optimizer.init(model.trainable_parameters())
+        if schedule is not None:
+            state = self.optimizer.state
+            state["step"] = mx.array(start_step, mx.uint64)
+            state["learning_rate"] = schedule(state["step"])
         if carry is not None:
             self.carry_state(carry)
         self.trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
