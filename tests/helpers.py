@@ -81,3 +81,57 @@ def grown_and_exported(root):
     final, _ = grow(cfg, root / "run", progress=False, echo=lambda *a, **k: None)
     export_model(final, root / "hf", to="starcoder2")
     return root / "run", root / "hf"
+
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]"]
+
+
+def char_tokenizer(out, chars=None):
+    """A tiny character-level HF tokenizer folder with the specials the data module needs."""
+    import string
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    from mlx_grow.tokenizer import load_tokenizer
+
+    vocab = {s: i for i, s in enumerate(SPECIALS)}
+    for c in sorted(set(string.printable if chars is None else chars)):
+        vocab.setdefault(c, len(vocab))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tk.decoder = decoders.Fuse()
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    out.mkdir(parents=True, exist_ok=True)
+    tk.save(str(out / "tokenizer.json"))
+    return load_tokenizer(out)
+
+
+def tiny(tok, seed=0, **kw):
+    """A 2-block d-32 model over `tok` on an 8-bit id substrate."""
+    from mlx_grow.model import Model, init_weights
+
+    m = Model(tiny_args(vocab_size=tok.vocab_size, substrate={"kind": "binary", "bits": 8}, **kw))
+    init_weights(m, seed)
+    return m
+
+
+def evil_pickle(module: str, name: str, *args: str) -> bytes:
+    """Protocol 2: push module.name, call it with string args (GLOBAL ... REDUCE)."""
+    import struct
+
+    out = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"("
+    for a in args:
+        raw = a.encode()
+        out += b"X" + struct.pack("<I", len(raw)) + raw
+    return out + b"tR."
+
+
+def as_torch_zip(pkl: bytes) -> bytes:
+    """`pkl` inside a zip laid out as torch.save writes one."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/version", "3\n")
+    return buf.getvalue()

@@ -202,7 +202,7 @@ def same_params(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from test_generate import char_tokenizer
+    from helpers import char_tokenizer
 
     return char_tokenizer(tmp_path_factory.mktemp("tok"))
 

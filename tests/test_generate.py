@@ -1,45 +1,17 @@
 import logging
-import string
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import tiny_args
+from helpers import char_tokenizer, tiny
 
 from mlx_grow.generate import batch_generate, encode_prompt, generate, stream_generate
 from mlx_grow.merge.combine import MergedModel, make_combiner
-from mlx_grow.model import Model, init_weights
 from mlx_grow.sample import repetition_penalty
-
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]"]
-
-
-def char_tokenizer(out, chars=string.printable):
-    """A tiny character-level HF tokenizer folder with the specials the data module needs."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models
-
-    from mlx_grow.tokenizer import load_tokenizer
-
-    vocab = {s: i for i, s in enumerate(SPECIALS)}
-    for c in sorted(set(chars)):
-        vocab.setdefault(c, len(vocab))
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tk.decoder = decoders.Fuse()
-    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
-    out.mkdir(parents=True, exist_ok=True)
-    tk.save(str(out / "tokenizer.json"))
-    return load_tokenizer(out)
-
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     return char_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-def tiny(tok, seed=0, **kw):
-    m = Model(tiny_args(vocab_size=tok.vocab_size, substrate={"kind": "binary", "bits": 8}, **kw))
-    init_weights(m, seed)
-    return m
 
 
 def full_logprobs(model, ids):

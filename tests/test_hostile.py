@@ -25,9 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import kjv_slice, tiny_args
-from test_generate import char_tokenizer
-from test_safe_pickle import as_torch_zip, evil_pickle
+from helpers import as_torch_zip, char_tokenizer, evil_pickle, kjv_slice, tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

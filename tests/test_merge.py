@@ -4,9 +4,8 @@ import string
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import tiny_args
+from helpers import char_tokenizer, tiny, tiny_args
 from mlx.utils import tree_flatten
-from test_generate import char_tokenizer, tiny
 
 from mlx_grow import load
 from mlx_grow.checkpoint import CheckpointError, save_model

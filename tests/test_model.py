@@ -131,8 +131,17 @@ def test_unknown_config_key_is_named(tmp_path):
 
 
 def test_packaged_configs_load():
-    for name in packaged_configs():
-        load_config(name)
+    """Every packaged config parses to a model whose stages add up to its depth, and
+    its name and description are set (the README and `info` show them)."""
+    from mlx_grow.training.schedule import plan
+
+    names = packaged_configs()
+    assert {"tiny", "paper-9l-glyph", "paper-16l-16bit"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.name and cfg.description.strip(), name
+        grown = [st for st in plan(cfg) if not st.lora_phase]
+        assert grown[-1].depth == cfg.model.num_hidden_layers == sum(st.new for st in grown), name
 
 
 def test_growth_appends_and_keeps_blocks():

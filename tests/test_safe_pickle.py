@@ -2,11 +2,11 @@
 without torch, and a pickle that would run code is refused before it runs."""
 
 import io
-import struct
 import zipfile
 
 import numpy as np
 import pytest
+from helpers import as_torch_zip, evil_pickle
 
 from mlx_grow.io.safe_pickle import UnsafePickleError, load_state_dict, load_torch_file
 from mlx_grow.substrate.glyph import load_matrix
@@ -38,23 +38,6 @@ def test_torch_file_round_trip(tmp_path):
     torch.save(f32, tmp_path / "normalized_embeddings_weights.pt")
     table = load_matrix(tmp_path / "normalized_embeddings_weights.pt")
     assert table.dtype == np.float32 and np.array_equal(table, f32.numpy())
-
-
-def evil_pickle(module: str, name: str, *args: str) -> bytes:
-    """Protocol 2: push module.name, call it with string args (GLOBAL ... REDUCE)."""
-    out = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"("
-    for a in args:
-        raw = a.encode()
-        out += b"X" + struct.pack("<I", len(raw)) + raw
-    return out + b"tR."
-
-
-def as_torch_zip(pkl: bytes) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("archive/data.pkl", pkl)
-        zf.writestr("archive/version", "3\n")
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("container", ["zip", "plain"])
