@@ -19,10 +19,10 @@ import platform
 import statistics
 import time
 
+import mlx_grow  # noqa: F401, I001  (first, before mlx.core: the fast CPU BLAS on Linux)
 import mlx.core as mx
 import numpy as np
 
-import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
 
 SIZES = {  # name: (hidden, layers, heads)
     "tiny (d128 x 9)": (128, 9, 4),

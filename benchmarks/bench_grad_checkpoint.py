@@ -7,6 +7,7 @@ train.grad_checkpoint, side by side in one process (fresh model each time).
 import argparse
 import time
 
+import mlx_grow  # noqa: F401, I001  (first, before mlx.core: the fast CPU BLAS on Linux)
 import mlx.core as mx
 import numpy as np
 

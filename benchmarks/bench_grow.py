@@ -11,10 +11,10 @@ and training throughput as a fraction of the measured matmul peak.
 import argparse
 import time
 
+import mlx_grow  # noqa: F401, I001  (first, before mlx.core: the fast CPU BLAS on Linux)
 import mlx.core as mx
 import numpy as np
 
-import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
 from mlx_grow.config import TrainConfig
 from mlx_grow.model import Model, ModelArgs, block_param_count, init_weights
 from mlx_grow.training.grow import set_trainable

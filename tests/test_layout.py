@@ -147,3 +147,14 @@ def test_eval_command_does_not_import_lm_eval():
             "assert E.LM_EVAL is ('lm_eval' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_scripts_import_mlx_grow_before_mlx():
+    """Every benchmark imports mlx_grow before mlx (imported after, the fast CPU BLAS
+    cannot load and the figures measure the slow one)."""
+    import re
+
+    for f in sorted((PKG.parent / "benchmarks").glob("*.py")):
+        lines = [ln for ln in f.read_text().splitlines() if re.match(r"(import|from) mlx(_grow)?[. ]", ln)]
+        if any(re.match(r"(import|from) mlx[. ]", ln) for ln in lines):
+            assert re.match(r"(import|from) mlx_grow", lines[0]), f"{f.name} imports mlx before mlx_grow"
