@@ -155,6 +155,6 @@ def test_scripts_import_mlx_grow_before_mlx():
     import re
 
     for f in sorted((PKG.parent / "benchmarks").glob("*.py")):
-        lines = [ln for ln in f.read_text().splitlines() if re.match(r"(import|from) mlx(_grow)?[. ]", ln)]
+        lines = [ln for ln in f.read_text().splitlines() if re.match(r"(import|from) mlx(_grow)?([. ]|$)", ln)]
         if any(re.match(r"(import|from) mlx[. ]", ln) for ln in lines):
             assert re.match(r"(import|from) mlx_grow", lines[0]), f"{f.name} imports mlx before mlx_grow"
