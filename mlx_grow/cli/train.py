@@ -54,6 +54,10 @@ def grow_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar"),
     restart: bool = typer.Option(False, "--restart", help="With --resume: when every checkpoint is damaged, "
                                  "start the run over from step 0 in the same folder"),
+    allow_repeat: Optional[float] = typer.Option(None, "--allow-repeat", help=config_help("data.max_passes")),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages, tokens, passes per source, "
+                                 "FLOPs, predicted memory, time when a run in --out measured its speed) and stop; "
+                                 "writes nothing"),
 ):
     """Grow a model layer-wise (or train it monolithically); prints the final model dir last
     (on stdout; progress, messages and the summary go to stderr).
@@ -69,7 +73,7 @@ def grow_cmd(
                  "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
                  "prefix_cache": prefix_cache},
         "train": {"lr": lr, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
-        "data": {"sources": list(data) if data else None},
+        "data": {"sources": list(data) if data else None, "max_passes": allow_repeat},
     }
     phases = parse_lora_phases(lora_phase)
     if resume is not None:
@@ -85,6 +89,10 @@ def grow_cmd(
         if restart:
             raise UserError("--restart goes with --resume RUN (it starts a damaged run over from step 0)")
         cfg = load_config(config or "tiny")
+        if data and cfg.data.stages:  # --data is the whole mixture, in every stage
+            flags["data"]["stages"] = []
+            say(f"--data replaces the per-stage mixtures (data.stages) of {cfg.name or config}: every stage reads "
+                + ", ".join(data))
         if phases is not None:
             flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
         if from_ is not None:  # the stages add depth minus the source's blocks (RunConfig.base)
@@ -95,6 +103,12 @@ def grow_cmd(
         cfg.validate()
         if out is None:
             out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
+    if dry_run:
+        from mlx_grow.training.info import dry_run as plan_of
+
+        for line in plan_of(cfg, out):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
     try:
         final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart,
                               from_dir=from_)

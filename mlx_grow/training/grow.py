@@ -261,13 +261,25 @@ class Grower:
         return final, summary
 
     def check_inputs(self):
-        """Memory fit (the planner), then the data: the first stage's shards are
-        prepared (or found in the cache) and its validation batches read."""
+        """Memory fit (the planner), then the data: every hf: source can be read (one
+        line says what to download), no source is read more than data.max_passes times
+        (training/passes.py; estimated, then counted once the first stage's shards are
+        prepared or found in the cache), and the first stage's validation batches."""
+        from mlx_grow.data import corpora
+        from mlx_grow.training import passes
         from mlx_grow.training.memory import fit_check
 
         fit_check(self.cfg, self.world)
+        d = self.cfg.data
+        hub = [s.source for k in range(max(len(d.stages), 1)) for s in d.mixture(k) if s.source.startswith("hf:")]
+        if missing := corpora.offline_sources(hub):
+            raise UserError(corpora.offline_message(missing))
+        if not self.resume:  # a resumed run was checked when it started
+            passes.check(self.cfg, passes.table(self.cfg, self.tok))
         self.first_data = StageData(self.cfg, self.tok, self.stages[0], self.seed,
                                     self.show_progress and self.rank == 0)
+        if not self.resume:
+            passes.check(self.cfg, passes.table(self.cfg, self.tok))
         self.val_batches = self.first_data.first.val_batches(self.t.val_batches)
         for note in self.first_data.notes():
             self.say(note)
