@@ -172,10 +172,12 @@ def reproduce_cmd(
     scale: str = typer.Option("tiny", help="tiny (a 2-core CPU, under an hour) | small | paper"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the runs and results "
                                        "(default reproduce-SCALE); a killed run continues where it stopped"),
-    data: Optional[List[str]] = typer.Option(None, "--data", help="Data for parts 1-3 (repeatable; default "
-                                             "the built-in corpus)"),
+    data: Optional[List[str]] = typer.Option(None, "--data", help="Data for parts 1-3 (repeatable; default: "
+                                             "tiny the built-in corpus, small and paper FineWeb-Edu + Cosmopedia "
+                                             "from the Hub)"),
     expert: Optional[List[str]] = typer.Option(None, "--expert", help="The two corpora of part 4, given twice "
-                                               "(default builtin:kjv and builtin:shakespeare)"),
+                                               "(default: tiny builtin:kjv and builtin:shakespeare, small and paper "
+                                               "Russian and Chinese Wikipedia from the Hub)"),
     task: Optional[List[str]] = typer.Option(None, "--task", help="Part 5 tasks (repeatable; default mmlu, "
                                              "arc_easy, arc_challenge, commonsense_qa)"),
     report: Optional[Path] = typer.Option(None, help="Where to write the report (default OUT/reproduction.md); "
@@ -183,8 +185,11 @@ def reproduce_cmd(
     font: Optional[str] = typer.Option(None, help="Font file for the glyph substrate (default: Unifont)"),
     substrate: Optional[List[str]] = typer.Option(None, "--substrate", help="Part 1 substrates (repeatable; "
                                                   "default all): glyph, 16-bit, 64-bit, float, trainable"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cost estimate and stop"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cost estimate and the passes over each "
+                                 "data source, and stop"),
     progress: bool = typer.Option(True, help="Show progress bars"),
+    allow_repeat: Optional[float] = typer.Option(None, "--allow-repeat", help="Let every run read a source up to "
+                                                 "N times (data.max_passes; default 4)"),
 ):
     """Re-run the papers' claims at small scale: substrates, grown vs monolithic, one layer at a
     time with LoRA, composition, benchmarks over depth; writes a report with tables and plots
@@ -197,6 +202,6 @@ def reproduce_cmd(
     argv = sys.argv[1:]
     res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
                     command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
-                    substrates=substrate)
+                    substrates=substrate, allow_repeat=allow_repeat)
     if not dry_run:
         print(res["report"])

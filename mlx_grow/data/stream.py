@@ -110,8 +110,7 @@ class SourceSpec:
     def label(self) -> str:
         """How messages name the source."""
         bits = [f"{k} {v}" for k, v in (("split", self.split if self.split != "train" else None),
-                                         ("field", self.field), ("template", "…" if self.template else None))
-                if v]
+                                         ("field", self.field)) if v]
         return self.source + (f" ({', '.join(bits)})" if bits else "")
 
 

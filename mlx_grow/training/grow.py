@@ -137,12 +137,24 @@ class Progress:
     summary: list = field(default_factory=list)
 
 
+def check_reachable(cfg: RunConfig):
+    """Every hf: source of the run can be read: from a downloaded copy, or from the Hub
+    now; else one line says what to download and where."""
+    from mlx_grow.data import corpora
+
+    d = cfg.data
+    hub = [s.source for k in range(max(len(d.stages), 1)) for s in d.mixture(k) if s.source.startswith("hf:")]
+    if missing := corpora.offline_sources(hub):
+        raise UserError(corpora.offline_message(missing))
+
+
 class Grower:
     """One run of a growth (or monolithic) schedule; `run()` returns the final model dir."""
 
     def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print, restart=False,
                  from_dir=None):
         self.cfg, self.out, self.resume, self.restart = cfg, Path(out), resume, restart
+        check_reachable(cfg)  # first: before even the tokenizer cache is written
         self.on_step, self.show_progress = on_step, progress
         self.t, self.g, self.args = cfg.train, cfg.grow, cfg.model
         self.seed = self.t.seed
@@ -261,19 +273,13 @@ class Grower:
         return final, summary
 
     def check_inputs(self):
-        """Memory fit (the planner), then the data: every hf: source can be read (one
-        line says what to download), no source is read more than data.max_passes times
+        """The memory fits (the planner), no source is read more than data.max_passes times
         (training/passes.py; estimated, then counted once the first stage's shards are
         prepared or found in the cache), and the first stage's validation batches."""
-        from mlx_grow.data import corpora
         from mlx_grow.training import passes
         from mlx_grow.training.memory import fit_check
 
         fit_check(self.cfg, self.world)
-        d = self.cfg.data
-        hub = [s.source for k in range(max(len(d.stages), 1)) for s in d.mixture(k) if s.source.startswith("hf:")]
-        if missing := corpora.offline_sources(hub):
-            raise UserError(corpora.offline_message(missing))
         if not self.resume:  # a resumed run was checked when it started
             passes.check(self.cfg, passes.table(self.cfg, self.tok))
         self.first_data = StageData(self.cfg, self.tok, self.stages[0], self.seed,

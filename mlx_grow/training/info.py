@@ -189,5 +189,14 @@ def dry_run(cfg, out=None) -> list:
     else:
         lines.append("time: no measured tokens/s yet (a run logs its speed; a dry run with that run's --out "
                      "turns the plan into hours)")
-    notes, _ = data_notes(cfg, None)
+    if worst["peak"] > have:
+        lines.append("grow would refuse: it does not fit this machine (lower train.batch_size, raise "
+                     "train.grad_accum, or add ranks)")
+    notes, rows = data_notes(cfg, None)
+    from mlx_grow.training import passes
+
+    try:
+        passes.check(cfg, rows)
+    except UserError as e:
+        notes.append(f"grow would refuse: {str(e).removesuffix('. Nothing was written')}")
     return lines + notes

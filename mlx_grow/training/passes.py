@@ -162,9 +162,10 @@ def holding(spec, data_cfg, tok, instruction: bool = False) -> tuple:
     return round(total * (1 - vf)), how
 
 
-def table(cfg, tok=None) -> list:
+def table(cfg, tok=None, memo=None) -> list:
     """SourcePasses for every source `cfg` reads, in the order the plan first reads them.
-    Without `tok`, the config's tokenizer is loaded when a holding needs it (writing nothing)."""
+    Without `tok`, the config's tokenizer is loaded when a holding needs it (writing nothing).
+    `memo`: a dict that keeps holdings between calls (configs that share sources)."""
     if tok is None:
         from functools import lru_cache
 
@@ -174,7 +175,13 @@ def table(cfg, tok=None) -> list:
     rows = []
     inst = []
     for spec, instruction, drawn in planned_draws(cfg).values():
-        held, how = holding(spec, cfg.data, tok, instruction)
+        k = (_key(spec, instruction), cfg.tokenizer, cfg.data.cache_dir, cfg.data.separator, cfg.data.val_fraction)
+        if memo is not None and k in memo:
+            held, how = memo[k]
+        else:
+            held, how = holding(spec, cfg.data, tok, instruction)
+            if memo is not None:
+                memo[k] = held, how
         row = SourcePasses(spec.label + (" (instruction file)" if instruction else ""), drawn, held, how)
         rows.append(row)
         if instruction:
