@@ -302,6 +302,8 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
     splits = None if instruction or streamed else corpora.mlx_lm_splits(spec.source)
     scan, chars, n_forced, content = None, None, 0, None
     if streamed:  # read once: named by what it is, not by its contents
+        if missing := corpora.offline_sources([spec.source]):  # before anything is written
+            raise UserError(corpora.offline_message(missing))
         key = [FORMAT, "streamed", spec.source, spec.split, spec.field, spec.template, spec.tokens, tok.fingerprint,
                separator, val_fraction, corpora.SECTION_CHARS]
     else:
