@@ -281,7 +281,9 @@ class Grower:
 
         fit_check(self.cfg, self.world)
         if not self.resume:  # a resumed run was checked when it started
-            passes.check(self.cfg, passes.table(self.cfg, self.tok))
+            # before preparing: what is known without it (a small local source is prepared in seconds and
+            # checked below, after the preparation has said what is wrong with it, if anything)
+            passes.check(self.cfg, [r for r in passes.table(self.cfg, self.tok) if r.how != "counted"])
         self.first_data = StageData(self.cfg, self.tok, self.stages[0], self.seed,
                                     self.show_progress and self.rank == 0)
         if not self.resume:
