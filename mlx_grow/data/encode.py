@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mlx_grow.base import UserError
-from mlx_grow.training.faults import maybe_fail
+from mlx_grow.io.faults import maybe_fail
 
 DOC = np.dtype([("hash", "<u8"), ("tokens", "<i8"), ("chars", "<i8"), ("unk", "<i8")])
 PARALLEL_MIN_CHARS = 1 << 23  # smaller sources are encoded in this process
@@ -246,6 +246,9 @@ def encode_parts(docs, tok, work: Path, ids: dict, dtype, *, piece_chars: int, w
                 record(k, r, True)
 
         try:
+            if parallel:  # the workers start before the source is opened (a stream may start threads)
+                pool = _pool(workers, tok, ids, dtype, work)
+                _submit(pool, int).result()
             for k, block in pieces(docs, piece_chars):
                 if budget and done["tokens"] >= budget:
                     break
@@ -254,9 +257,7 @@ def encode_parts(docs, tok, work: Path, ids: dict, dtype, *, piece_chars: int, w
                     record(k, old, False)
                     continue
                 if parallel:
-                    if pool is None:
-                        pool = _pool(workers, tok, ids, dtype, work)
-                    pending.append(_submit(pool, _encode_in_worker, k, block))
+                    pending.append(pool.submit(_encode_in_worker, k, block))
                     while len(pending) >= 2 * workers:  # bounded read-ahead
                         k0, r = pending.popleft().result()
                         record(k0, r, True)

@@ -27,7 +27,7 @@ from mlx_grow.model import Model, flops_per_token, init_weights
 from mlx_grow.substrate.tables import build_table
 from mlx_grow.tokenizer import load_tokenizer
 from mlx_grow.training import lora as L
-from mlx_grow.training.faults import armed, maybe_fail
+from mlx_grow.io.faults import armed, maybe_fail
 from mlx_grow.training.params import human
 from mlx_grow.training.prefix_cache import PrefixCache
 from mlx_grow.training.runs import (
