@@ -83,8 +83,10 @@ def main():
     workers = args.workers or encode.default_workers()
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=Path(__file__).parent).stdout.strip()
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, commit {rev or '?'}; load average {os.getloadavg()[0]:.2f}")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    print(f"machine: {platform.machine()} {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"commit {rev or '?'}; load average {os.getloadavg()[0]:.2f} (other jobs share the cores)")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -309,3 +309,17 @@ def test_progress_shows_tokens_documents_per_second_and_time_left_on_stderr(tmp_
     assert re.search(r"tokenizing .* 100% [\d.]+M tokens, [\d,]+ docs/s, [\d.]+M chars/s \d+:\d\d:\d\d", r.stderr), \
         r.stderr  # tokens so far, documents/s, characters/s, time left
     assert "tokenizing" not in r.stdout
+
+
+def test_grow_trains_on_a_streamed_hub_source(hub, tmp_path):
+    from helpers import grow_config
+
+    from mlx_grow.training.grow import grow
+
+    cfg = grow_config({"source": "hf:org/qa-set", "template": "{question} {answer[value]}", "tokens": 20_000},
+                      depth=2, grow={"steps_per_stage": 2})
+    final, summary = grow(cfg, tmp_path / "run", progress=False, echo=lambda *a, **k: None)
+    assert (final / "config.json").is_file() and len(summary) == 1
+    assert hub.calls == [("org/qa-set", None, "train", True)]
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "shards").glob("*/meta.json")]
+    assert meta["streamed"] and meta["source"] == "hf:org/qa-set" and sum(meta["tokens"].values()) >= 20_000
