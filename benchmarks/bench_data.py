@@ -103,7 +103,7 @@ def main():
             _, wall, cpu = timed(lambda fn=fn: fn(docs, add_special_tokens=False))
             rows.append((name, wall, cpu))
         backend.encode_special_tokens = False
-        del docs
+        docs = None  # free them before preparing
         for w in (1, workers):
             cache = tmp / f"cache-{w}"
             (shard,), wall, cpu = timed(lambda: prepare([str(tmp / "fineweb-like")], tok, out_dir=cache,

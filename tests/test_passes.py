@@ -63,7 +63,8 @@ def test_guard_counts_draws_over_stage_mixtures_monolithic_segments_lora_phases_
     # instruction files share instruction_ratio of every step by their size, as the stream draws them
     qa = [tmp_path / "q1.jsonl", tmp_path / "q2.jsonl"]
     for n, f in zip((30, 90), qa):
-        f.write_text("".join(json.dumps({"question": f"q{i}?", "answer": t[:100]}) + "\n" for i, t in enumerate(docs(n))))
+        rows = [{"question": f"q{i}?", "answer": t[:100]} for i, t in enumerate(docs(n))]
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rows = passes.table(config({"sources": [a], "instruction_files": [str(f) for f in qa], "instruction_ratio": 0.25},
                                {"stages": [2], "steps_per_stage": 100}))
     assert rows[0].drawn == pytest.approx(0.75 * 6400)
@@ -150,7 +151,8 @@ def test_grow_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, 
 def test_dry_run_turns_the_plan_into_hours_with_a_run_measured_speed(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"event": "train", "tok_s": s}) + "\n" for s in (80, 100, 120)))
+    rows = [{"event": "train", "tok_s": s} for s in (80, 100, 120)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = runner.invoke(app, ["grow", "--dry-run", "-o", str(run)])
     assert r.exit_code == 0 and f"time: about 0.9 h at the 100 tokens/s measured in {run}" in " ".join(r.output.split())
 

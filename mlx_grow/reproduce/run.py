@@ -19,7 +19,6 @@ from mlx_grow.io.atomic import atomic_path
 from mlx_grow.reproduce.scales import (
     EVAL_TASKS,
     EXPERT_DATA,
-    SCALE_DATA,
     SCALE_EXPERTS,
     estimate,
     experiments,

@@ -15,7 +15,6 @@ refuses a run that reads any source more than `data.max_passes` times (default
 
 import math
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Optional
 
