@@ -274,7 +274,9 @@ def encode_parts(docs, tok, work: Path, ids: dict, dtype, *, piece_chars: int, w
                 pool.shutdown(wait=True, cancel_futures=True)
     if done["reused"] and echo:
         echo(f"{label}: resumed; {done['reused']} finished part(s) reused")
-    return [recs[k] for k in sorted(recs)]
+    if sorted(recs) != list(range(len(recs))):  # assemble reads part k at position k
+        raise RuntimeError(f"parts {sorted(recs)} of {work} are not contiguous")
+    return [recs[k] for k in range(len(recs))]
 
 
 def assemble(work: Path, parts: list, keep: np.ndarray, is_val: np.ndarray, out: Path, dtype) -> dict:
