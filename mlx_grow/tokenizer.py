@@ -388,11 +388,12 @@ def _wrap_bvv241(backend: HFTokenizer, variant: str) -> Tokenizer:
     return Tokenizer(backend, bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", name=f"bvv241-{variant}")
 
 
-def build_bvv241(variant: str, use_cache: bool = True) -> Tokenizer:
+def build_bvv241(variant: str, use_cache: bool = True, save: bool = True) -> Tokenizer:
     """Build the bvv241 tokenizer: "2-3" (65,536 ids) or "max" (131,072 ids).
 
     The result is cached as tokenizer.json under $MLX_GROW_CACHE/tokenizers
-    (default ~/.cache/mlx-grow/tokenizers), keyed by the n-gram files' hash."""
+    (default ~/.cache/mlx-grow/tokenizers), keyed by the n-gram files' hash.
+    save=False reads the cache but writes nothing (`grow --dry-run`)."""
     variant = _variant(variant)
     path = _cache_dir() / f"{_cache_key(variant)}.json"
     if use_cache and path.is_file():
@@ -406,7 +407,7 @@ def build_bvv241(variant: str, use_cache: bool = True) -> Tokenizer:
     backend.decoder = decoders.Fuse()  # concatenate token strings, nothing added or stripped
     specials = sorted((i, s) for s, i in vocab.items() if SPECIAL_BASE <= i < SPECIAL_END)
     backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for _, s in specials])
-    if use_cache:
+    if use_cache and save:
         try:
             _write_atomic(path, backend.to_str())
         except OSError:
@@ -456,14 +457,15 @@ def _token_content(tok):
     return tok.get("content") if isinstance(tok, dict) else tok
 
 
-def load_tokenizer(spec) -> Tokenizer:
+def load_tokenizer(spec, save_cache: bool = True) -> Tokenizer:
     """Load "bvv241-2-3" / "bvv241-max" (or "2-3" / "max"), a Hugging Face
-    tokenizer folder, or a tokenizer.json file."""
+    tokenizer folder, or a tokenizer.json file. save_cache=False writes nothing
+    (a bvv241 tokenizer not in the cache is built in memory only)."""
     if isinstance(spec, Tokenizer):
         return spec
     s = str(spec)
     if s in VARIANTS or (s.startswith("bvv241-") and s[len("bvv241-"):] in VARIANTS):
-        return build_bvv241(s)
+        return build_bvv241(s, save=save_cache)
     path = Path(s).expanduser()
     if not path.exists():
         raise FileNotFoundError(

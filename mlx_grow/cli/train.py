@@ -58,6 +58,10 @@ def grow_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar"),
     restart: bool = typer.Option(False, "--restart", help="With --resume: when every checkpoint is damaged, "
                                  "start the run over from step 0 in the same folder"),
+    allow_repeat: Optional[float] = typer.Option(None, "--allow-repeat", help=config_help("data.max_passes")),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages, tokens, passes per source, "
+                                 "FLOPs, predicted memory, time when a run in --out measured its speed) and stop; "
+                                 "writes nothing"),
 ):
     """Grow a model layer-wise (or train it monolithically); prints the final model dir last
     (on stdout; progress, messages and the summary go to stderr).
@@ -73,7 +77,7 @@ def grow_cmd(
                  "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
                  "prefix_cache": prefix_cache, "from_as_first_stage": True if from_as_first_stage else None},
         "train": {"lr": lr, "schedule": schedule, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
-        "data": {"sources": list(data) if data else None},
+        "data": {"sources": list(data) if data else None, "max_passes": allow_repeat},
     }
     phases = parse_lora_phases(lora_phase)
     if resume is not None:
@@ -92,6 +96,10 @@ def grow_cmd(
             raise UserError("--from-as-first-stage goes with --from MODEL (it gives the first new stage the "
                             "config's stage-1 rules)")
         cfg = load_config(config or "tiny")
+        if data and cfg.data.stages:  # --data is the whole mixture, in every stage
+            flags["data"]["stages"] = []
+            say(f"--data replaces the per-stage mixtures (data.stages) of {cfg.name or config}: every stage reads "
+                + ", ".join(data))
         if phases is not None:
             flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
         if from_ is not None:  # the stages add depth minus the source's blocks (RunConfig.base)
@@ -109,6 +117,12 @@ def grow_cmd(
         cfg.validate()
         if out is None:
             out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
+    if dry_run:
+        from mlx_grow.training.info import dry_run as plan_of
+
+        for line in plan_of(cfg, out):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
     try:
         final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart,
                               from_dir=from_)
@@ -177,10 +191,12 @@ def reproduce_cmd(
     scale: str = typer.Option("tiny", help="tiny (a 2-core CPU, under an hour) | small | paper"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the runs and results "
                                        "(default reproduce-SCALE); a killed run continues where it stopped"),
-    data: Optional[List[str]] = typer.Option(None, "--data", help="Data for parts 1-3 (repeatable; default "
-                                             "the built-in corpus)"),
+    data: Optional[List[str]] = typer.Option(None, "--data", help="Data for parts 1-3 (repeatable; default: "
+                                             "tiny the built-in corpus, small and paper FineWeb-Edu + Cosmopedia "
+                                             "from the Hub)"),
     expert: Optional[List[str]] = typer.Option(None, "--expert", help="The two corpora of part 4, given twice "
-                                               "(default builtin:kjv and builtin:shakespeare)"),
+                                               "(default: tiny builtin:kjv and builtin:shakespeare, small and paper "
+                                               "Russian and Chinese Wikipedia from the Hub)"),
     task: Optional[List[str]] = typer.Option(None, "--task", help="Part 5 tasks (repeatable; default mmlu, "
                                              "arc_easy, arc_challenge, commonsense_qa)"),
     report: Optional[Path] = typer.Option(None, help="Where to write the report (default OUT/reproduction.md); "
@@ -188,8 +204,11 @@ def reproduce_cmd(
     font: Optional[str] = typer.Option(None, help="Font file for the glyph substrate (default: Unifont)"),
     substrate: Optional[List[str]] = typer.Option(None, "--substrate", help="Part 1 substrates (repeatable; "
                                                   "default all): glyph, 16-bit, 64-bit, float, trainable"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cost estimate and stop"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cost estimate and the passes over each "
+                                 "data source, and stop"),
     progress: bool = typer.Option(True, help="Show progress bars"),
+    allow_repeat: Optional[float] = typer.Option(None, "--allow-repeat", help="Let every run read a source up to "
+                                                 "N times (data.max_passes; default 4)"),
 ):
     """Re-run the papers' claims at small scale: substrates, grown vs monolithic, one layer at a
     time with LoRA, composition, benchmarks over depth; writes a report with tables and plots
@@ -202,6 +221,6 @@ def reproduce_cmd(
     argv = sys.argv[1:]
     res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
                     command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
-                    substrates=substrate)
+                    substrates=substrate, allow_repeat=allow_repeat)
     if not dry_run:
         print(res["report"])

@@ -1,8 +1,11 @@
-"""Where documents come from: built-in corpora and readers for local files,
-folders and `datasets`. Every reader yields plain-text documents; documents
+"""Where documents come from: built-in corpora, readers for local files and
+folders (text, jsonl, parquet and arrow shards, nested as FineWeb-Edu ships
+them), saved `datasets` folders and Hub datasets streamed with `datasets`
+(`hf:NAME[:CONFIG]`). Every reader yields plain-text documents; documents
 longer than SECTION_CHARS are cut at a paragraph break into sections, and each
 section counts as one document (it ends with the separator, and the validation
-hold-out picks whole sections).
+hold-out picks whole sections). A row's text is one field, or a template over
+several fields (`render`).
 
 Built-in corpora ship inside the package (see assets/corpora/SOURCES.md):
 `builtin:kjv` (King James Bible, one document per chapter), `builtin:shakespeare`
@@ -16,8 +19,12 @@ import gzip
 import importlib.util
 import json
 import logging
+import os
 import re
+import socket
+import string
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -28,7 +35,9 @@ log = logging.getLogger("mlx_grow.data")
 
 SECTION_CHARS = 1 << 16  # longer documents are cut into sections of about this size
 TEXT_EXT = (".txt", ".md", ".txt.gz")
-ROW_EXT = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+ROW_EXT = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".arrow")
+COLUMNAR = (".parquet", ".arrow")
+BATCH_ROWS = 1024  # rows per record batch read from a parquet or arrow file
 FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes", "/usr/local/share/games/fortunes",
                 "/opt/homebrew/share/games/fortunes", "/usr/local/share/fortune", "/opt/homebrew/share/fortune")
 
@@ -177,12 +186,166 @@ def _opener(path: Path):
     return gzip.open if path.name.endswith(".gz") else open
 
 
-def _rows(path: Path) -> Iterator:
-    name = path.name
-    if name.endswith(".parquet"):
+# --- row text: one field, or a template over several ---
+
+
+def template_fields(template: str) -> list:
+    """The row fields a template names, in order ("{answers[text]}" names answers)."""
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise UserError(f"template {template!r} is not a valid template ({e}); write fields in braces, as in "
+                         "'Question: {question}\\nAnswer: {answer}', and double literal braces") from None
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        top = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if not top or top.isdigit():
+            raise UserError(f"template {template!r}: each {{...}} must name a row field, as in {{question}}")
+        if top not in names:
+            names.append(top)
+    if not names:
+        raise UserError(f"template {template!r} names no row field; write fields in braces, as in "
+                         "'Question: {question}\\nAnswer: {answer}'")
+    return names
+
+
+def _plain(value):
+    """A field value as template text: a list joins its items with '; ', a {label, text}
+    record (multiple-choice options) becomes 'A. text' lines, a bool yes/no, null nothing."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict) and isinstance(value.get("label"), list) and isinstance(value.get("text"), list):
+        return "\n".join(f"{a}. {b}" for a, b in zip(value["label"], value["text"]))
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(_plain(v)) for v in value)
+    return value
+
+
+class _Formatter(string.Formatter):
+    def format_field(self, value, format_spec):
+        return super().format_field(_plain(value), format_spec)
+
+
+_FORMAT = _Formatter()
+
+
+def render(template: str, row, where: str) -> str:
+    """One row's text from a template over its fields (see _plain for lists and records)."""
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: a template needs rows with fields, got {type(row).__name__}")
+    try:
+        return _FORMAT.vformat(template, (), row)
+    except KeyError as e:
+        raise UserError(f"{where}: the template names {e.args[0]!r}, which the row does not have (it has: "
+                         f"{', '.join(map(str, row))}); fix the template") from None
+    except (IndexError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{where}: cannot fill the template {template!r} from this row ({e}); fix the "
+                         "template") from None
+
+
+def _check_text(text: str, where: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON "\ud800" escape decodes to a lone surrogate
+        raise UserError(f"{where}: the text holds a lone surrogate (U+{ord(text[e.start]):04X}) at "
+                         f"character {e.start}, which is not valid Unicode; fix or drop that row") from None
+    return text
+
+
+def row_text(row, field: Optional[str], where: str, template: Optional[str] = None) -> str:
+    if template:
+        return _check_text(render(template, row, where), where)
+    if isinstance(row, str):
+        return row
+    key = field or "text"
+    if not isinstance(row, dict) or not isinstance(row.get(key), str):
+        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+        raise UserError(f"{where}: row has no text field {key!r} (it has: {keys}); set `field:` "
+                         "(--field) to the column that holds the text")
+    return _check_text(row[key], where)
+
+
+def _needed(field: Optional[str], template: Optional[str]) -> list:
+    return template_fields(template) if template else [field or "text"]
+
+
+def _missing_columns(where, names, need, template):
+    missing = [c for c in need if c not in names]
+    if missing:
+        fix = "fix the template" if template else "set `field:` (--field) to the column that holds the text"
+        raise UserError(f"{where} has no column {missing[0]!r} (it has: {', '.join(names)}); {fix}")
+
+
+# --- local files, folders and datasets ---
+
+
+def _arrow_reader(path: Path):
+    """Record batches of an Arrow IPC file (stream format, as `datasets` writes it, or file
+    format), memory-mapped: only the columns read are touched."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path))
+    try:
+        return pa.ipc.open_stream(source)
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(source)
+        return (reader.get_batch(i) for i in range(reader.num_record_batches))
+
+
+def _arrow_schema(path: Path):
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path))
+    try:
+        return pa.ipc.open_stream(source).schema
+    except pa.ArrowInvalid:
+        return pa.ipc.open_file(source).schema
+
+
+def _batches(path: Path, columns: list):
+    """Record batches of `columns` of a parquet or arrow file, BATCH_ROWS rows at a time
+    (a parquet file is read by row group, never as one table)."""
+    if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        f = pq.ParquetFile(path)
+        return f.schema_arrow.names, f.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    names = _arrow_schema(path).names
+    return names, (b.select(columns) for b in _arrow_reader(path) if b.num_rows)
+
+
+def _columnar_documents(path: Path, field, template) -> Iterator[str]:
+    import pyarrow as pa
+
+    need = _needed(field, template)
+    names, batches = _batches(path, need)
+    _missing_columns(str(path), names, need, template)
+    n = 0
+    for batch in batches:
+        if template:
+            for row in batch.to_pylist():
+                n += 1
+                yield from sections(render(template, row, f"{path} row {n}"))
+            continue
+        col = batch.column(0)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise UserError(f"{path}: column {need[0]!r} holds {col.type}, not text; set `field:` (--field) to "
+                             "the column that holds the text")
+        for text in col.to_pylist():
+            if text:  # arrow strings are valid UTF-8; nulls and empty rows are skipped
+                yield from sections(text)
+
+
+def _rows(path: Path) -> Iterator:
+    name = path.name
+    if name.endswith(COLUMNAR):
+        names, batches = _batches(path, None)
+        for batch in batches:
+            yield from batch.to_pylist()
     elif name.endswith(".json"):
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):
@@ -198,25 +361,8 @@ def _rows(path: Path) -> Iterator:
                         raise UserError(f"{path} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
 
 
-def row_text(row, field: Optional[str], where: str) -> str:
-    if isinstance(row, str):
-        return row
-    key = field or "text"
-    if not isinstance(row, dict) or not isinstance(row.get(key), str):
-        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-        raise UserError(f"{where}: row has no text field {key!r} (it has: {keys}); set `field:` "
-                         "(--field) to the column that holds the text")
-    text = row[key]
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a JSON "\ud800" escape decodes to a lone surrogate
-        raise UserError(f"{where}: the text holds a lone surrogate (U+{ord(text[e.start]):04X}) at "
-                         f"character {e.start}, which is not valid Unicode; fix or drop that row") from None
-    return text
-
-
 def _check_file(path: Path, skip_bad: bool) -> bool:
-    if path.name.endswith(".parquet"):
+    if path.name.endswith(COLUMNAR):
         return True
     off = utf8_error(path, _opener(path))
     if off is None:
@@ -230,15 +376,22 @@ def _check_file(path: Path, skip_bad: bool) -> bool:
     return False
 
 
-def file_documents(path: Path, field: Optional[str] = None, skip_bad: bool = False) -> Iterator[str]:
+def file_documents(path: Path, field: Optional[str] = None, skip_bad: bool = False,
+                   template: Optional[str] = None) -> Iterator[str]:
     if not _check_file(path, skip_bad):
         return
     if path.name.endswith(TEXT_EXT):
+        if template:
+            raise UserError(f"{path} is a text file, and a template reads rows with fields (.jsonl, .parquet, "
+                             ".arrow); drop the template or the file")
         with _opener(path)(path, "rt", encoding="utf-8", newline="") as f:
             yield from sections(f.read())  # a text file is one document
         return
+    if path.name.endswith(COLUMNAR):
+        yield from _columnar_documents(path, field, template)
+        return
     for n, row in enumerate(_rows(path), 1):
-        yield from sections(row_text(row, field, f"{path} row {n}"))
+        yield from sections(row_text(row, field, f"{path} row {n}", template))
 
 
 def mlx_lm_splits(source: str) -> Optional[dict]:
@@ -259,60 +412,273 @@ def is_dataset_dir(p: Path) -> bool:
     return p.is_dir() and any((p / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
 
 
-def _dataset(ds, field, where, split="train"):
+def _dataset(ds, field, where, split="train", template=None) -> Iterator[str]:
+    """Documents of a `datasets` Dataset, DatasetDict or (streamed) IterableDataset, or of
+    any iterable of row mappings."""
     if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict
         if split not in ds:
-            raise UserError(f"{where} has splits {', '.join(ds)}, not {split!r}")
+            raise UserError(f"{where} has splits {', '.join(ds)}, not {split!r}; set `split:`")
         ds = ds[split]
-    key = field or "text"
-    if key not in ds.column_names:
-        raise UserError(f"{where} has no column {key!r} (it has: {', '.join(ds.column_names)}); set `field:` "
-                         "(--field) to the column that holds the text")
-    for batch in ds.iter(batch_size=1000):
-        for text in batch[key]:
-            if text:
-                yield from sections(text)
+    need = _needed(field, template)
+    names = getattr(ds, "column_names", None)  # a streamed dataset may not know its columns up front
+    if names:
+        _missing_columns(where, names, need, template)
+        if hasattr(ds, "select_columns") and set(need) != set(names):
+            ds = ds.select_columns(need)
+    for n, row in enumerate(_dataset_rows(ds), 1):
+        if template:
+            yield from sections(row_text(row, None, f"{where} row {n}", template))
+            continue
+        if not isinstance(row, dict) or need[0] not in row:
+            _missing_columns(where, list(row) if isinstance(row, dict) else [], need, None)
+        text = row[need[0]]
+        if text:
+            yield from sections(row_text(row, need[0], f"{where} row {n}"))
+
+
+def _dataset_rows(ds) -> Iterator[dict]:
+    if not hasattr(ds, "iter"):  # any iterable of row mappings
+        yield from ds
+        return
+    for batch in ds.iter(batch_size=BATCH_ROWS):  # a batch of rows at a time, as lists per column
+        keys = list(batch)
+        for i in range(len(batch[keys[0]]) if keys else 0):
+            yield {k: batch[k][i] for k in keys}
 
 
 def folder_files(root: Path) -> list:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(TEXT_EXT + ROW_EXT)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
-        raise UserError(f"no text files under {root}: it needs .txt, .md, .jsonl, .json or .parquet files")
+        raise UserError(f"no text files under {root}: it needs .txt, .md, .jsonl, .json, .parquet or .arrow files")
     return files
 
 
-def documents(source: str, field: Optional[str] = None, skip_bad: bool = False) -> Iterator[str]:
-    """The documents of one source spec, sectioned."""
+def documents(source: str, field: Optional[str] = None, skip_bad: bool = False, template: Optional[str] = None,
+              split: str = "train") -> Iterator[str]:
+    """The documents of one source, sectioned. `template` builds each row's text from
+    several fields instead of reading `field`; `split` picks the split of a Hub or a
+    saved `datasets` dataset."""
     if source.startswith("builtin:"):
-        for doc in builtin(source[len("builtin:"):]).read():
+        corpus = builtin(source[len("builtin:"):])
+        if template:
+            raise UserError(f"{source} is plain text, and a template reads rows with fields; drop the template")
+        for doc in corpus.read():
             yield from sections(doc)
         return
     if source.startswith("hf:"):
-        import datasets  # the user asked for a hub dataset: this may download it
-
-        yield from _dataset(datasets.load_dataset(source[3:], split="train"), field, source)
+        yield from _dataset(open_hf(source, split), field, source, split, template)
         return
     p = Path(source).expanduser()
     splits = mlx_lm_splits(source)
     if splits:  # train, then valid; test.jsonl is never read
         for f in (splits["train"], splits["val"]):
             if f is not None:
-                yield from file_documents(f, field, skip_bad)
+                yield from file_documents(f, field, skip_bad, template)
     elif is_dataset_dir(p):
         import datasets
 
-        yield from _dataset(datasets.load_from_disk(str(p)), field, str(p))
+        yield from _dataset(datasets.load_from_disk(str(p)), field, str(p), split, template)
     elif p.is_dir():
         for f in folder_files(p):
-            yield from file_documents(f, field, skip_bad)
+            yield from file_documents(f, field, skip_bad, template)
     elif p.is_file():
         if not p.name.endswith(TEXT_EXT + ROW_EXT):
-            raise UserError(f"{p}: unknown file type; use .txt, .md, .jsonl, .json or .parquet (or .gz of txt/jsonl)")
-        yield from file_documents(p, field, skip_bad)
+            raise UserError(f"{p}: unknown file type; use .txt, .md, .jsonl, .json, .parquet or .arrow (or .gz of "
+                             "txt/jsonl)")
+        yield from file_documents(p, field, skip_bad, template)
     else:
-        raise FileNotFoundError(f"data source {source} not found: give a file, a folder, hf:NAME or "
+        raise FileNotFoundError(f"data source {source} not found: give a file, a folder, hf:NAME[:CONFIG] or "
                                 + ", ".join(f"builtin:{n}" for n in BUILTINS))
+
+
+# --- sizes without reading everything (the passes check) ---
+
+
+def _gz_size(path: Path) -> int:
+    """Uncompressed size of a .gz file from its trailer (modulo 4 GiB, as gzip stores it)."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(f.read(4), "little")
+    return max(isize, path.stat().st_size)
+
+
+def _json_share(path: Path, field, template, probe: int = 1 << 20) -> float:
+    """The share of a jsonl/json file's bytes that is document text, on its first MiB."""
+    raw = text = 0
+    with _opener(path)(path, "rb") as f:
+        head = f.read(probe)
+    if path.name.endswith(".json"):
+        return 0.9  # a JSON list: rows cannot be read from a prefix
+    for line in head.splitlines()[:-1] or head.splitlines():
+        raw += len(line) + 1
+        try:
+            t = row_text(json.loads(line), field, str(path), template)
+        except (ValueError, UserError):
+            continue
+        text += len(t.encode("utf-8", "replace"))
+    return text / raw if raw else 1.0
+
+
+def _file_text_bytes(path: Path, field, template) -> int:
+    name = path.name
+    need = _needed(field, template)
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        md = pq.ParquetFile(path).metadata
+        cols = [i for i in range(md.num_columns) if md.schema.column(i).path.split(".")[0] in need]
+        return sum(md.row_group(g).column(i).total_uncompressed_size for g in range(md.num_row_groups)
+                   for i in cols)
+    if name.endswith(".arrow"):
+        total = 0
+        for batch in _arrow_reader(path):  # memory-mapped: only buffer sizes are read
+            for c in need:
+                if c in batch.schema.names:
+                    total += sum(b.size for b in batch.column(c).buffers() if b is not None)
+        return total
+    size = _gz_size(path) if name.endswith(".gz") else path.stat().st_size
+    if name.endswith(TEXT_EXT):
+        return size
+    return int(size * _json_share(path, field, template))
+
+
+def text_bytes(source: str, field: Optional[str] = None, template: Optional[str] = None) -> int:
+    """About how many UTF-8 bytes of document text a local source or built-in corpus
+    holds, from file sizes and parquet/arrow metadata (built-in corpora are read).
+    An mlx-lm data folder counts train.jsonl only."""
+    if source.startswith("builtin:"):
+        return sum(len(d.encode("utf-8")) for d in documents(source))
+    p = Path(source).expanduser()
+    splits = mlx_lm_splits(source)
+    if splits:
+        files = [splits["train"]]
+    elif is_dataset_dir(p):
+        files = sorted(p.rglob("*.arrow"))
+    elif p.is_dir():
+        files = folder_files(p)
+    elif p.is_file():
+        files = [p]
+    else:
+        raise FileNotFoundError(f"data source {source} not found")
+    return sum(_file_text_bytes(f, field, template) for f in files)
+
+
+# --- Hub datasets, streamed ---
+
+# The files of the Hub configs the packaged configs name (from each dataset card's
+# `configs:` section): what to download for offline use.
+HF_FILES = {
+    "HuggingFaceFW/fineweb-edu": lambda c: f"sample/{c.removeprefix('sample-')}/*" if c and c.startswith("sample-")
+    else f"data/{c}/*" if c else "data/*",
+    "HuggingFaceTB/cosmopedia": lambda c: f"data/{c}/*",
+    "wikimedia/wikipedia": lambda c: f"{c}/*",
+    "rajpurkar/squad_v2": lambda c: f"{c or 'squad_v2'}/*",
+    "mandarjoshi/trivia_qa": lambda c: f"{c}/*",
+    "hotpotqa/hotpot_qa": lambda c: f"{c}/*",
+    "google-research-datasets/nq_open": lambda c: f"{c or 'nq_open'}/*",
+    "google/boolq": lambda c: "data/*",
+    "tau/commonsense_qa": lambda c: "data/*",
+    "allenai/ai2_arc": lambda c: f"{c}/*",
+}
+_TRUE = ("1", "true", "yes", "on")
+
+
+def parse_hf(source: str) -> tuple:
+    """`hf:NAME[:CONFIG]` -> (NAME, CONFIG or None)."""
+    name, _, config = source[len("hf:"):].partition(":")
+    if not name or name.startswith("/") or name.endswith("/") or " " in name:
+        raise UserError(f"data source {source!r}: write hf:NAME or hf:NAME:CONFIG, e.g. "
+                         "hf:HuggingFaceFW/fineweb-edu:sample-10BT")
+    return name, config or None
+
+
+def data_root() -> Path:
+    """Where Hub datasets downloaded for offline use live: $MLX_GROW_DATA, else
+    $MLX_GROW_CACHE/datasets, else ~/.cache/mlx-grow/datasets (one folder per NAME)."""
+    if os.environ.get("MLX_GROW_DATA"):
+        return Path(os.environ["MLX_GROW_DATA"]).expanduser()
+    root = os.environ.get("MLX_GROW_CACHE") or Path.home() / ".cache" / "mlx-grow"
+    return Path(root).expanduser() / "datasets"
+
+
+def hf_local(name: str) -> Optional[Path]:
+    """The downloaded copy of Hub dataset NAME (a folder with its README.md), or None."""
+    d = data_root() / name
+    return d if (d / "README.md").is_file() else None
+
+
+def download_command(name: str, config: Optional[str]) -> str:
+    files = HF_FILES.get(name)
+    include = f" --include '{files(config)}'" if files else ""
+    return (f"hf download {name} --repo-type dataset --include README.md{include} "
+            f"--local-dir {data_root() / name}")
+
+
+def hub_unreachable() -> Optional[str]:
+    """Why the Hugging Face Hub cannot be reached now, or None when it can."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            return f"{var} is set"
+    from urllib.parse import urlparse
+
+    return _probe(urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co")
+
+
+@lru_cache(maxsize=4)
+def _probe(host: str) -> Optional[str]:
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return None
+    except OSError as e:
+        return f"{host} cannot be reached ({e.strerror or e})"
+
+
+def offline_sources(sources) -> list:
+    """The hf: sources of `sources` (strings) that can be read neither from a downloaded
+    copy nor from the Hub now: [(source, reason)]."""
+    hub = [s for s in dict.fromkeys(sources) if s.startswith("hf:") and hf_local(parse_hf(s)[0]) is None]
+    reason = hub_unreachable() if hub else None
+    return [(s, reason) for s in hub] if reason else []
+
+
+def offline_message(missing: list) -> str:
+    """One line: what to download for the hf: sources that cannot be read, and where."""
+    wanted = {}
+    for s, _ in missing:
+        name, config = parse_hf(s)
+        wanted.setdefault(name, []).append(config)
+    cmds = []
+    for name, configs in wanted.items():
+        files = HF_FILES.get(name)
+        include = "".join(f" --include '{files(c)}'" for c in dict.fromkeys(configs)) if files else \
+            " (and the files of " + ", ".join(str(c) for c in configs) + " its README lists)"
+        cmds.append(f"`hf download {name} --repo-type dataset --include README.md{include} "
+                    f"--local-dir {data_root() / name}`")
+    names = ", ".join(s for s, _ in missing)
+    return (f"{names} cannot be streamed: {missing[0][1]}. Download {'them' if len(missing) > 1 else 'it'} on a "
+            f"machine with network with {'; '.join(cmds)} and copy the folder{'s' if len(cmds) > 1 else ''} to "
+            f"the same place here ($MLX_GROW_DATA, default {data_root()}), where mlx-grow reads them offline; or "
+            "train on local files with --data DIR. Nothing was written")
+
+
+def open_hf(source: str, split: str = "train"):
+    """A streamed `datasets` IterableDataset of `hf:NAME[:CONFIG]`: from the downloaded
+    copy under data_root() when there is one, else from the Hub."""
+    name, config = parse_hf(source)
+    local = hf_local(name)
+    if local is None and (reason := hub_unreachable()):
+        raise UserError(offline_message([(source, reason)]))
+    import datasets  # the user asked for a Hub dataset
+
+    where = str(local) if local else name
+    try:
+        return datasets.load_dataset(where, config, split=split, streaming=True)
+    except (ValueError, FileNotFoundError, ConnectionError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (f"download its files with `{download_command(name, config)}`" if local else
+                f"check the name, config and split at https://huggingface.co/datasets/{name}")
+        raise UserError(f"{source} (split {split}) cannot be opened from {where}: {first}; {hint}") from None
 
 
 # --- instruction pairs ---

@@ -6,7 +6,10 @@ when the vocabulary fits, else uint32, read with np.memmap), `*.idx.npy`
 separator id; separator-like strings inside the text stay text. The
 validation split holds whole documents, picked by a hash of their text.
 Folders are cached under a key of (document contents, tokenizer, separator,
-split) and written to a temp name, then renamed.
+split, and the token budget when there is one) and written to a temp name,
+then renamed. A streamed Hub source (`hf:`) is read once, so its key is what
+names it (dataset, config, split, field or template, budget) rather than its
+contents. Tokenizing runs in pieces, in parallel and resumably (`encode`).
 
 A Stream turns shards into batches: row g of the global stream (g = step *
 global_batch + r) picks a source from the mixture weights and a window of
@@ -20,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-import time
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,43 +31,93 @@ from typing import Optional
 import numpy as np
 
 from mlx_grow.base import UserError, opt
-from mlx_grow.data import corpora
+from mlx_grow.data import corpora, encode
 from mlx_grow.io import atomic_dir
 
 log = logging.getLogger("mlx_grow.data")
 
 FORMAT = 1  # bump when the shard layout or the tokenization rules change
-BLOCK_CHARS = 1 << 22  # characters per encode_batch call
+BLOCK_CHARS = 1 << 22  # characters per piece: one encode_batch call, one part file (encode.py)
 UNK_WARN = 0.25  # warn when more than this share of tokens is <unk>
 VAL_SEED = 0x5EED  # validation batches do not depend on the training seed
 STAGE_DATA = ("continue", "restart")
 
 
+SOURCE_KEYS = ("source", "weight", "field", "template", "split", "tokens")
+
+
 @dataclass
 class SourceSpec:
-    source: str = opt(help="A text or row file, a folder, hf:NAME (a datasets dataset) or builtin:NAME")
+    source: str = opt(help="A text or row file, a folder (of .txt/.md/.jsonl(.gz)/.json/.parquet/.arrow files, "
+                           "nested as FineWeb-Edu ships them), hf:NAME[:CONFIG] (a Hub dataset, streamed) or "
+                           "builtin:NAME")
     weight: float = opt(1.0, "Mixture weight: the share of rows drawn from this source, relative to the others")
     field: Optional[str] = opt(None, "Text field of jsonl / parquet / dataset rows; default text")
+    template: Optional[str] = opt(None, "Instead of field: a row's text from several fields, e.g. 'Question: "
+                                        "{question}\\nAnswer: {answer}'; {answers[text]} reads inside a field; a "
+                                        "list joins with '; ', a {label, text} choices record gives 'A. ...' lines, a "
+                                        "bool yes/no")
+    split: str = opt("train", "Split of an hf: dataset or a saved datasets folder")
+    tokens: Optional[int] = opt(None, "Token budget: stop reading the source once this many tokens (training + "
+                                      "validation) are prepared; null: all of it. A streamed source with no budget "
+                                      "counts as unbounded in the passes check")
 
     @classmethod
     def parse(cls, item, where: str) -> "SourceSpec":
         if isinstance(item, str):
-            return cls(item)
+            item = {"source": item}
         if not isinstance(item, dict) or "source" not in item:
-            raise UserError(f"{where} must be a source string or a mapping with source:, weight:, field:")
-        unknown = sorted(set(item) - {"source", "weight", "field"})
+            raise UserError(f"{where} must be a source string or a mapping with source: (and weight:, field:, "
+                             "template:, split:, tokens:)")
+        unknown = sorted(set(item) - set(SOURCE_KEYS))
         if unknown:
-            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: source, weight, field")
+            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(SOURCE_KEYS)}")
+        source = item["source"]
+        if not isinstance(source, str) or not source:
+            raise UserError(f"{where}: source must be a path, hf:NAME[:CONFIG] or builtin:NAME, got {source!r}")
+        if source.startswith("hf:"):
+            corpora.parse_hf(source)
         w = item.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
             raise UserError(f"{where}: weight must be a positive number, got {w!r}")
-        return cls(str(item["source"]), float(w), item.get("field"))
+        fld, template = item.get("field"), item.get("template")
+        for key, v in (("field", fld), ("template", template)):
+            if v is not None and (not isinstance(v, str) or not v):
+                raise UserError(f"{where}: {key} must be a string, got {v!r}")
+        if fld and template:
+            raise UserError(f"{where}: give field (one column) or template (several), not both")
+        if template:
+            try:
+                corpora.template_fields(template)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
+        split = item.get("split", "train")
+        if not isinstance(split, str) or not split:
+            raise UserError(f"{where}: split must be a split name such as train, got {split!r}")
+        tokens = item.get("tokens")
+        if isinstance(tokens, float) and tokens.is_integer():
+            tokens = int(tokens)
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise UserError(f"{where}: tokens (a token budget) must be a positive whole number, got {tokens!r}")
+        return cls(source, float(w), fld, template, split, tokens)
+
+    def extras(self) -> dict:
+        """The keys beyond source, weight and field that differ from their defaults."""
+        return {k: v for k, v in (("template", self.template), ("split", self.split), ("tokens", self.tokens))
+                if v != ("train" if k == "split" else None)}
+
+    @property
+    def label(self) -> str:
+        """How messages name the source."""
+        bits = [f"{k} {v}" for k, v in (("split", self.split if self.split != "train" else None),
+                                         ("field", self.field)) if v]
+        return self.source + (f" ({', '.join(bits)})" if bits else "")
 
 
 @dataclass
 class DataConfig:
-    sources: list = opt([], "Training sources: strings, or mappings {source, weight, field} (see "
-                            "data.sources[]); empty: builtin:default")
+    sources: list = opt([], "Training sources: strings, or mappings {source, weight, field, template, split, "
+                            "tokens} (see data.sources[]); empty: builtin:default")
     val_fraction: float = opt(0.01, "Share of documents held out for validation, between 0 and 0.5")
     separator: str = opt("</s>", "Token that ends every document")
     instruction_files: list = opt([], "Question/answer files (.jsonl, .json, .parquet) mixed into training")
@@ -76,6 +129,9 @@ class DataConfig:
     cache_dir: Optional[str] = opt(None, "Shard cache folder; null: $MLX_GROW_CACHE/shards, else "
                                          "~/.cache/mlx-grow/shards")
     skip_bad_files: bool = opt(False, "Skip files that are not UTF-8, with a warning, instead of failing")
+    max_passes: float = opt(4.0, "Most times a run may read any source: planned tokens drawn from it over the "
+                                 "tokens it holds for training. grow refuses more before it starts; grow "
+                                 "--allow-repeat N sets it")
 
     @classmethod
     def from_dict(cls, d: Optional[dict], where: str = "data config") -> "DataConfig":
@@ -98,7 +154,7 @@ class DataConfig:
                 raise UserError(f"{where}: stages[{k}] must be a non-empty list of sources")
             for i, s in enumerate(stage):
                 SourceSpec.parse(s, f"{where}: stages[{k}][{i}]")
-        for key in ("val_fraction", "instruction_ratio"):
+        for key in ("val_fraction", "instruction_ratio", "max_passes"):
             if isinstance(getattr(cfg, key), bool) or not isinstance(getattr(cfg, key), (int, float)):
                 raise UserError(f"{where}: {key} must be a number, got {getattr(cfg, key)!r}")
         if not 0 <= cfg.val_fraction <= 0.5:
@@ -108,6 +164,8 @@ class DataConfig:
         if cfg.instruction_ratio > 0 and not cfg.instruction_files:
             raise UserError(f"{where}: instruction_ratio is {cfg.instruction_ratio} but instruction_files is "
                              "empty; give your question/answer .jsonl files")
+        if cfg.max_passes <= 0:
+            raise UserError(f"{where}: max_passes must be positive, got {cfg.max_passes}")
         if cfg.stage_data not in STAGE_DATA:
             raise UserError(f"{where}: stage_data must be one of {', '.join(STAGE_DATA)}, got {cfg.stage_data!r}")
         if not isinstance(cfg.separator, str) or not cfg.separator:
@@ -125,7 +183,8 @@ class DataConfig:
     def mixture_key(self, stage: int = 0) -> str:
         """Names a stage's mixture: stages with equal keys read one stream (and, with
         `stage_data: continue`, one read position)."""
-        return json.dumps([[s.source, s.weight, s.field] for s in self.mixture(stage)])
+        return json.dumps([[s.source, s.weight, s.field] + ([s.extras()] if s.extras() else [])
+                           for s in self.mixture(stage)])
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -181,89 +240,133 @@ def _slug(s: str) -> str:
     return s.strip("-.")[:40] or "source"
 
 
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not enabled,
-                    console=Console(stderr=True))  # results go to stdout, bars never do
-
-
 def _docs(spec: SourceSpec, instruction: bool, skip_bad: bool):
     if instruction:
         return corpora.instruction_pairs(spec.source)
-    return corpora.documents(spec.source, spec.field, skip_bad)
-
-
-def _size(d) -> int:  # characters of a document or of an instruction pair
-    return len(d) if isinstance(d, str) else len(d[0]) + len(d[1])
+    return corpora.documents(spec.source, spec.field, skip_bad, spec.template, spec.split)
 
 
 def _scan(docs):
-    """Pass 1: a 64-bit hash per document, the character count, and a content digest."""
-    hashes, chars, whole = [], 0, hashlib.sha256()
+    """Pass 1 over a local source: a 64-bit hash per document, the characters, and a
+    content digest (the cache key reads it, so a changed text is prepared again)."""
+    digests, chars = [], 0
     for d in docs:
-        text = d if isinstance(d, str) else json.dumps(d, ensure_ascii=False)
-        h = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-        whole.update(h)
-        hashes.append(int.from_bytes(h, "little"))
-        chars += _size(d)
-    return np.array(hashes, np.uint64), chars, whole.hexdigest()
+        digests.append(encode.doc_hash(d))
+        chars += encode.size(d)
+    raw = b"".join(digests)
+    return np.frombuffer(raw, "<u8").astype(np.uint64), chars, hashlib.sha256(raw).hexdigest()
+
+
+def _check_count(source: str, n: int, val_fraction: float, n_forced: int = 0):
+    if n == 0:
+        raise UserError(f"data source {source} has no text (no non-empty documents)")
+    if (n_forced or val_fraction) and n < 2:
+        raise UserError(f"data source {source} has one document, and a validation split needs two: "
+                         "add text, or set val_fraction: 0")
+
+
+def _split(recs: np.ndarray, budget, val_fraction: float, n_forced: int, source: str):
+    """(keep, is_val) over the encoded documents: a budget keeps the documents up to the
+    one that reaches it; validation takes the last n_forced documents (an mlx-lm folder's
+    valid.jsonl), else the val_fraction of kept documents with the smallest hashes."""
+    n = len(recs)
+    n_train = n - n_forced
+    keep = np.ones(n, bool)
+    if budget:
+        k = int(np.searchsorted(np.cumsum(recs["tokens"][:n_train]), budget)) + 1
+        keep[min(k, n_train):n_train] = False
+    is_val = np.zeros(n, bool)
+    if n_forced:
+        is_val[n_train:] = True
+        return keep, is_val
+    idx = np.flatnonzero(keep)
+    _check_count(source, len(idx), val_fraction)
+    n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(idx)))
+    is_val[idx[np.argsort(recs["hash"][idx], kind="stable")[:n_val]]] = True
+    return keep, is_val
 
 
 def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01, skip_bad_files=False,
-                   instruction=False, progress=True) -> Shard:
+                   instruction=False, progress=True, workers=None, echo=None) -> Shard:
     """Tokenize one source into a shard folder, or reuse the cached one.
-    instruction=True reads question/answer pairs and writes `[INST] q [/INST] a</s>`."""
+    instruction=True reads question/answer pairs and writes `[INST] q [/INST] a</s>`.
+    `workers`: processes that tokenize (default one per core; small sources are
+    tokenized in this process). A killed preparation resumes from its finished pieces."""
     spec = spec if isinstance(spec, SourceSpec) else SourceSpec.parse(spec, "data source")
     check_val_fraction(val_fraction)
     tok = _tokenizer(tok)
     ids = dict(sep=_special_id(tok, separator, "separator"))
     if instruction:
         ids.update(inst=_special_id(tok, "[INST]", "control token"), end=_special_id(tok, "[/INST]", "control token"))
-    splits = None if instruction else corpora.mlx_lm_splits(spec.source)
-    if splits and splits["val"] is not None:  # the folder says which documents validate
-        parts = [_scan(corpora.file_documents(splits[k], spec.field, skip_bad_files)) for k in ("train", "val")]
-        hashes, chars = np.concatenate([p[0] for p in parts]), parts[0][1] + parts[1][1]
-        content = hashlib.sha256((parts[0][2] + parts[1][2]).encode()).hexdigest()
-        n_val = len(parts[1][0])
+    streamed = spec.source.startswith("hf:") and not instruction
+    splits = None if instruction or streamed else corpora.mlx_lm_splits(spec.source)
+    scan, chars, n_forced, content = None, None, 0, None
+    if streamed:  # read once: named by what it is, not by its contents
+        if missing := corpora.offline_sources([spec.source]):  # before anything is written
+            raise UserError(corpora.offline_message(missing))
+        key = [FORMAT, "streamed", spec.source, spec.split, spec.field, spec.template, spec.tokens, tok.fingerprint,
+               separator, val_fraction, corpora.SECTION_CHARS]
     else:
-        hashes, chars, content = _scan(_docs(spec, instruction, skip_bad_files))
-        n_val = 0 if val_fraction == 0 else max(1, round(val_fraction * len(hashes)))
-    if len(hashes) == 0:
-        raise UserError(f"data source {spec.source} has no text (no non-empty documents)")
-    if n_val and len(hashes) < 2:
-        raise UserError(f"data source {spec.source} has one document, and a validation split needs two: "
-                         "add text, or set val_fraction: 0")
-    key = hashlib.sha256(json.dumps([FORMAT, content, tok.fingerprint, separator, val_fraction,
-                                     corpora.SECTION_CHARS, instruction]).encode()).hexdigest()[:16]
+        if splits and splits["val"] is not None:  # the folder says which documents validate
+            parts = [_scan(corpora.file_documents(splits[k], spec.field, skip_bad_files, spec.template))
+                     for k in ("train", "val")]
+            scan, chars = np.concatenate([p[0] for p in parts]), parts[0][1] + parts[1][1]
+            content = hashlib.sha256((parts[0][2] + parts[1][2]).encode()).hexdigest()
+            n_forced = len(parts[1][0])
+        else:
+            scan, chars, content = _scan(_docs(spec, instruction, skip_bad_files))
+        _check_count(spec.source, len(scan), val_fraction, n_forced)
+        key = [FORMAT, content, tok.fingerprint, separator, val_fraction, corpora.SECTION_CHARS, instruction] \
+            + ([spec.tokens] if spec.tokens else [])
+    key = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     path = cache_root(out_dir) / f"{_slug(spec.source)}-{key}"
     with _lock(path):  # ranks that share a cache prepare a source once
         if not (path / "meta.json").exists():
-            is_val = np.zeros(len(hashes), bool)
-            if splits and splits["val"] is not None:
-                is_val[len(hashes) - n_val:] = True
-            else:
-                is_val[np.argsort(hashes, kind="stable")[:n_val]] = True
+            dtype = np.dtype("uint16" if tok.vocab_size <= 1 << 16 else "uint32")
             meta = dict(format=FORMAT, name=_slug(spec.source), source=spec.source, field=spec.field,
+                        template=spec.template, split=spec.split, token_budget=spec.tokens, streamed=streamed,
                         kind="instruction" if instruction else "text", tokenizer=getattr(tok, "name", None),
-                        tokenizer_fingerprint=tok.fingerprint, vocab_size=tok.vocab_size,
-                        dtype="uint16" if tok.vocab_size <= 1 << 16 else "uint32", separator=separator,
-                        separator_id=ids["sep"], val_fraction=val_fraction, content_hash=content)
+                        tokenizer_fingerprint=tok.fingerprint, vocab_size=tok.vocab_size, dtype=dtype.name,
+                        separator=separator, separator_id=ids["sep"], val_fraction=val_fraction,
+                        content_hash=content)
             if splits:
                 meta["splits"] = {k: f.name if f else None for k, f in splits.items()}
-            with atomic_dir(path, overwrite=True, marker="meta.json") as tmp:
-                meta.update(_encode(_docs(spec, instruction, skip_bad_files), tok, tmp, is_val, chars, ids,
-                                    np.dtype(meta["dtype"]), f"tokenizing {spec.source}", progress))
-                (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            _build(spec, tok, path, meta, ids, dtype, scan, chars, n_forced, instruction, skip_bad_files, progress,
+                   workers, echo)
     return _checked(Shard(path))
+
+
+def _build(spec, tok, path, meta, ids, dtype, scan, chars, n_forced, instruction, skip_bad, progress, workers, echo):
+    """Encode a source into parts (resuming finished ones), then assemble the shard.
+    An interrupted preparation (Ctrl-C, a kill, a lost worker, a read error of a
+    streamed source) keeps its parts for the next run; any other error removes them."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    work = path.with_name(f".{path.name}.parts")
+    encode.start_work(work, BLOCK_CHARS)
+    label = f"tokenizing {spec.source}"
+    try:
+        parts = encode.encode_parts(
+            _docs(spec, instruction, skip_bad), tok, work, ids, dtype, piece_chars=BLOCK_CHARS,
+            workers=workers or encode.default_workers(), total_chars=chars,
+            budget=None if n_forced else spec.tokens, label=label, progress=progress, echo=echo)
+        recs = np.concatenate(parts) if parts else np.zeros(0, encode.DOC)
+        if scan is not None and (len(recs) > len(scan) or not np.array_equal(recs["hash"], scan[:len(recs)])
+                                 or (len(recs) < len(scan) and not spec.tokens)):
+            raise UserError(f"{spec.source} changed while it was being prepared; run again")
+        keep, is_val = _split(recs, spec.tokens, meta["val_fraction"], n_forced, spec.source)
+        if meta["content_hash"] is None:
+            meta["content_hash"] = hashlib.sha256(recs["hash"][keep].astype("<u8").tobytes()).hexdigest()
+        with atomic_dir(path, overwrite=True, marker="meta.json") as tmp:
+            meta.update(encode.assemble(work, parts, keep, is_val, tmp, dtype))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except (KeyboardInterrupt, BrokenProcessPool):
+        raise
+    except BaseException as e:
+        if not (meta["streamed"] and isinstance(e, Exception) and not isinstance(e, UserError)):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -277,55 +380,6 @@ def _lock(path: Path):
         except ImportError:  # Windows: no lock
             pass
         yield
-
-
-def _encode(docs, tok, out: Path, is_val, chars, ids, dtype, label, progress) -> dict:
-    """Pass 2: batch-encode blocks of documents (all cores) into train/val .bin files."""
-    stats = {s: dict(documents=0, characters=0, tokens=0, unk=0) for s in ("train", "val")}
-    starts = {"train": [], "val": []}
-    files = {s: open(out / f"{s}.bin", "wb") for s in stats}
-    block, done, t0 = [], 0, time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task(label, total=chars, rate="")
-
-        def flush():
-            nonlocal done
-            texts = [t for _, d in block for t in ([d] if isinstance(d, str) else [f" {d[0]} ", f" {d[1]}"])]
-            enc = iter(tok.encode_batch(texts))
-            for i, d in block:
-                if isinstance(d, str):
-                    seq = [*next(enc), ids["sep"]]
-                else:  # [INST] question [/INST] answer</s>, the control tokens as ids
-                    seq = [ids["inst"], *next(enc), ids["end"], *next(enc), ids["sep"]]
-                arr = np.array(seq, dtype)
-                st = stats["val" if is_val[i] else "train"]
-                starts["val" if is_val[i] else "train"].append(st["tokens"])
-                st["documents"] += 1
-                st["characters"] += _size(d)
-                st["tokens"] += arr.size
-                st["unk"] += int(np.count_nonzero(arr == tok.unk_id)) if tok.unk_id is not None else 0
-                files["val" if is_val[i] else "train"].write(arr.tobytes())
-                done += _size(d)
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, completed=done, rate=f"{rate / 1e6:.1f}M chars/s")
-            block.clear()
-
-        pending, i = 0, -1
-        for i, d in enumerate(docs):
-            if i >= len(is_val):
-                break
-            block.append((i, d))
-            pending += _size(d)
-            if pending >= BLOCK_CHARS:
-                flush()
-                pending = 0
-        flush()
-    if i + 1 != len(is_val):
-        raise UserError(f"{label[len('tokenizing '):]} changed while it was being prepared; run again")
-    for s, f in files.items():
-        f.close()
-        np.save(out / f"{s}.idx.npy", np.array(starts[s], np.int64))
-    return {k: {s: stats[s][k] for s in stats} for k in ("documents", "characters", "tokens", "unk")}
 
 
 def split_note(meta: dict):
@@ -356,12 +410,21 @@ def check_val_fraction(v, name: str = "val_fraction"):
 
 
 def prepare(sources, tokenizer, out_dir=None, separator="</s>", val_fraction=0.01, field=None,
-            skip_bad_files=False, progress=True) -> list:
-    """Prepare (or reuse) one shard folder per source; returns the Shards."""
+            skip_bad_files=False, progress=True, workers=None, template=None, split=None, tokens=None,
+            echo=None) -> list:
+    """Prepare (or reuse) one shard folder per source; returns the Shards. field,
+    template, split and tokens apply to the sources that do not set their own."""
     tok = _tokenizer(tokenizer)
     specs = [SourceSpec.parse(s, "data source") for s in (sources or ["builtin:default"])]
-    return [prepare_source(SourceSpec(s.source, s.weight, s.field or field), tok, out_dir, separator,
-                           val_fraction, skip_bad_files, progress=progress) for s in specs]
+    out = []
+    for s in specs:
+        item = {"source": s.source, "weight": s.weight, "field": s.field or (None if s.template else field),
+                "template": s.template or (None if s.field else template),
+                "split": split if split and s.split == "train" else s.split, "tokens": s.tokens or tokens}
+        spec = SourceSpec.parse(item, f"data source {s.source}")
+        out.append(prepare_source(spec, tok, out_dir, separator, val_fraction, skip_bad_files, progress=progress,
+                                  workers=workers, echo=echo))
+    return out
 
 
 # --- batches ---

@@ -86,7 +86,8 @@ def compare(expert_dirs, sources, merged=(), seq_len=None, batches=4, batch_size
         models[name] = MergedModel(experts, make_combiner(len(experts), **kw))
     for m in merged:
         models[f"merged:{Path(m).name}"] = load_merged(m)[0]
-    vals = {str(s): open_stream({"sources": [s]}, tok, seq_len, batch_size, 0, progress=progress).val_batches(batches)
+    vals = {(s["source"] if isinstance(s, dict) else str(s)):
+            open_stream({"sources": [s]}, tok, seq_len, batch_size, 0, progress=progress).val_batches(batches)
             for s in sources}
     table = {}
     for name, model in models.items():

@@ -19,9 +19,11 @@ from mlx_grow.io.atomic import atomic_path
 from mlx_grow.reproduce.scales import (
     EVAL_TASKS,
     EXPERT_DATA,
+    SCALE_EXPERTS,
     estimate,
     experiments,
     get_scale,
+    source_name,
     substrate_labels,
 )
 
@@ -129,7 +131,7 @@ def composition(s, root: Path, expert_recs: list, sources, progress: bool, echo)
     table = compare(dirs, list(sources), merged=[tuned], seq_len=s.seq, batches=s.val_batches, batch_size=s.batch)
     names = list(table)
     rename = {names[0]: "expert 1", names[1]: "expert 2", f"merged:{tuned.name}": "mean-logits + tune (all)"}
-    rec = {"sources": list(sources), "tune_steps": s.tune_steps, "tune_s": tune_s,
+    rec = {"sources": [source_name(x) for x in sources], "tune_steps": s.tune_steps, "tune_s": tune_s,
            "rows": {rename.get(k, k): v for k, v in table.items()}}
     write_json(path, rec)
     return rec
@@ -180,14 +182,42 @@ def machine() -> dict:
     return info
 
 
+def data_passes(jobs, allow_repeat=None) -> tuple:
+    """(lines, refusal or None): per source, the most any run draws from it against what
+    it holds (training/passes.py), and the first run that reads a source more than its
+    data.max_passes (or `allow_repeat`) times."""
+    from mlx_grow.training import passes
+
+    memo, worst, over = {}, {}, None
+    for _, key, _, _, cfg in jobs:
+        if allow_repeat is not None:
+            cfg.override(data={"max_passes": float(allow_repeat)})
+        rows = passes.table(cfg, None, memo)
+        for r in rows:
+            if r.label not in worst or r.passes > worst[r.label][0].passes:
+                worst[r.label] = (r, key)
+            if r.held and r.passes > cfg.data.max_passes and (over is None or r.passes > over[0]):
+                over = (r.passes, key, cfg, rows)
+    lines = [f"data: {r.line()}, the most of any run ({key})" for r, key in worst.values()]
+    if over is None:
+        return lines, None
+    try:  # the run that reads a source the most times names it
+        passes.check(over[2], over[3], flag="--allow-repeat")
+    except UserError as e:
+        return lines, f"run {over[1]}: {e}"
+    return lines, None
+
+
 def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, report=None, font=None,
-              dry_run=False, progress=True, echo=print, command=None, substrates=None) -> dict:
+              dry_run=False, progress=True, echo=print, command=None, substrates=None, allow_repeat=None) -> dict:
     """Run every part at `scale`; write OUT/results.json and the report (default
-    OUT/reproduction.md, its plots in a folder beside it). Returns the results."""
+    OUT/reproduction.md, its plots in a folder beside it). Returns the results.
+    Before anything is written, every run's passes over its sources are checked
+    (`allow_repeat` raises the limit, as grow --allow-repeat)."""
     from mlx_grow.reproduce.report import si, write_report
 
     s = get_scale(scale)
-    experts = tuple(experts or EXPERT_DATA)
+    experts = tuple(experts or SCALE_EXPERTS.get(s.name) or EXPERT_DATA)
     if len(experts) != 2:
         raise UserError(f"--experts takes two data sources, got {len(experts)}")
     tasks = tuple(tasks or EVAL_TASKS)
@@ -200,8 +230,20 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
          f"{est['peak_bytes'] / 2**30:.2f} GiB (one run at a time); needs {est['hardware']}")
     if not glyph:
         echo("no font for the glyph substrate (apt-get install fonts-unifont, or --font FILE): part 1 runs without it")
+    lines, refusal = data_passes(jobs, allow_repeat)
     if dry_run:
-        return {"estimate": est}
+        for line in lines:
+            echo(line)
+        if refusal:
+            echo(f"refused (a run would stop here): {refusal}")
+        return {"estimate": est, "passes": lines, "refused": refusal}
+    if refusal:
+        raise UserError(refusal)
+    from mlx_grow.data import corpora
+
+    hub = [x.source for *_, cfg in jobs for x in cfg.data.mixture(0) if x.source.startswith("hf:")]
+    if missing := corpora.offline_sources(hub):  # streamed from the Hub: say what to download when it cannot be
+        raise UserError(corpora.offline_message(missing))
     out = Path(out or f"reproduce-{s.name}")
     settings = {"scale": s.to_dict(), "data": list(data or []), "experts": list(experts), "tasks": list(tasks),
                 "glyph": glyph, "substrates": subs}

@@ -116,8 +116,10 @@ def substrate_section(s: Scale, label: str) -> dict:
 
 def experiments(s: Scale, data=None, experts=None, glyph: bool = True, font=None, substrates=None) -> list:
     """[(part, key, label, seed, RunConfig)] of every training run, in the order they run.
-    `data`: the sources of parts 1-3 (default: the built-in corpus); `experts`: the two
-    corpora of part 4."""
+    `data`: the sources of parts 1-3 (default: the scale's, SCALE_DATA, else the built-in
+    corpus); `experts`: the two corpora of part 4 (default: SCALE_EXPERTS, else EXPERT_DATA)."""
+    data = data or SCALE_DATA.get(s.name)
+    experts = experts or SCALE_EXPERTS.get(s.name)
     jobs = []
     for label in substrates or SUBSTRATES:
         if label == "glyph" and not glyph:
@@ -147,12 +149,36 @@ def experiments(s: Scale, data=None, experts=None, glyph: bool = True, font=None
         jobs.append((3, key, label, 0, run_config(s, key, n, grow, 0, None, data)))
     for k, src in enumerate(experts or EXPERT_DATA):
         grow = {"stages": [s.expert_depth], "steps_per_stage": s.expert_steps}
-        jobs.append((4, f"expert-{k + 1}", f"expert {k + 1}: {src}", 0,
+        jobs.append((4, f"expert-{k + 1}", f"expert {k + 1}: {source_name(src)}", 0,
                      run_config(s, f"expert-{k + 1}", s.expert_depth, grow, 0, None, [src])))
     return jobs
 
 
 EXPERT_DATA = ("builtin:kjv", "builtin:shakespeare")
+
+# At small and paper scale, parts 1-3 read the corpora of the 9-layer paper configs
+# (configs/paper-9l-*.yaml: FineWeb-Edu + Cosmopedia, 80/20) and part 4's experts the two
+# Wikipedias of the 2025 families (Russian and Chinese), streamed from the Hub, with token
+# budgets sized so that no run reads a source more than once. The built-in corpora hold
+# 5.4M tokens: enough for tiny, repeated thousands of times at these scales.
+FWE, COSMO = "hf:HuggingFaceFW/fineweb-edu:sample-10BT", "hf:HuggingFaceTB/cosmopedia:web_samples_v2"
+SCALE_DATA = {
+    "small": [{"source": FWE, "weight": 0.8, "tokens": 100_000_000},
+              {"source": COSMO, "weight": 0.2, "tokens": 25_000_000}],
+    "paper": [{"source": FWE, "weight": 0.8, "tokens": 16_000_000_000},
+              {"source": COSMO, "weight": 0.2, "tokens": 4_000_000_000}],
+}
+SCALE_EXPERTS = {
+    "small": ({"source": "hf:wikimedia/wikipedia:20231101.ru", "tokens": 30_000_000},
+              {"source": "hf:wikimedia/wikipedia:20231101.zh", "tokens": 30_000_000}),
+    "paper": ({"source": "hf:wikimedia/wikipedia:20231101.ru", "tokens": 10_000_000_000},
+              {"source": "hf:wikimedia/wikipedia:20231101.zh", "tokens": 10_000_000_000}),
+}
+
+
+def source_name(src) -> str:
+    """A source string, or the `source` of a source mapping."""
+    return src["source"] if isinstance(src, dict) else str(src)
 EVAL_TASKS = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa")
 
 

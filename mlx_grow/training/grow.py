@@ -27,7 +27,7 @@ from mlx_grow.model import Model, flops_per_token, init_weights
 from mlx_grow.substrate.tables import build_table
 from mlx_grow.tokenizer import load_tokenizer
 from mlx_grow.training import lora as L
-from mlx_grow.training.faults import armed, maybe_fail
+from mlx_grow.io.faults import armed, maybe_fail
 from mlx_grow.training.params import human
 from mlx_grow.training.prefix_cache import PrefixCache
 from mlx_grow.training.runs import (
@@ -137,12 +137,24 @@ class Progress:
     summary: list = field(default_factory=list)
 
 
+def check_reachable(cfg: RunConfig):
+    """Every hf: source of the run can be read: from a downloaded copy, or from the Hub
+    now; else one line says what to download and where."""
+    from mlx_grow.data import corpora
+
+    d = cfg.data
+    hub = [s.source for k in range(max(len(d.stages), 1)) for s in d.mixture(k) if s.source.startswith("hf:")]
+    if missing := corpora.offline_sources(hub):
+        raise UserError(corpora.offline_message(missing))
+
+
 class Grower:
     """One run of a growth (or monolithic) schedule; `run()` returns the final model dir."""
 
     def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print, restart=False,
                  from_dir=None):
         self.cfg, self.out, self.resume, self.restart = cfg, Path(out), resume, restart
+        check_reachable(cfg)  # first: before even the tokenizer cache is written
         self.on_step, self.show_progress = on_step, progress
         self.t, self.g, self.args = cfg.train, cfg.grow, cfg.model
         self.seed = self.t.seed
@@ -270,13 +282,21 @@ class Grower:
         return final, summary
 
     def check_inputs(self):
-        """Memory fit (the planner), then the data: the first stage's shards are
-        prepared (or found in the cache) and its validation batches read."""
+        """The memory fits (the planner), no source is read more than data.max_passes times
+        (training/passes.py; estimated, then counted once the first stage's shards are
+        prepared or found in the cache), and the first stage's validation batches."""
+        from mlx_grow.training import passes
         from mlx_grow.training.memory import fit_check
 
         fit_check(self.cfg, self.world)
+        if not self.resume:  # a resumed run was checked when it started
+            # before preparing: what is known without it (a small local source is prepared in seconds and
+            # checked below, after the preparation has said what is wrong with it, if anything)
+            passes.check(self.cfg, [r for r in passes.table(self.cfg, self.tok) if r.how != "counted"])
         self.first_data = StageData(self.cfg, self.tok, self.stages[0], self.seed,
                                     self.show_progress and self.rank == 0)
+        if not self.resume:
+            passes.check(self.cfg, passes.table(self.cfg, self.tok))
         self.val_batches = self.first_data.first.val_batches(self.t.val_batches)
         for note in self.first_data.notes():
             self.say(note)

@@ -1,5 +1,7 @@
-"""`mlx-grow info`: parameter counts of a config or a model directory."""
+"""`mlx-grow info`: parameter counts of a config or a model directory, the passes
+over each data source, and `grow --dry-run`'s plan."""
 
+import os
 from pathlib import Path
 
 from mlx_grow.base import UserError
@@ -47,6 +49,7 @@ def describe(target: str) -> dict:
                 "random code" if args.substrate.kind == "float" else "")]
     if cfg is not None:
         notes += stage_notes(cfg, t)
+        notes += data_notes(cfg, None)[0]
     for key, val in PUBLISHED.get(name, {}).items():
         notes.append(f"published ({key}): {val}")
     return {"title": f"{name}: parameters", "columns": ["part", "count", "", "status"], "rows": rows,
@@ -121,3 +124,95 @@ def summary_table(summary: list):
         table.add_row(str(s["stage"]), str(s["depth"]), human(s["active_params"]), str(s["steps"]),
                       f"{s['tokens']:,}", f"{s['train_loss']:.4f}", f"{s['val_loss']:.4f}")
     return table
+
+
+def plan_flops(cfg) -> float:
+    """Training FLOPs of the plan: forward through every block, backward through the trained ones."""
+    from mlx_grow.model import flops_per_token
+    from mlx_grow.training.schedule import plan
+
+    seq = cfg.train.seq_len
+    total = 0.0
+    for st in plan(cfg):
+        tokens = st.steps * cfg.train.batch_size * seq
+        total += tokens * (flops_per_token(cfg.model, st.depth, seq)
+                           + 2 * flops_per_token(cfg.model, max(st.depth - st.first_trainable, 1), seq))
+    return total
+
+
+def measured_tok_s(out) -> tuple:
+    """(tokens/s, where) measured by an earlier run in `out` (the median of its logged
+    training speeds), or (None, None)."""
+    import statistics
+
+    from mlx_grow.training.runs import Run
+
+    if out is None or not (Path(out) / "metrics.jsonl").is_file():
+        return None, None
+    speeds = [r["tok_s"] for r in Run(out).metrics() if r.get("event") == "train" and r.get("tok_s")]
+    return (statistics.median(speeds), str(out)) if speeds else (None, None)
+
+
+def data_notes(cfg, tok, network: bool = False) -> tuple:
+    """(lines, passes rows): where each hf: source is read from, and the passes per
+    source (training/passes.py). network=False never touches the network (a dry run:
+    the Hub counts as unreachable only when HF_HUB_OFFLINE is set)."""
+    from mlx_grow.data import corpora
+    from mlx_grow.training import passes
+
+    specs = {s.source for k in range(max(len(cfg.data.stages), 1)) for s in cfg.data.mixture(k)}
+    hub = sorted(s for s in specs if s.startswith("hf:"))
+    local = {s: corpora.hf_local(corpora.parse_hf(s)[0]) for s in hub}
+    notes = [f"data: {s} is read from {d} (downloaded)" for s, d in local.items() if d]
+    if network:
+        missing = corpora.offline_sources(hub)
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        missing = [(s, "HF_HUB_OFFLINE is set") for s in hub if offline and not local[s]]
+    if missing:
+        notes.append(f"data: {corpora.offline_message(missing).removesuffix('. Nothing was written')}")
+    elif any(not d for d in local.values()):
+        notes.append(f"data: {sum(not d for d in local.values())} hf: source(s) stream from the Hub (none is "
+                     f"downloaded under {corpora.data_root()})")
+    rows = passes.table(cfg, tok)
+    return notes + passes.lines(rows, cfg.data.max_passes), rows
+
+
+def dry_run(cfg, out=None) -> list:
+    """The plan of a grow run, computed from the config alone and writing nothing:
+    stages, tokens, passes per source, FLOPs, predicted memory and, when an earlier
+    run in `out` measured one, a time estimate."""
+    from mlx_grow.training.memory import gb, machine_memory, plan_config
+    from mlx_grow.training.params import totals
+    from mlx_grow.training.schedule import plan
+
+    t = totals(cfg.model)
+    lines = [f"{cfg.name or 'run'}: the plan ({'monolithic' if cfg.grow.monolithic else 'grown'}; dry run, "
+             "nothing is written)"]
+    lines += stage_notes(cfg, t)
+    tokens = sum(s.steps for s in plan(cfg)) * cfg.train.batch_size * cfg.train.seq_len
+    lines.append(f"training FLOPs: {plan_flops(cfg):.3g}")
+    p = plan_config(cfg)
+    worst = max(p["stages"], key=lambda r: r["peak"])
+    have, source = machine_memory()
+    label = "monolithic" if cfg.grow.monolithic else worst["stage"].label
+    lines.append(f"predicted peak memory: {gb(worst['peak'])} ({label}, batch {p['batch']} x seq {p['seq']}, "
+                 f"{p['dtype']}); this machine has {gb(have)} ({source})")
+    speed, where = measured_tok_s(out)
+    if speed:
+        hours = tokens / speed / 3600
+        lines.append(f"time: about {hours:,.1f} h at the {speed:,.0f} tokens/s measured in {where}")
+    else:
+        lines.append("time: no measured tokens/s yet (a run logs its speed; a dry run with that run's --out "
+                     "turns the plan into hours)")
+    if worst["peak"] > have:
+        lines.append("grow would refuse: it does not fit this machine (lower train.batch_size, raise "
+                     "train.grad_accum, or add ranks)")
+    notes, rows = data_notes(cfg, None)
+    from mlx_grow.training import passes
+
+    try:
+        passes.check(cfg, rows)
+    except UserError as e:
+        notes.append(f"grow would refuse: {str(e).removesuffix('. Nothing was written')}")
+    return lines + notes

@@ -30,7 +30,7 @@ from mlx_grow.checkpoint import (
     write_model_dir,
 )
 from mlx_grow.io import atomic_path, check_output
-from mlx_grow.training.faults import maybe_fail
+from mlx_grow.io.faults import maybe_fail
 
 OPTIMIZER = "optimizer.safetensors"
 TRAINER = "trainer.json"

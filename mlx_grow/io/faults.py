@@ -3,7 +3,8 @@ environment: MLX_GROW_FAULT="kind@point:N", e.g. "kill@step:7" (SIGKILL before
 global step 7), "kill@checkpoint:8" (SIGKILL halfway through writing the
 step-8 checkpoint), "kill@grow:2" (during the growth event into stage 2),
 "enospc@checkpoint:8" (disk full while writing it), "nan@step:5", "interrupt@step:3"
-(Ctrl-C before global step 3).
+(Ctrl-C before global step 3), "kill@piece:3" (SIGKILL once the third part of a data
+preparation is written).
 Unset, it costs one dictionary lookup."""
 
 import errno
