@@ -16,6 +16,7 @@ import numpy as np
 
 from mlx_grow.base import UserError
 from mlx_grow.io.paths import inside
+from mlx_grow.io.read import parse_json, read_json
 
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -44,10 +45,9 @@ class SafetensorsFile:
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             if n < 2 or n > size - 8:
                 raise UserError(f"{path} is truncated or not a safetensors file (bad header length)")
-            try:
-                header = json.loads(f.read(n))
-            except ValueError as e:
-                raise UserError(f"{path} has a corrupt safetensors header ({e})") from None
+            header = parse_json(f.read(n), f"the safetensors header of {path}")
+        if not isinstance(header, dict):
+            raise UserError(f"{path} has a corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
         self.base, self.tensors = 8 + n, {}
         for name, t in header.items():
@@ -94,10 +94,7 @@ class Source:
         self.config, self.prefix, readers, self._last = {}, "", {}, (None, None)
         cfg = self.root / "config.json"
         if cfg.is_file():
-            try:
-                self.config = json.loads(cfg.read_text())
-            except ValueError as e:
-                raise UserError(f"{cfg} is not valid JSON ({e})") from None
+            self.config = read_json(cfg, dict, word="not usable")
         for f in [path] if path.is_file() else self._weight_files(path):
             r = SafetensorsFile(f) if f.suffix == ".safetensors" else self._read_torch(f)
             readers.update({k: r for k in r.tensors})
@@ -112,10 +109,10 @@ class Source:
     def _weight_files(d: Path):
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (d / index).is_file():
-                try:
-                    names = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
-                except (ValueError, KeyError, AttributeError, TypeError) as e:
-                    raise UserError(f"{d / index} is not a valid shard index ({e})") from None
+                wmap = read_json(d / index, dict, word="not a valid shard index").get("weight_map")
+                if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+                    raise UserError(f"{d / index} is not a valid shard index (no `weight_map` of names to files)")
+                names = sorted(set(wmap.values()))
                 files = [inside(d, n, f"the {index} entry") for n in names]
                 lost = [f.name for f in files if not f.is_file()]
                 if lost:
