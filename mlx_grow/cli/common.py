@@ -93,11 +93,14 @@ def fail(msg: str, code: int = BAD_INPUT):
 
 
 def os_message(e: OSError) -> str:
-    """One line naming the path: `PATH: Permission denied; what to do`."""
-    if e.errno is None or not e.filename:
+    """One line naming the path: `PATH: Permission denied; what to do` (the hint
+    also when the error names no path)."""
+    if e.errno is None:
         return str(e)
-    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
     hint = OS_HINTS.get(e.errno)
+    if not e.filename:
+        return f"{e.strerror or e}" + (f"; {hint}" if hint else "")
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
     return f"{where}: {e.strerror or 'error'}" + (f"; {hint}" if hint else "")
 
 
