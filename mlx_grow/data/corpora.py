@@ -22,7 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief, key_list
+from mlx_grow.io.read import parse_json, read_text
 
 log = logging.getLogger("mlx_grow.data")
 
@@ -129,7 +130,7 @@ BUILTINS = {
 
 def builtin(name: str) -> Builtin:
     if name not in BUILTINS:
-        raise UserError(f"unknown built-in corpus {name!r}: use one of "
+        raise UserError(f"unknown built-in corpus {brief(name)}: use one of "
                          + ", ".join(f"builtin:{n}" for n in BUILTINS))
     return BUILTINS[name]
 
@@ -184,7 +185,7 @@ def _rows(path: Path) -> Iterator:
 
         yield from pq.read_table(path).to_pylist()
     elif name.endswith(".json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_text(path, "data file"), str(path))
         if not isinstance(data, list):
             raise UserError(f"{path} must hold a JSON list of rows (or use .jsonl, one row a line)")
         yield from data
@@ -192,19 +193,19 @@ def _rows(path: Path) -> Iterator:
         with _opener(path)(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+                    yield parse_json(line, f"{path} line {n}")
 
 
 def row_text(row, field: Optional[str], where: str) -> str:
     if isinstance(row, str):
         return row
     key = field or "text"
-    if not isinstance(row, dict) or not isinstance(row.get(key), str):
-        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-        raise UserError(f"{where}: row has no text field {key!r} (it has: {keys}); set `field:` "
+    if isinstance(row, dict) and key in row and not isinstance(row[key], str):
+        raise UserError(f"{where}: field {brief(key)} holds {type(row[key]).__name__} {brief(row[key])}, not text; "
+                         "fix the row, or set `field:` (--field) to the column that holds the text")
+    if not isinstance(row, dict) or key not in row:
+        keys = key_list(row) if isinstance(row, dict) else type(row).__name__
+        raise UserError(f"{where}: row has no text field {brief(key)} (it has: {keys}); set `field:` "
                          "(--field) to the column that holds the text")
     text = row[key]
     try:
@@ -248,16 +249,27 @@ def is_dataset_dir(p: Path) -> bool:
 def _dataset(ds, field, where, split="train"):
     if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict
         if split not in ds:
-            raise UserError(f"{where} has splits {', '.join(ds)}, not {split!r}")
+            raise UserError(f"{where} has splits {', '.join(ds)}, not {brief(split)}")
         ds = ds[split]
     key = field or "text"
     if key not in ds.column_names:
-        raise UserError(f"{where} has no column {key!r} (it has: {', '.join(ds.column_names)}); set `field:` "
+        raise UserError(f"{where} has no column {brief(key)} (it has: {', '.join(ds.column_names)}); set `field:` "
                          "(--field) to the column that holds the text")
     for batch in ds.iter(batch_size=1000):
         for text in batch[key]:
             if text:
                 yield from sections(text)
+
+
+def _load(fn, where: str, *args, **kw):
+    """A `datasets` loader whose refusals (a dataset script, which never runs; a
+    folder it cannot read) are one line naming the source."""
+    try:
+        return fn(*args, **kw)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        msg = " ".join(str(e).split())
+        raise UserError(f"data source {where}: the datasets library cannot load it ({type(e).__name__}: "
+                        f"{msg[:300]}{'…' if len(msg) > 300 else ''})") from None
 
 
 def folder_files(root: Path) -> list:
@@ -277,13 +289,13 @@ def documents(source: str, field: Optional[str] = None, skip_bad: bool = False) 
     if source.startswith("hf:"):
         import datasets  # the user asked for a hub dataset: this may download it
 
-        yield from _dataset(datasets.load_dataset(source[3:], split="train"), field, source)
+        yield from _dataset(_load(datasets.load_dataset, source, source[3:], split="train"), field, source)
         return
     p = Path(source).expanduser()
     if is_dataset_dir(p):
         import datasets
 
-        yield from _dataset(datasets.load_from_disk(str(p)), field, str(p))
+        yield from _dataset(_load(datasets.load_from_disk, str(p), str(p)), field, str(p))
     elif p.is_dir():
         for f in folder_files(p):
             yield from file_documents(f, field, skip_bad)
