@@ -187,8 +187,12 @@ def reproduce_cmd(
     from mlx_grow.reproduce import reproduce
 
     argv = sys.argv[1:]
-    res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
-                    command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
-                    substrates=substrate)
+    try:
+        res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
+                        command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
+                        substrates=substrate)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to continue: the finished runs are kept, and the run that "
+             "was cut off resumes from its last checkpoint (or starts over in its folder)", INTERRUPTED)
     if not dry_run:
         print(res["report"])

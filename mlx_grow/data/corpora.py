@@ -280,6 +280,20 @@ def folder_files(root: Path) -> list:
     return files
 
 
+def _not_found(source) -> FileNotFoundError:
+    return FileNotFoundError(f"data source {source} not found: give a file, a folder, hf:NAME or "
+                             + ", ".join(f"builtin:{n}" for n in BUILTINS))
+
+
+def check_source(source: str):
+    """Refuse, without reading it, a source that cannot be read: an unknown built-in
+    corpus or a path that does not exist (a hf: dataset is found when it is read)."""
+    if source.startswith("builtin:"):
+        builtin(source[len("builtin:"):])
+    elif not source.startswith("hf:") and not Path(source).expanduser().exists():
+        raise _not_found(source)
+
+
 def documents(source: str, field: Optional[str] = None, skip_bad: bool = False) -> Iterator[str]:
     """The documents of one source spec, sectioned."""
     if source.startswith("builtin:"):
@@ -304,8 +318,7 @@ def documents(source: str, field: Optional[str] = None, skip_bad: bool = False) 
             raise UserError(f"{p}: unknown file type; use .txt, .md, .jsonl, .json or .parquet (or .gz of txt/jsonl)")
         yield from file_documents(p, field, skip_bad)
     else:
-        raise FileNotFoundError(f"data source {source} not found: give a file, a folder, hf:NAME or "
-                                + ", ".join(f"builtin:{n}" for n in BUILTINS))
+        raise _not_found(source)
 
 
 # --- instruction pairs ---

@@ -56,10 +56,40 @@ def parse_json(text, where: str, error=UserError):
     return value
 
 
-def read_json(path, kind=dict, error=UserError, fix: str = "", word: str = "damaged"):
-    """The JSON value in `path` (one of our own files), of type `kind` (None: any).
-    Anything else is one line: `PATH is damaged (why); fix`. A missing file is the
-    caller's to handle (the OSError passes)."""
+NUMBER = "number"  # a `shaped` spec: an int or a float, not a bool
+
+
+def shaped(v, spec) -> bool:
+    """Whether a parsed JSON value has the shape `spec`: a type (int is not bool),
+    NUMBER, a tuple of alternatives, [spec] (a list of those), {key: spec} (those
+    keys at least; `key?`: when present), {"*": spec} (any keys, every value so)."""
+    if spec is NUMBER:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(spec, type):
+        return isinstance(v, spec) and not (spec is int and isinstance(v, bool))
+    if isinstance(spec, tuple):
+        return any(shaped(v, s) for s in spec)
+    if isinstance(spec, list):
+        return isinstance(v, list) and all(shaped(x, spec[0]) for x in v)
+    if "*" in spec:
+        return isinstance(v, dict) and all(shaped(x, spec["*"]) for x in v.values())
+    if not isinstance(v, dict):
+        return False
+    for k, s in spec.items():
+        key = k.removesuffix("?")
+        if key in v:
+            if not shaped(v[key], s):
+                return False
+        elif key == k:
+            return False
+    return True
+
+
+def read_json(path, kind=dict, error=UserError, fix: str = "", word: str = "damaged", shape=None):
+    """The JSON value in `path` (one of our own files), of type `kind` (None: any)
+    and, when given, of `shape` (see `shaped`). Anything else is one line:
+    `PATH is damaged (why); fix`. A missing file is the caller's to handle (the
+    OSError passes)."""
     path = Path(path)
     data = path.read_bytes()
     end = f"; {fix}" if fix else ""
@@ -80,6 +110,8 @@ def read_json(path, kind=dict, error=UserError, fix: str = "", word: str = "dama
     if kind is not None and not isinstance(value, kind):
         want = kind_of(kind()) if isinstance(kind, type) else " or ".join(kind_of(k()) for k in kind)
         raise error(f"{path} is {word} (it holds {kind_of(value)}, not {want}){end}")
+    if shape is not None and not shaped(value, shape):
+        raise error(f"{path} is {word} (an entry is missing or of the wrong type){end}")
     return value
 
 
