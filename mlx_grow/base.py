@@ -18,12 +18,13 @@ _BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 3, 80, 80, 
 _BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 8
 
 
-def brief(v) -> str:
-    """repr(v), capped (depth, items, characters): the one way a message shows a value."""
+def brief(v, limit: int = 160) -> str:
+    """repr(v), capped (depth, items, then `limit` characters): the one way a message shows a value."""
     try:
-        return _BRIEF.repr(v)
+        text = _BRIEF.repr(v)
     except Exception:  # a hostile __repr__: say what it is
         return f"<{type(v).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- value checks: each names the key and says what it must be ---

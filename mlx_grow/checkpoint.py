@@ -35,7 +35,7 @@ from mlx_grow.base import UserError
 from mlx_grow.io import atomic_dir, sha256_file
 from mlx_grow.io.atomic import file_list
 from mlx_grow.io.paths import inside
-from mlx_grow.io.read import read_json
+from mlx_grow.io.read import NUMBER, read_json
 from mlx_grow.io.tensors import SHARD_BYTES
 from mlx_grow.io.tensors import write_weights as write_tensors
 from mlx_grow.model import Model, ModelArgs
@@ -211,11 +211,29 @@ def save_model(model: Model, out, tokenizer=None, meta: dict | None = None, over
 # --- reading ---
 
 
+# What mlx_grow.json holds, as far as anything reads it (io.read.shaped; `key?`: when
+# present). Nothing covers this file with a checksum, so every entry is checked when read.
+NONE = type(None)
+SUMMARY = [{"stage": int, "depth": int, "active_params": int, "steps": int, "tokens": int, "train_loss": NUMBER,
+            "val_loss": NUMBER}]
+LINEAGE = ({"run?": (str, NONE), "stage?": (int, NONE), "summary?": (SUMMARY, dict, NONE), "from?": (dict, NONE),
+            "parent?": (str, NONE), "base?": (str, NONE), "merge?": ([str], NONE)}, NONE)
+META_SHAPE = {"format_version?": int, "files?": {"*": str}, "substrate?": (dict, NONE), "tokenizer?": (str, NONE),
+              "lineage?": LINEAGE, "experts?": [{"dir": str, "origin?": (str, NONE), "lineage?": LINEAGE}],
+              "combiner?": {"kind?": str, "weights?": [NUMBER], "temperature?": [NUMBER], "router?": bool,
+                            "adapter?": str, "rank?": int},
+              "separator?": (str, NONE), "seed?": (int, NONE), "converted_from?": (dict, NONE)}
+
+
 def read_meta(path) -> dict:
     p = Path(path) / META
     if not p.exists():
         return {}
-    return read_json(p, dict, CheckpointError, "restore it or re-create the model directory", word="corrupt")
+    meta = read_json(p, dict, CheckpointError, "restore it or re-create the model directory", word="corrupt",
+                     shape=META_SHAPE)
+    if "experts" in meta and not isinstance(meta.get("combiner"), dict):
+        raise CheckpointError(f"{p} is corrupt (a merge without its combiner); restore it or re-create the merge")
+    return meta
 
 
 def weights_digest(path: Path, meta: dict) -> str:
@@ -229,6 +247,17 @@ def weights_digest(path: Path, meta: dict) -> str:
     if files == [WEIGHTS]:
         return digests[WEIGHTS]
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+def weights_substrate(path, args: ModelArgs | None = None):
+    """The substrate fingerprint of the table in a model directory's weights (which
+    its checksums cover), never mlx_grow.json's record of it (which nothing covers:
+    one edit would make it say anything); None without a table. Only that tensor is read."""
+    from mlx_grow.io.tensors import Source
+
+    args = args or load_args(path)
+    src = Source(path)
+    return fingerprint(args.substrate, src.get(TABLE)) if TABLE in src.keys() else None
 
 
 def verify_files(path, meta: dict):

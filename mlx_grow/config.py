@@ -385,7 +385,7 @@ def load_config(name_or_path="tiny") -> RunConfig:
     except OSError as e:
         raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
     d = load_yaml(text, str(path))
-    if d is None:  # not the defaults in silence: an empty file is a mistake more often than a choice
+    if not d and d not in (0, False):  # not the defaults in silence: an empty file is a mistake, not a choice
         raise UserError(f"config {path} is empty: give its sections (model:, grow:, train:, ...), or use a "
                         "packaged config such as tiny")
     cfg = RunConfig.from_dict(d, where=str(path))

@@ -72,6 +72,9 @@ class ModelArgs:
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}"
             )
+        if self.head_dim % 2:
+            raise UserError(f"the head width hidden_size / num_attention_heads = {self.head_dim} must be even "
+                            "(rotary positions turn pairs of dimensions)")
         if self.hidden_act not in ("gelu", "gelu_tanh"):
             raise UserError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {brief(self.hidden_act)}")
         if self.norm not in NORMS:

@@ -86,9 +86,11 @@ if not any(isinstance(h, _Warnings) for h in logging.getLogger("mlx_grow").handl
 
 
 def fail(msg: str, code: int = BAD_INPUT):
+    """`error: MSG` on one line (a library's message with line breaks is joined), and exit."""
     from rich.text import Text
 
-    err.print(Text.assemble(("error:", "bold red"), " ", str(msg)), highlight=False)
+    msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
+    err.print(Text.assemble(("error:", "bold red"), " ", msg), highlight=False)
     raise typer.Exit(code)
 
 

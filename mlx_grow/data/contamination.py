@@ -82,6 +82,8 @@ def _task_items(path) -> list:
         if not isinstance(r, dict) or not isinstance(r.get("question"), str):
             raise UserError(f"{path} item {i} has no question: items need question, choices and answer fields")
         a, choices = r.get("answer"), r.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise UserError(f"{path} item {i}: choices must be a list of strings")
         if isinstance(a, str) and len(a) == 1 and a.isalpha() and choices:
             a = ord(a.upper()) - ord("A")
         gold = choices[a] if isinstance(a, int) and 0 <= a < len(choices) else a if isinstance(a, str) else ""

@@ -9,14 +9,15 @@ returns the tensor as a numpy array; nothing is made before it is written.
 """
 
 import json
+import math
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.io.paths import inside
-from mlx_grow.io.read import parse_json, read_json
+from mlx_grow.io.read import parse_json, read_json, shaped
 
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -50,12 +51,13 @@ class SafetensorsFile:
             raise UserError(f"{path} has a corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
         self.base, self.tensors = 8 + n, {}
+        entry = {"dtype": str, "shape": [int], "data_offsets": [int]}
         for name, t in header.items():
-            try:
-                dt, shape, (start, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
-                want = tensor_bytes(shape, dt)
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"tensor {name} in {path} has a corrupt or unsupported header entry") from None
+            if not shaped(t, entry) or t["dtype"] not in ST_DTYPES or len(t["data_offsets"]) != 2 \
+                    or min(t["shape"] + t["data_offsets"], default=0) < 0:
+                raise UserError(f"tensor {brief(name)} in {path} has a corrupt or unsupported header entry")
+            dt, shape, (start, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
+            want = math.prod(shape) * np.dtype(ST_DTYPES[dt]).itemsize  # Python ints: no overflow
             if end - start != want:
                 raise UserError(f"tensor {name} in {path} is corrupt: {end - start} bytes for shape {list(shape)}")
             if self.base + end > size:

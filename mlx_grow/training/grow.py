@@ -269,6 +269,7 @@ class Grower:
         if not (final / "mlx_grow.json").is_file():
             return None
         summary = (read_meta(final).get("lineage") or {}).get("summary") or []
+        summary = summary if isinstance(summary, list) else []
         self.say(f"{self.out} is finished: {final} holds its model. Nothing was changed; to train further, "
                  "start a new run with --out")
         return final, summary

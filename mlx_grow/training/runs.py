@@ -33,10 +33,19 @@ from mlx_grow.checkpoint import (
 )
 from mlx_grow.io import atomic_path, check_output
 from mlx_grow.io.atomic import named_error, temp_name, temp_of
-from mlx_grow.io.read import parse_json, read_json
+from mlx_grow.io.read import NUMBER, parse_json, read_json, shaped
 from mlx_grow.training.faults import maybe_fail
 
 log = logging.getLogger("mlx_grow.training")
+
+# The fields every reader of metrics.jsonl uses, by event (io.read.shaped; `key?`: when present).
+NONE = type(None)
+METRIC_ROWS = {
+    "train": {"global_step": int, "stage": int, "step": int, "loss": NUMBER, "tokens": int, "flops": NUMBER,
+              "peak_mem_mb?": (NUMBER, NONE)},
+    "eval": {"global_step": int, "stage": int, "val_loss": NUMBER, "tokens": int, "flops": NUMBER},
+    "grow": {"global_step": int, "stage": int, "depth": int, "tokens": (int, NONE)},
+}
 
 OPTIMIZER = "optimizer.safetensors"
 TRAINER = "trainer.json"
@@ -120,8 +129,8 @@ class Run:
             raise named_error(e, f) from e
 
     def metrics(self) -> list:
-        """The logged records; a line that is not a JSON object (a writer killed
-        mid-line, an edit) is left out with a warning."""
+        """The logged records; a line that is not a record as the run logs it (a
+        writer killed mid-line, an edit) is left out with a warning."""
         f = self.root / "metrics.jsonl"
         if not f.exists():
             return []
@@ -132,7 +141,8 @@ class Run:
                     row = parse_json(line, str(f))
                 except UserError:
                     row = None
-                if isinstance(row, dict):
+                if isinstance(row, dict) and isinstance(row.get("event", ""), str) \
+                        and shaped(row, METRIC_ROWS.get(row.get("event"), {"global_step?": int})):
                     rows.append(row)
                 else:
                     bad += 1
