@@ -46,7 +46,10 @@ class SafetensorsFile:
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             if n < 2 or n > size - 8:
                 raise UserError(f"{path} is truncated or not a safetensors file (bad header length)")
-            header = parse_json(f.read(n), f"the safetensors header of {path}")
+            try:
+                header = parse_json(f.read(n), "it")
+            except UserError as e:  # bad JSON, or nested too deep
+                raise UserError(f"{path} has a corrupt safetensors header ({str(e).removeprefix('it ')})") from None
         if not isinstance(header, dict):
             raise UserError(f"{path} has a corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
