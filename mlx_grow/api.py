@@ -2,12 +2,12 @@
 directory, our Hugging Face export, or a Hub id, like `mlx_lm.load`, and the
 generation functions beside it."""
 
-import json
 from pathlib import Path
 
 from mlx_grow.base import UserError
 from mlx_grow.checkpoint import META, load_model, read_meta, read_tokenizer
 from mlx_grow.generate import batch_generate, generate, stream_generate
+from mlx_grow.io.read import read_json
 from mlx_grow.merge.store import load_merged
 
 
@@ -32,8 +32,8 @@ def model_dir(path, name=None) -> Path:
                         + f"finish it with `mlx-grow grow --resume {p}`")
     cfg = {}
     try:
-        cfg = json.loads((p / "config.json").read_text()) if (p / "config.json").is_file() else {}
-    except (OSError, ValueError):
+        cfg = read_json(p / "config.json", None) if (p / "config.json").is_file() else {}
+    except (OSError, UserError):  # the model loader says what is wrong with it
         pass
     if isinstance(cfg, dict) and ("architectures" in cfg or cfg.get("model_type", "mlx_grow") != "mlx_grow"):
         name = name or p

@@ -98,7 +98,7 @@ def local_ranks(env=None) -> int:
     try:
         with open(hostfile) as f:
             hosts = json.loads(f.read() or "[]")
-    except (OSError, TypeError, ValueError):
+    except (OSError, TypeError, ValueError, RecursionError):
         hosts = []
     if isinstance(hosts, list) and 0 <= rank < len(hosts) and all(isinstance(h, list) for h in hosts):
         # the ring backend: one list of "ip:port" per rank; ranks sharing my IPs share my host

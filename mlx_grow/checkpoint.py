@@ -33,7 +33,9 @@ from mlx.utils import tree_flatten
 
 from mlx_grow.base import UserError
 from mlx_grow.io import atomic_dir, sha256_file
+from mlx_grow.io.atomic import file_list
 from mlx_grow.io.paths import inside
+from mlx_grow.io.read import NUMBER, read_json
 from mlx_grow.io.tensors import SHARD_BYTES
 from mlx_grow.io.tensors import write_weights as write_tensors
 from mlx_grow.model import Model, ModelArgs
@@ -177,8 +179,7 @@ class ModelDirWriter:
     def finish(self):
         """mlx_grow.json: the records and a sha256 of every file, written last."""
         info = dict(self.meta)
-        info["files"] = {p.relative_to(self.root).as_posix(): sha256_file(p)
-                         for p in sorted(self.root.rglob("*")) if p.is_file()}
+        info["files"] = file_list(self.root)
         (self.root / META).write_text(json.dumps(info, indent=2))
 
 
@@ -210,14 +211,29 @@ def save_model(model: Model, out, tokenizer=None, meta: dict | None = None, over
 # --- reading ---
 
 
+# What mlx_grow.json holds, as far as anything reads it (io.read.shaped; `key?`: when
+# present). Nothing covers this file with a checksum, so every entry is checked when read.
+NONE = type(None)
+SUMMARY = [{"stage": int, "depth": int, "active_params": int, "steps": int, "tokens": int, "train_loss": NUMBER,
+            "val_loss": NUMBER}]
+LINEAGE = ({"run?": (str, NONE), "stage?": (int, NONE), "summary?": (SUMMARY, dict, NONE), "from?": (dict, NONE),
+            "parent?": (str, NONE), "base?": (str, NONE), "merge?": ([str], NONE)}, NONE)
+META_SHAPE = {"format_version?": int, "files?": {"*": str}, "substrate?": (dict, NONE), "tokenizer?": (str, NONE),
+              "lineage?": LINEAGE, "experts?": [{"dir": str, "origin?": (str, NONE), "lineage?": LINEAGE}],
+              "combiner?": {"kind?": str, "weights?": [NUMBER], "temperature?": [NUMBER], "router?": bool,
+                            "adapter?": str, "rank?": int},
+              "separator?": (str, NONE), "seed?": (int, NONE), "converted_from?": (dict, NONE)}
+
+
 def read_meta(path) -> dict:
     p = Path(path) / META
     if not p.exists():
         return {}
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{p} is corrupt ({e}); restore it or re-create the model directory") from e
+    meta = read_json(p, dict, CheckpointError, "restore it or re-create the model directory", word="corrupt",
+                     shape=META_SHAPE)
+    if "experts" in meta and not isinstance(meta.get("combiner"), dict):
+        raise CheckpointError(f"{p} is corrupt (a merge without its combiner); restore it or re-create the merge")
+    return meta
 
 
 def weights_digest(path: Path, meta: dict) -> str:
@@ -231,6 +247,17 @@ def weights_digest(path: Path, meta: dict) -> str:
     if files == [WEIGHTS]:
         return digests[WEIGHTS]
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+def weights_substrate(path, args: ModelArgs | None = None):
+    """The substrate fingerprint of the table in a model directory's weights (which
+    its checksums cover), never mlx_grow.json's record of it (which nothing covers:
+    one edit would make it say anything); None without a table. Only that tensor is read."""
+    from mlx_grow.io.tensors import Source
+
+    args = args or load_args(path)
+    src = Source(path)
+    return fingerprint(args.substrate, src.get(TABLE)) if TABLE in src.keys() else None
 
 
 def verify_files(path, meta: dict):
@@ -266,10 +293,11 @@ def read_weights(path) -> dict:
     index = path / WEIGHTS_INDEX
     files = [WEIGHTS]
     if index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index} is damaged ({e!r}); restore it or re-create the model directory") from None
+        fix = "restore it or re-create the model directory"
+        wmap = read_json(index, dict, CheckpointError, fix).get("weight_map")
+        if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+            raise CheckpointError(f"{index} is damaged (no `weight_map` of tensor names to files); {fix}")
+        files = sorted(set(wmap.values()))
     weights = {}
     for name in files:
         f = inside(path, name, f"the {index.name} entry" if index.exists() else "weights file", CheckpointError)
@@ -286,7 +314,11 @@ def load_args(path) -> ModelArgs:
     f = Path(path) / CONFIG
     if not f.exists():
         raise CheckpointError(f"{path} has no config.json: not a mlx-grow model directory")
-    return ModelArgs.from_dict(json.loads(f.read_text()), where=str(f))
+    d = read_json(f, dict, CheckpointError, "restore it or re-create the model directory")
+    try:
+        return ModelArgs.from_dict(d, where=str(f))
+    except UserError as e:
+        raise CheckpointError(str(e) if str(f) in str(e) else f"{f}: {e}") from None
 
 
 def check_shapes(model: Model, weights: dict, where):

@@ -10,9 +10,18 @@ import importlib.resources
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
-from mlx_grow.base import UserError, field_help, opt, strict_from_dict
+from mlx_grow.base import (  # noqa: F401  need_* are imported from here too
+    UserError,
+    brief,
+    field_help,
+    key_list,
+    need_bool,
+    need_choice,
+    need_int,
+    need_number,
+    opt,
+    strict_from_dict,
+)
 from mlx_grow.data.stream import DataConfig
 from mlx_grow.model import BLOCK_INITS, ModelArgs
 
@@ -20,49 +29,6 @@ SECTIONS = ("name", "description", "tokenizer", "model", "data", "grow", "train"
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("per_stage", "global", "constant")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
-
-
-# --- value checks: each names the key and says what it must be ---
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def need_int(key: str, v, lo: int | None = None, optional: bool = False):
-    if optional and v is None:
-        return
-    if not _is_int(v) or (lo is not None and v < lo):
-        what = "an integer" if lo is None else ("a positive integer" if lo == 1 else f"an integer >= {lo}")
-        raise UserError(f"{key} must be {what}, got {v!r}")
-
-
-def need_number(key: str, v, lo: float | None = None, hi: float | None = None, open_lo: bool = False,
-                open_hi: bool = False, optional: bool = False):
-    if optional and v is None:
-        return
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if ok and lo is not None:
-        ok = v > lo if open_lo else v >= lo
-    if ok and hi is not None:
-        ok = v < hi if open_hi else v <= hi
-    if not ok:
-        rng = []
-        if lo is not None:
-            rng.append(f"{'>' if open_lo else '>='} {lo}")
-        if hi is not None:
-            rng.append(f"{'<' if open_hi else '<='} {hi}")
-        raise UserError(f"{key} must be a number{' ' + ' and '.join(rng) if rng else ''}, got {v!r}")
-
-
-def need_bool(key: str, v):
-    if not isinstance(v, bool):
-        raise UserError(f"{key} must be true or false, got {v!r}")
-
-
-def need_choice(key: str, v, choices):
-    if v not in choices:
-        raise UserError(f"{key} must be one of {', '.join(map(str, choices))}, got {v!r}")
 
 
 def need_per_stage(key: str, v, check):
@@ -136,7 +102,7 @@ class TrainConfig:
         need_number("train.weight_decay", self.weight_decay, 0)
         need_number("train.grad_clip", self.grad_clip, 0)
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
-            raise UserError(f"train.betas must be a list of two numbers, got {self.betas!r}")
+            raise UserError(f"train.betas must be a list of two numbers, got {brief(self.betas)}")
         for i, b in enumerate(self.betas):
             need_number(f"train.betas[{i}]", b, 0, 1, open_hi=True)
         need_bool("train.grad_checkpoint", self.grad_checkpoint)
@@ -146,7 +112,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d, where="train"):
-        return strict_from_dict(cls, dict(d or {}), where)
+        return strict_from_dict(cls, d or {}, where)
 
 
 @dataclass
@@ -173,7 +139,7 @@ class LoRAConfig:
         need_int("grow.lora.rank", self.rank, 1)
         need_number("grow.lora.scale", self.scale)
         if not isinstance(self.targets, (list, tuple)) or not self.targets:
-            raise UserError(f"grow.lora.targets must be a non-empty list, got {self.targets!r}")
+            raise UserError(f"grow.lora.targets must be a non-empty list, got {brief(self.targets)}")
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad:
             raise UserError(f"unknown LoRA target(s) {bad} in grow.lora.targets; choose from {', '.join(LORA_TARGETS)}")
@@ -184,15 +150,15 @@ class LoRAConfig:
         need_int("grow.lora.final_phase_tokens", self.final_phase_tokens, 1, optional=True)
         if not isinstance(self.phases, (list, tuple)):
             raise UserError(f"grow.lora.phases must be a list like [{{after_stage: 1, steps: 100}}], "
-                            f"got {self.phases!r}")
+                            f"got {brief(self.phases)}")
         phases = []
         for i, p in enumerate(self.phases):
             where = f"grow.lora.phases[{i}]"
             if not isinstance(p, dict) or set(p) - {"after_stage", "steps", "tokens"} or "after_stage" not in p:
                 raise UserError(f"{where} must be {{after_stage: K, steps: N}} or {{after_stage: K, tokens: N}}, "
-                                f"got {p!r}")
+                                f"got {brief(p)}")
             if ("steps" in p) == ("tokens" in p):
-                raise UserError(f"{where} needs exactly one of steps or tokens, got {p!r}")
+                raise UserError(f"{where} needs exactly one of steps or tokens, got {brief(p)}")
             need_int(f"{where}.after_stage", p["after_stage"], 1)
             for key in ("steps", "tokens"):
                 if key in p:
@@ -205,7 +171,7 @@ class LoRAConfig:
 
     @classmethod
     def from_dict(cls, d, where="grow.lora"):
-        return strict_from_dict(cls, dict(d or {}), where)
+        return strict_from_dict(cls, d or {}, where)
 
 
 @dataclass
@@ -220,7 +186,7 @@ class PlateauConfig:
         if self.stages is not None:
             if not isinstance(self.stages, (list, tuple)) or not self.stages:
                 raise UserError(f"grow.plateau.stages must be a non-empty list of stage numbers (1-based), "
-                                f"got {self.stages!r}")
+                                f"got {brief(self.stages)}")
             for i, k in enumerate(self.stages):
                 need_int(f"grow.plateau.stages[{i}]", k, 1)
             self.stages = list(self.stages)
@@ -265,7 +231,7 @@ class GrowConfig:
         need_int("grow.blocks_per_stage", self.blocks_per_stage, 1)
         if self.stages is not None:
             if not isinstance(self.stages, (list, tuple)) or not self.stages:
-                raise UserError(f"grow.stages must be a non-empty list of block counts, got {self.stages!r}")
+                raise UserError(f"grow.stages must be a non-empty list of block counts, got {brief(self.stages)}")
             for i, s in enumerate(self.stages):
                 need_int(f"grow.stages[{i}]", s, 1)
             self.stages = list(self.stages)
@@ -292,7 +258,7 @@ class GrowConfig:
 
     @classmethod
     def from_dict(cls, d, where="grow"):
-        return strict_from_dict(cls, dict(d or {}), where)
+        return strict_from_dict(cls, d or {}, where)
 
     def head_trains(self, k: int) -> bool:
         """Whether the LM head and final norm train in stage `k` (0-based). A scalar
@@ -371,13 +337,13 @@ class RunConfig:
         `base`: see RunConfig.base."""
         if not isinstance(d, dict):
             raise UserError(f"{where} must hold a mapping with sections {', '.join(SECTIONS)}")
-        unknown = sorted(set(d) - set(SECTIONS))
+        unknown = [k for k in d if k not in SECTIONS]
         if unknown:
-            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(SECTIONS)}")
+            raise UserError(f"unknown key(s) {key_list(unknown)} in {where}; valid: {', '.join(SECTIONS)}")
         try:
             for key in ("grow", "train", "data", "model"):
                 if d.get(key) is not None and not isinstance(d[key], dict):
-                    raise UserError(f"section {key} must be a mapping, got {d[key]!r}")
+                    raise UserError(f"section {key} must be a mapping, got {brief(d[key])}")
             return cls(model=dict(d.get("model") or {}), data=dict(d.get("data") or {}),
                        grow=dict(d.get("grow") or {}), train=dict(d.get("train") or {}), base=base,
                        **{k: d[k] for k in ("tokenizer", "name", "description") if d.get(k) is not None})
@@ -388,7 +354,7 @@ class RunConfig:
         """Checks that span sections (each section checks its own keys)."""
         for key in ("tokenizer", "name", "description"):
             if not isinstance(getattr(self, key), str):
-                raise UserError(f"{key} must be a string, got {getattr(self, key)!r}")
+                raise UserError(f"{key} must be a string, got {brief(getattr(self, key))}")
         need_int("model.num_hidden_layers", self.model.num_hidden_layers, 1)
         need_int("base", self.base, 0)
         if self.base:
@@ -470,13 +436,17 @@ def resolve(name_or_path) -> Path:
 
 
 def load_config(name_or_path="tiny") -> RunConfig:
+    from mlx_grow.io.read import load_yaml, read_text
+
     path = resolve(name_or_path)
     try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config {path}: {e}") from None
+        text = read_text(path, "config")
+    except OSError as e:
+        raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
+    d = load_yaml(text, str(path))
+    if not d and d not in (0, False):  # not the defaults in silence: an empty file is a mistake, not a choice
+        raise UserError(f"config {path} is empty: give its sections (model:, grow:, train:, ...), or use a "
+                        "packaged config such as tiny")
     cfg = RunConfig.from_dict(d, where=str(path))
     cfg.path = str(path)
     return cfg

@@ -24,7 +24,7 @@ from typing import Iterator, List, Optional
 
 import mlx.core as mx
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.sample import check_options, make_sampler, repetition_penalty
 from mlx_grow.tokenizer import as_tokenizer
 
@@ -76,7 +76,7 @@ def prompt_affixes(tokenizer, start: Optional[str] = None) -> tuple:
     """(ids before, ids after) a prompt: the tokenizer's own (start None), none, or the
     start token ("sep": the one its post-processor puts first, else `</s>`)."""
     if start is not None and start not in PROMPT_STARTS:
-        raise UserError(f"prompt start must be one of {', '.join(PROMPT_STARTS)}, got {start!r}")
+        raise UserError(f"prompt start must be one of {', '.join(PROMPT_STARTS)}, got {brief(start)}")
     tokenizer = as_tokenizer(tokenizer)
     before, after = tokenizer.affixes()
     if start == "none":

@@ -15,7 +15,16 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
-from mlx_grow.base import UserError, opt, strict_from_dict
+from mlx_grow.base import (
+    UserError,
+    brief,
+    need_bool,
+    need_int,
+    need_number,
+    need_str,
+    opt,
+    strict_from_dict,
+)
 from mlx_grow.mlx_lm_parts import KVCache, create_attention_mask, scaled_dot_product_attention
 from mlx_grow.substrate.tables import Substrate, SubstrateArgs
 
@@ -49,7 +58,17 @@ class ModelArgs:
 
     def __post_init__(self):
         if isinstance(self.substrate, dict):
-            self.substrate = SubstrateArgs.from_dict(self.substrate)
+            self.substrate = SubstrateArgs.from_dict(self.substrate, where="model.substrate")
+        elif not isinstance(self.substrate, SubstrateArgs):
+            raise UserError(f"model.substrate must be a mapping (kind:, bits:, ...), got {brief(self.substrate)}")
+        # Types first, each named (a config value "32" is a string, not a width).
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+            need_int(f"model.{key}", getattr(self, key), 1)
+        need_int("model.intermediate_size", self.intermediate_size, 1, optional=True)
+        need_number("model.rope_theta", self.rope_theta, 0, open_lo=True)
+        need_number("model.norm_eps", self.norm_eps, 0, open_lo=True)
+        need_bool("model.rope_traditional", self.rope_traditional)
+        need_str("model.model_type", self.model_type)
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.hidden_size % self.num_attention_heads:
@@ -57,14 +76,17 @@ class ModelArgs:
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}"
             )
+        if self.head_dim % 2:
+            raise UserError(f"the head width hidden_size / num_attention_heads = {self.head_dim} must be even "
+                            "(rotary positions turn pairs of dimensions)")
         if self.hidden_act not in ("gelu", "gelu_tanh"):
-            raise UserError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {self.hidden_act!r}")
+            raise UserError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {brief(self.hidden_act)}")
         if self.norm not in NORMS:
-            raise UserError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+            raise UserError(f"norm must be one of {', '.join(NORMS)}, got {brief(self.norm)}")
 
     @classmethod
     def from_dict(cls, params: dict, where: str = "model config"):
-        return strict_from_dict(cls, dict(params), where)
+        return strict_from_dict(cls, params, where)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,7 +212,7 @@ class Model(nn.Module):
         """Append `n` blocks. init: random | zero-out (the new block starts as the
         identity: attention and MLP output projections zeroed) | copy-top."""
         if init not in BLOCK_INITS:
-            raise UserError(f"unknown block init {init!r}: use {', '.join(BLOCK_INITS)}")
+            raise UserError(f"unknown block init {brief(init)}: use {', '.join(BLOCK_INITS)}")
         if init == "copy-top" and not self.layers:
             raise UserError("copy-top needs an existing block to copy")
         top = self.layers[-1] if self.layers else None

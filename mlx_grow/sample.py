@@ -9,18 +9,18 @@ import math
 
 import mlx.core as mx
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.mlx_lm_parts import make_sampler as _mlx_lm_sampler
 
 
 def check_options(max_tokens=256, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0):
     """Raise one clear ValueError for the first out-of-range option."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise UserError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        raise UserError(f"max_tokens must be a positive integer, got {brief(max_tokens)}")
     if not math.isfinite(temp) or temp < 0:
         raise UserError(f"temperature must be >= 0 (0 is greedy), got {temp}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise UserError(f"top_k must be an integer >= 0 (0 turns it off), got {top_k!r}")
+        raise UserError(f"top_k must be an integer >= 0 (0 turns it off), got {brief(top_k)}")
     if not 0 < top_p <= 1:
         raise UserError(f"top_p must be in (0, 1] (1 turns it off), got {top_p}")
     if not 0 <= min_p <= 1:

@@ -46,7 +46,8 @@ from tokenizers import (
 )
 from tokenizers import Tokenizer as HFTokenizer
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
+from mlx_grow.io.read import read_json
 
 SPECIAL_TOKENS = (
     "<pad> <s> </s> <unk> <think> </think> <emotions> </emotions> <tool_call> </tool_call> "
@@ -209,7 +210,7 @@ class Tokenizer:
         else:
             i = backend.token_to_id(token)
             if i is None:
-                raise UserError(f"prompt start {token!r} is not a token of tokenizer {self.name or ''}")
+                raise UserError(f"prompt start {brief(token)} is not a token of tokenizer {self.name or ''}")
             backend.post_processor = processors.TemplateProcessing(
                 single=f"{token} $A", pair=f"{token} $A {token} $B", special_tokens=[(token, i)])
         return Tokenizer(backend, name=self.name, **self.special)
@@ -229,9 +230,9 @@ class Tokenizer:
         """Write a Hugging Face tokenizer folder (tokenizers / transformers can load it)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(out / "tokenizer.json"))
+        library_write(self.backend.save, out / "tokenizer.json")
         if isinstance(self.backend.model, models.BPE):
-            self.backend.model.save(str(out))  # vocab.json and merges.txt
+            library_write(self.backend.model.save, out)  # vocab.json and merges.txt
         named = {f"{k}_token": v for k, v in self.special.items() if v is not None}
         added = sorted(self.backend.get_added_tokens_decoder().items())
         extra = [
@@ -304,7 +305,7 @@ def _is_char_id(i: int) -> bool:
 def _variant(variant: str) -> str:
     v = variant[len("bvv241-"):] if variant.startswith("bvv241-") else variant
     if v not in VARIANTS:
-        raise UserError(f"unknown bvv241 variant {variant!r}: use '2-3' (65,536 ids) or 'max' (131,072 ids)")
+        raise UserError(f"unknown bvv241 variant {brief(variant)}: use '2-3' (65,536 ids) or 'max' (131,072 ids)")
     return v
 
 
@@ -429,14 +430,30 @@ def copy_tokenizer(src: Path, dst: Path) -> bool:
     return (src / "tokenizer.json").is_file()
 
 
+def library_write(fn, path):
+    """fn(str(path)) for a `tokenizers` writer, which reports an OS error (a full
+    disk) as a plain Exception "... (os error 28)": as the OSError it is, naming `path`."""
+    try:
+        return fn(str(path))
+    except OSError:
+        raise
+    except Exception as e:
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise
+        raise OSError(int(m[1]), os.strerror(int(m[1])), str(path)) from None
+
+
 # --- tokenizer folders written by the CLI ---
 
 MARKER = "mlx_grow_tokenizer.json"  # what marks a tokenizer folder as ours (see io.atomic.replaceable)
 
 
 def write_marker(tok: "Tokenizer", out, **record):
-    (Path(out) / MARKER).write_text(json.dumps({"format_version": 1, "vocab_size": tok.vocab_size,
-                                                "fingerprint": tok.fingerprint, **record}, indent=2))
+    """The marker, written last: it lists every file of the folder (io.atomic.replaceable)."""
+    from mlx_grow.io.atomic import write_marker as write
+
+    write(out, MARKER, {"format_version": 1, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint, **record})
 
 
 def save_dir(tok: "Tokenizer", out, overwrite: bool = False, inputs=(), **record) -> Path:
@@ -469,7 +486,7 @@ def load_tokenizer(spec, save_cache: bool = True) -> Tokenizer:
     path = Path(s).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"tokenizer {s!r} not found: give 'bvv241-2-3', 'bvv241-max', "
+            f"tokenizer {brief(s)} not found: give 'bvv241-2-3', 'bvv241-max', "
             "a Hugging Face tokenizer folder or a tokenizer.json file"
         )
     file = path / "tokenizer.json" if path.is_dir() else path
@@ -486,16 +503,15 @@ def load_tokenizer(spec, save_cache: bool = True) -> Tokenizer:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = file.parent / name
         if f.is_file():
-            try:
-                config.update(json.loads(f.read_text(encoding="utf-8")))
-            except ValueError as e:
-                raise UserError(f"{f} is not valid JSON ({e})") from None
+            config.update(read_json(f, dict))
     known = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
     roles = {}
     for role, guesses in _COMMON.items():
         key = f"{role}_token"
         if key in config:  # the config wins, even when it says null
             roles[role] = _token_content(config[key])
+            if not isinstance(roles[role], (str, type(None))):
+                raise UserError(f"{file.parent}: {key} must be a token string, got {brief(roles[role])}")
         else:
             roles[role] = next((g for g in guesses if g in known), None)
     if roles["unk"] is None:
@@ -516,7 +532,7 @@ def train_sentencepiece(corpus_paths, vocab_size: int, out_dir, model_type: str 
     import sentencepiece as spm
 
     if model_type not in ("bpe", "unigram"):
-        raise UserError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
+        raise UserError(f"model_type must be 'bpe' or 'unigram', not {brief(model_type)}")
     paths = [Path(p) for p in ([corpus_paths] if isinstance(corpus_paths, (str, Path)) else corpus_paths)]
     if not paths:
         raise UserError("give at least one corpus text file")

@@ -139,8 +139,10 @@ def test_model_directory_writers_go_through_checkpoint():
         "sha256_file": {"checkpoint.py"},
         "write_weights": {"checkpoint.py", "convert/export.py"},  # export: Hugging Face directories
         "save_table": {"checkpoint.py", "cli/setup.py"},  # cli: `substrate build`'s standalone file
-        # data: the shard cache; tokenizer.py and cli/setup.py: tokenizer folders (`tokenizer build` / `train`)
-        "atomic_dir": {"checkpoint.py", "convert/export.py", "data/stream.py", "tokenizer.py", "cli/setup.py"},
+        # data: the shard cache; tokenizer.py and cli/setup.py: tokenizer folders (`tokenizer build` / `train`);
+        # eval/report.py and reproduce/report.py: report folders (`eval -o`, reproduce's figures)
+        "atomic_dir": {"checkpoint.py", "convert/export.py", "data/stream.py", "tokenizer.py", "cli/setup.py",
+                       "eval/report.py", "reproduce/report.py"},
     }
     used = {k: set() for k in allowed}
     for mod, tree in modules():

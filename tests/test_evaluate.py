@@ -513,7 +513,7 @@ def test_cli_eval_writes_report(tok, tmp_path):
     assert (out / "grown_vs_monolithic.png").exists()
     assert "| run/stage-01 | 1 |" in (out / "report.md").read_text()
     r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(task), "--protocol", "paper",
-                                 "--runs", "2", "--limit", "3", "-o", str(out), "--no-progress"])
+                                 "--runs", "2", "--limit", "3", "-o", str(out), "--overwrite", "--no-progress"])
     assert r.exit_code == 0, r.output
     md = (out / "report.md").read_text()
     assert "± " in md and "best_bvv_moe (merge + tune)" in md and "Greedy run" in md  # reference rows: "mmlu"
@@ -524,13 +524,14 @@ def test_cli_eval_writes_report(tok, tmp_path):
     assert "run/final: the bare prompt" in md
     r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(task), "--protocol", "paper",
                                  "--runs", "2", "--limit", "3", "--prompt-start", "sep", "--ci-ddof", "1", "-o",
-                                 str(out), "--no-progress"])
+                                 str(out), "--overwrite", "--no-progress"])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["settings"]["prompt_start"] == "sep" and rep["models"][0]["prompt_start"] == ["</s>"]
     assert rep["settings"]["ci_ddof"] == 1 and "run/final: </s> + prompt" in (out / "report.md").read_text()
     bad = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 7}])
-    r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(bad), "-o", str(out)])
+    r = CliRunner().invoke(app, ["eval", "--model", str(run / "final"), "--task", str(bad), "-o", str(out),
+                                 "--overwrite"])
     assert r.exit_code == 2 and "answer 7 is out of range" in r.output
 
 

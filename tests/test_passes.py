@@ -151,7 +151,8 @@ def test_grow_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, 
 def test_dry_run_turns_the_plan_into_hours_with_a_run_measured_speed(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    rows = [{"event": "train", "tok_s": s} for s in (80, 100, 120)]
+    rows = [{"event": "train", "global_step": i, "stage": 1, "step": i, "loss": 5.0, "tokens": 64 * i,
+             "flops": 1e9 * i, "tok_s": s} for i, s in enumerate((80, 100, 120), 1)]  # as a run logs them
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = runner.invoke(app, ["grow", "--dry-run", "-o", str(run)])
     assert r.exit_code == 0 and f"time: about 0.9 h at the 100 tokens/s measured in {run}" in " ".join(r.output.split())

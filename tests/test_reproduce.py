@@ -113,3 +113,86 @@ def test_big_scales_print_their_cost_first(tmp_path):
     assert r.exit_code == 2 and "unknown scale 'huge'" in r.output
     r = CliRunner().invoke(app, ["reproduce", "--dry-run", "--substrate", "bogus"])
     assert r.exit_code == 2 and "unknown substrate 'bogus'" in r.output
+
+
+def fake_results(labels) -> dict:
+    """Results as reproduce builds them, with part 1 holding only `labels` (the other parts left out)."""
+    from mlx_grow.reproduce import SCALES
+
+    curve = {"tokens": [10, 20], "flops": [1e6, 2e6], "val_loss": [9.0, 8.0], "grows": [], "peak_mem_mb": 1.0}
+    runs = [{"part": 1, "key": f"sub-{i}", "label": label, "val_loss": 8.0 - i / 10, "bits_per_byte": 2.0,
+             "active_params": 1000, "wall_s": 1.0, "tokens": 20, "depth": 3, "curve": curve}
+            for i, label in enumerate(labels)]
+    return {"scale": SCALES["tiny"].to_dict(), "estimate": {"runs": len(runs), "tokens": 1, "flops": 1.0},
+            "machine": {"platform": "p", "cpus": 2, "mlx": "0", "device": "cpu", "blas": "b", "python": "3"},
+            "runs": runs, "composition": None, "depth": {}, "wall_s": 1.0, "work_s": 1.0, "command": "c",
+            "finished": "now"}
+
+
+def test_report_words_part_1_from_whatever_ran(tmp_path, monkeypatch):
+    """Every subset of part 1's substrates (reproduce --substrate) gives a report, its claim
+    worded only from the substrates that ran (a KeyError / ValueError before issue 24)."""
+    import itertools
+
+    from mlx_grow.reproduce import report as R
+
+    monkeypatch.setattr(R, "plot_curves", lambda *a, **k: None)  # the wording is under test, not the plots
+    for n in range(len(SUBSTRATES) + 1):
+        for labels in itertools.combinations(SUBSTRATES, n):
+            md = R.write_report(fake_results(labels), tmp_path / f"r{len(list(tmp_path.iterdir()))}.md")
+            text = md.read_text()
+            assert ("16-bit id model's perplexity is" in text) == ({"16-bit id", "trainable embeddings"} <= set(labels))
+            if labels == ("trainable embeddings",):
+                assert "only the trainable table ran" in text
+            elif labels and "trainable embeddings" not in labels:
+                assert "the trainable table did not run" in text
+
+
+def test_report_rule_own_report_only(tmp_path, monkeypatch):
+    """The report and its figures folder: written when new, rewritten by the same reproduction,
+    refused when a user (or another reproduction) owns them; never written into."""
+    from mlx_grow.reproduce import report as R
+    from mlx_grow.reproduce.run import check_report
+
+    monkeypatch.setattr(R, "plot_curves", lambda *a, **k: None)
+    out, md = tmp_path / "out", tmp_path / "notes.md"
+    check_report(md, out)  # nothing there yet
+    R.write_report(fake_results(["16-bit id"]), md, str(out.resolve()))
+    assert md.read_text().startswith("<!-- written by mlx-grow reproduce for")
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["mlx_grow_report.json", "results.json"]
+    check_report(md, out)  # its own report: may be rewritten
+    with pytest.raises(UserError, match="is not this reproduction's report"):
+        check_report(md, tmp_path / "other")  # another reproduction's
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(UserError, match=r"notes, the folder the report's figures go in"):
+        check_report(md, out)
+    (tmp_path / "notes" / "mine.txt").unlink()
+    md.write_text("# my notes\n")
+    with pytest.raises(UserError, match=r"--report .*notes\.md exists and is not this reproduction's report"):
+        check_report(md, out)
+    with pytest.raises(UserError, match="is a folder"):
+        check_report(tmp_path, out)
+
+
+def test_records_keep_paths_inside_the_reproduction(tmp_path):
+    from mlx_grow.reproduce.run import read_record
+
+    job = (1, "sub-16bit", "16-bit id", 0, None)
+    rec = {"part": 1, "key": "sub-16bit", "label": "16-bit id", "seed": 0, "final": "runs/sub-16bit/final",
+           "run": "runs/sub-16bit", "val_loss": 8.0, "tokens": 20, "flops": 1.0, "wall_s": 1.0, "tok_s": 20.0,
+           "active_params": 10, "stages": [{"val_loss": 8.0}], "depth": 3, "substrate": "binary",
+           "curve": {"tokens": [1], "flops": [1.0], "val_loss": [8.0], "grows": [], "peak_mem_mb": 1.0}}
+    (tmp_path / "records").mkdir()
+    f = tmp_path / "records" / "sub-16bit.json"
+    f.write_text(json.dumps(rec))
+    assert read_record(tmp_path, job)["final"] == str(tmp_path / "runs" / "sub-16bit" / "final")
+    f.write_text(json.dumps({**rec, "final": str(tmp_path / "runs" / "sub-16bit" / "final")}))  # older records
+    assert read_record(tmp_path, job)["final"] == str(tmp_path / "runs" / "sub-16bit" / "final")
+    for bad in ({"final": "../elsewhere/final"}, {"run": "/etc"}, {"final": "runs/other/final"}):
+        f.write_text(json.dumps({**rec, **bad}))
+        with pytest.raises(UserError, match="is damaged: its `(final|run)`"):
+            read_record(tmp_path, job)
+    for text in ("{", "[]", json.dumps({**rec, "val_loss": "low"}), json.dumps({**rec, "key": "grown-s0"})):
+        f.write_text(text)
+        with pytest.raises(UserError, match=r"sub-16bit\.json is damaged"):
+            read_record(tmp_path, job)

@@ -86,18 +86,23 @@ if not any(isinstance(h, _Warnings) for h in logging.getLogger("mlx_grow").handl
 
 
 def fail(msg: str, code: int = BAD_INPUT):
+    """`error: MSG` on one line (a library's message with line breaks is joined), and exit."""
     from rich.text import Text
 
-    err.print(Text.assemble(("error:", "bold red"), " ", str(msg)), highlight=False)
+    msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
+    err.print(Text.assemble(("error:", "bold red"), " ", msg), highlight=False)
     raise typer.Exit(code)
 
 
 def os_message(e: OSError) -> str:
-    """One line naming the path: `PATH: Permission denied; what to do`."""
-    if e.errno is None or not e.filename:
+    """One line naming the path: `PATH: Permission denied; what to do` (the hint
+    also when the error names no path)."""
+    if e.errno is None:
         return str(e)
-    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
     hint = OS_HINTS.get(e.errno)
+    if not e.filename:
+        return f"{e.strerror or e}" + (f"; {hint}" if hint else "")
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 else "")
     return f"{where}: {e.strerror or 'error'}" + (f"; {hint}" if hint else "")
 
 

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, whole
 from mlx_grow.cli.common import (
     app,
     console,
@@ -115,16 +115,17 @@ def generate_cmd(
     )
     from mlx_grow.io.hub import resolve
     from mlx_grow.io.progress import StepProgress
+    from mlx_grow.io.read import read_text
 
     if model is None and m is None:
         raise UserError("give the model: --model DIR (or -m DIR)")
     if model is None:
-        if m.isdigit() and not Path(m).exists():
+        if whole(m) and not Path(m).exists():
             raise UserError(f"-m {m}: -m means --model here; for the number of tokens use --max-tokens {m} (or "
                             f"-n {m}), or give --model DIR and mlx-lm's -m {m}")
         model = m
     elif m is not None:
-        if not m.isdigit():
+        if not whole(m):
             raise UserError(f"both --model {model} and -m {m} name a model: give it once")
         max_tokens = int(m)  # mlx-lm's -m is --max-tokens
     if (prompt is None) == (prompt_file is None):
@@ -132,7 +133,7 @@ def generate_cmd(
     if prompt_file is not None:
         if not prompt_file.is_file():
             raise FileNotFoundError(f"prompt file {prompt_file} does not exist")
-        prompts = [line for line in prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = [line for line in read_text(prompt_file, "prompt file").splitlines() if line.strip()]
         if not prompts:
             raise UserError(f"prompt file {prompt_file} has no non-empty line")
     else:

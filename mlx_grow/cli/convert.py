@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.cli.common import (
     console,
     convert_app,
@@ -86,7 +86,7 @@ def convert_import(
                           ("--rope", rope, ("rotate-half", "interleaved")),
                           ("--output-rope", output_rope, ("rotate-half", "interleaved"))):
         if val is not None and val not in ok:
-            fail(f"{name} must be {' or '.join(ok)}, got {val!r}")
+            fail(f"{name} must be {' or '.join(ok)}, got {brief(val)}")
     rep = import_checkpoint(resolve(src, revision, checkpoint=True), out, mapping=map_file, expansion=expansion,
                             table=table, tokenizer=tokenizer, kind=substrate, rope=rope, output_rope=output_rope,
                             dtype=dtype, overwrite=overwrite)

@@ -47,20 +47,21 @@ def eval_cmd(
     split: Optional[str] = typer.Option(None, "--split", help="Split of opus100 loaded with --hub: validation "
                                         "(default, as the authors' harness), test or train"),
     out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Report directory: report.json, report.md, "
-                             "PNG plots (existing report files are replaced)"),
+                             "PNG plots (a new folder; see --overwrite)"),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out report folder that mlx-grow wrote"),
     progress: bool = typer.Option(True, help="Show a progress bar"),
 ):
     """Score models on benchmarks and held-out text; write JSON, markdown and plots."""
     from mlx_grow.eval.report import markdown, writable, write
     from mlx_grow.eval.runner import run_eval as evaluate
 
-    writable(out)  # before any score is computed
+    writable(out, overwrite)  # before any score is computed
     report = evaluate(model, task or [], text or [], protocol=protocol, limit=limit, runs=runs, temp=temp,
                       top_k=top_k, seed=seed, batch_tokens=batch_tokens, hub=hub, progress=progress, echo=say,
                       ci_ddof=ci_ddof, prompt_start=prompt_start, revision=revision, split=split)
     console.print(markdown(report), highlight=False, soft_wrap=True)
     try:
-        paths = write(report, out)
+        paths = write(report, out, overwrite)
     except OSError as e:  # the scores are computed: keep them somewhere
         import json
         import tempfile

@@ -163,9 +163,10 @@ def tokenizer_stats(
     text_file: Path = typer.Argument(..., help="A UTF-8 text file"),
 ):
     """Characters per token and <unk> share on a text."""
+    from mlx_grow.io.read import read_text
     from mlx_grow.tokenizer import load_tokenizer, stats
 
-    s = stats(load_tokenizer(tokenizer), text_file.read_text(encoding="utf-8"))
+    s = stats(load_tokenizer(tokenizer), read_text(text_file, "text file"))
     for k, v in s.items():
         console.print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v:,}")
 
@@ -225,8 +226,10 @@ def data_info(
     field: Optional[str] = typer.Option(None, help=config_help("data.sources[].field")),
 ):
     """Documents, characters, tokens, characters per token and <unk> share per source."""
+    from mlx_grow.base import need_int
     from mlx_grow.data.contamination import contamination, info, info_table
 
+    need_int("-n", n, 1)  # before any source is read
     rows = info(sources, tokenizer, field=field)
     console.print(info_table(rows))
     for r in rows:

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from mlx_grow.base import UserError
+from mlx_grow.base import MAX_INT, UserError, brief, whole
 from mlx_grow.cli.common import (
     FAILED,
     INTERRUPTED,
@@ -62,6 +62,9 @@ def grow_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (stages, tokens, passes per source, "
                                  "FLOPs, predicted memory, time when a run in --out measured its speed) and stop; "
                                  "writes nothing"),
+    allow_large: bool = typer.Option(False, "--allow-large", help="Run a schedule past the plausibility bound "
+                                     "(depth x stages over 10,000, e.g. --depth 100000 one block a stage; every "
+                                     "stage writes a whole model). The disk-space check still applies"),
 ):
     """Grow a model layer-wise (or train it monolithically); prints the final model dir last
     (on stdout; progress, messages and the summary go to stderr).
@@ -103,8 +106,13 @@ def grow_cmd(
         if phases is not None:
             flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
         if from_ is not None:  # the stages add depth minus the source's blocks (RunConfig.base)
+            from mlx_grow.api import model_dir
             from mlx_grow.training.source import source_depth
 
+            path = model_dir(from_)  # a grow run: its final/ model, as generate takes it
+            if path != from_:
+                say(f"using {path}")
+            from_ = path
             cfg.base = source_depth(from_)
         listed = parse_stages(stages) or cfg.grow.stages
         if blocks_per_stage is not None and listed:  # the list would win without a word
@@ -125,11 +133,14 @@ def grow_cmd(
         return
     try:
         final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart,
-                              from_dir=from_)
+                              from_dir=from_, allow_large=allow_large)
     except (TrainingDiverged, CheckpointWriteError) as e:  # NaN loss; disk full while saving
         fail(str(e), code=FAILED)
     except KeyboardInterrupt:
-        ckpts = Run(out).checkpoints() if Path(out).is_dir() else []
+        if not (Path(out) / "run.json").is_file():  # stopped while the inputs were checked: no run to resume
+            fail("interrupted before the run started (nothing to resume); run the same command again to start it",
+                 INTERRUPTED)
+        ckpts = Run(out).checkpoints()
         fail(f"interrupted; continue with `mlx-grow grow --resume {out}` (from {ckpts[-1].name})" if ckpts else
              f"interrupted before the first checkpoint; `mlx-grow grow --resume {out}` starts it over",
              INTERRUPTED)
@@ -147,9 +158,10 @@ def parse_lora_phases(texts):
     phases = []
     for text in texts:
         k, _, n = text.partition(":")
-        if not (k.strip().isdigit() and n.strip().isdigit()) or int(k) < 1 or int(n) < 1:
-            raise UserError(f"--lora-phase takes STAGE:STEPS with positive whole numbers, e.g. 1:50 (a LoRA phase "
-                            f"of 50 steps after stage 1); got {text!r}")
+        # ASCII digits only (str.isdigit() takes '²'), and a count a run can reach
+        if not (whole(k) and whole(n)) or not (1 <= int(k) <= MAX_INT and 1 <= int(n) <= MAX_INT):
+            raise UserError(f"--lora-phase takes STAGE:STEPS with positive whole numbers (up to 2**53), e.g. 1:50 "
+                            f"(a LoRA phase of 50 steps after stage 1); got {brief(text)}")
         phases.append({"after_stage": int(k), "steps": int(n)})
     return phases
 
@@ -165,12 +177,9 @@ def parse_stages(text: Optional[str]):
 
     if text is None:
         return None
-    try:
-        sizes = [int(s) for s in text.split(",")]
-    except ValueError:
-        sizes = []
+    sizes = [int(s) for s in text.split(",")] if all(whole(s) for s in text.split(",")) else []
     if not sizes or any(n < 1 for n in sizes):
-        raise UserError(f"--stages must be positive block counts separated by commas, e.g. 3,3,3; got {text!r}")
+        raise UserError(f"--stages must be positive block counts separated by commas, e.g. 3,3,3; got {brief(text)}")
     return sizes
 
 
@@ -219,8 +228,12 @@ def reproduce_cmd(
     from mlx_grow.reproduce import reproduce
 
     argv = sys.argv[1:]
-    res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
-                    command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
-                    substrates=substrate, allow_repeat=allow_repeat)
+    try:
+        res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
+                        command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
+                        substrates=substrate, allow_repeat=allow_repeat)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to continue: the finished runs are kept, and the run that "
+             "was cut off resumes from its last checkpoint (or starts over in its folder)", INTERRUPTED)
     if not dry_run:
         print(res["report"])

@@ -1,6 +1,5 @@
 """Shared pieces of import and export: file names, RoPE permutations, block shapes."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +46,17 @@ def block_shapes(args: ModelArgs) -> dict:
 
 
 def read_export_meta(root: Path) -> dict:
+    from mlx_grow.io.read import read_json
+
     f = root / EXPORT_META
-    try:
-        return json.loads(f.read_text()) if f.is_file() else {}
-    except ValueError as e:
-        raise UserError(f"{f} is corrupt ({e}); delete it to import with layout detection") from None
+    if not f.is_file():
+        return {}
+    meta = read_json(f, dict, word="corrupt", fix="delete it to import with layout detection")
+    merge = meta.get("merge")
+    if merge is not None and not (isinstance(merge, dict) and isinstance(merge.get("experts"), list)):
+        raise UserError(f"{f} is corrupt (its `merge` record has no list of experts); delete it to import with "
+                        "layout detection")
+    return meta
 
 
 def read_table(path) -> tuple:

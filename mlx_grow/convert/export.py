@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.checkpoint import (
     ADAPTER,
     CONFIG,
@@ -28,6 +28,7 @@ from mlx_grow.convert.common import (
     rope_perm,
 )
 from mlx_grow.io import atomic_dir
+from mlx_grow.io.atomic import write_marker
 from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES, Source, write_weights
 from mlx_grow.model import ModelArgs
@@ -106,9 +107,9 @@ def export_model(model_dir, out, to="starcoder2", dtype="float32", overwrite=Fal
     """Export a mlx-grow model (or a merge: each expert, plus the combiner) as
     a Hugging Face directory. Returns a report with notes."""
     if to not in TARGETS:
-        raise UserError(f"unknown export target {to!r}: use {' or '.join(TARGETS)}")
+        raise UserError(f"unknown export target {brief(to)}: use {' or '.join(TARGETS)}")
     if dtype not in OUT_DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {brief(dtype)}")
     model_dir = Path(model_dir)
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a mlx-grow model directory (no config.json)")
@@ -136,10 +137,10 @@ def export_one(model_dir: Path, meta: dict, tmp: Path, to, dtype, shard_bytes, t
     tok = load_tokenizer(tmp) if copy_tokenizer(tok_dir or model_dir, tmp) else None
     (tmp / "config.json").write_text(json.dumps(hf_config(args, to, dtype, tok), indent=2))
     keep = {k: v for k, v in meta.items() if k not in ("files", "format_version", "substrate", "tokenizer")}
-    (tmp / EXPORT_META).write_text(json.dumps({
+    write_marker(tmp, EXPORT_META, {
         "format_version": FORMAT_VERSION, "target": to, "dtype": dtype, "model_args": args.to_dict(),
         "table_width": int(table.shape[1]), "substrate": fingerprint(args.substrate, table),
-        "tokenizer": meta.get("tokenizer"), "model_meta": keep}, indent=2))
+        "tokenizer": meta.get("tokenizer"), "model_meta": keep})
     other = "gpt-neox" if to == "starcoder2" else "starcoder2"
     notes = [] if tok else ["no tokenizer in the model directory: transformers and mlx-lm need one"]
     if (to == "gpt-neox") == (args.hidden_act == "gelu"):
@@ -169,8 +170,8 @@ def export_merged(model_dir: Path, meta: dict, tmp: Path, to, dtype, shard_bytes
     if (model_dir / ADAPTER).is_file():
         shutil.copy2(model_dir / ADAPTER, tmp / ADAPTER)
     copy_tokenizer(model_dir, tmp)
-    (tmp / EXPORT_META).write_text(json.dumps({
+    write_marker(tmp, EXPORT_META, {
         "format_version": FORMAT_VERSION, "target": to, "dtype": dtype, "substrate": meta.get("substrate"),
         "tokenizer": meta.get("tokenizer"), "merge": {"experts": experts, "combiner": meta["combiner"],
-                                                      "tuned": meta.get("tuned")}}, indent=2))
+                                                      "tuned": meta.get("tuned")}})
     return notes + [f"a merge exports as its experts plus the combiner in {EXPORT_META}"]

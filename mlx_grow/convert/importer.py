@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.checkpoint import ADAPTER, write_model_dir
 from mlx_grow.convert import layouts as L
 from mlx_grow.convert.common import (
@@ -38,6 +38,9 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
     if hints.get("layers") not in (None, n):
         raise UserError(f"{where}: model_type says {hints['layers']} layers but the weights have {n}")
     if layout["name"] == "mlx_grow" or "model_args" in meta:
+        if table is not None and not isinstance(table, np.ndarray):  # not a merge's shared table
+            raise UserError(f"--table {table}: {source.root} is a mlx-grow model or export, which carries its own "
+                            "input table (and its recipe), so --table would be ignored; import without --table")
         args = ModelArgs.from_dict(meta.get("model_args", cfg), where=where)
         for field, (value, evidence) in found.items():
             if getattr(args, field) != value:
@@ -166,7 +169,7 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
     from mlx_grow.tokenizer import load_tokenizer
 
     if dtype not in OUT_DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {brief(dtype)}")
     source = Source(src)
     if mapping is not None and not isinstance(mapping, dict):
         mapping = L.load_mapping(mapping)

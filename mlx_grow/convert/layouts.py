@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief, key_list
 from mlx_grow.substrate.codes import id_bits
 from mlx_grow.substrate.tables import SubstrateArgs
 
@@ -76,32 +76,43 @@ LAYOUTS = {
 
 def load_mapping(path) -> dict:
     """A --map YAML file as a layout, every key checked."""
-    import yaml
+    from mlx_grow.io.read import load_yaml, read_text
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mapping file {path} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"mapping file {path} is not valid YAML: {e}") from None
-    unknown = sorted(set(spec) - {"base", "tensors", "qkv", "ignore", "config"})
+    spec = load_yaml(read_text(path, "mapping file"), f"mapping file {path}") or {}
+    if not isinstance(spec, dict):
+        raise UserError(f"mapping file {path} must hold a mapping (base:, tensors:, ...), got {brief(spec)}")
+    unknown = [k for k in spec if k not in ("base", "tensors", "qkv", "ignore", "config")]
     if unknown:
-        raise UserError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: base, tensors, qkv, ignore, config")
+        raise UserError(f"unknown key(s) {key_list(unknown)} in {path}; valid: base, tensors, qkv, ignore, config")
     base = spec.get("base")
-    if base is not None and base not in LAYOUTS:
-        raise UserError(f"{path}: base {base!r} is not a built-in layout; use one of {', '.join(LAYOUTS)}")
-    tensors = dict(spec.get("tensors") or {})
-    bad = sorted(set(tensors) - set(OURS))
+    if base is not None and (not isinstance(base, str) or base not in LAYOUTS):
+        raise UserError(f"{path}: base {brief(base)} is not a built-in layout; use one of {', '.join(LAYOUTS)}")
+    tensors = spec.get("tensors") or {}
+    if not isinstance(tensors, dict) or not all(isinstance(v, str) for v in tensors.values()):
+        raise UserError(f"{path}: tensors must map our tensor names to the checkpoint's names (strings), "
+                        f"got {brief(tensors)}")
+    bad = [k for k in tensors if k not in OURS]
     if bad:
-        raise UserError(f"{path}: unknown tensor name(s) {', '.join(bad)}; ours are {', '.join(OURS)}")
+        raise UserError(f"{path}: unknown tensor name(s) {key_list(bad)}; ours are {', '.join(OURS)}")
+    for key, want in (("ignore", list), ("config", dict)):
+        if spec.get(key) is not None and not isinstance(spec[key], want):
+            raise UserError(f"{path}: {key} must be a {'list' if want is list else 'mapping'}, got "
+                            f"{brief(spec[key])}")
+    for pattern in spec.get("ignore") or []:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise UserError(f"{path}: ignore entry {brief(pattern)} is not a regular expression ({e})") from None
     layout = dict(LAYOUTS.get(base, {}), name=f"map:{path.name}", model_types=[])
     inherited = dict(layout.get("tensors", {}))
     if QKV in tensors or any(k.endswith(("q_proj", "k_proj", "v_proj")) for k in tensors):
         inherited = {k: v for k, v in inherited.items() if k != QKV and not k.endswith(("q_proj", "k_proj", "v_proj"))}
     layout["tensors"] = {**inherited, **tensors}
     if spec.get("qkv") not in (None, "concat", "per-head"):
-        raise UserError(f"{path}: qkv must be 'concat' or 'per-head', got {spec['qkv']!r}")
+        raise UserError(f"{path}: qkv must be 'concat' or 'per-head', got {brief(spec['qkv'])}")
     layout.update({k: spec[k] for k in ("qkv", "ignore", "config") if spec.get(k) is not None})
     return layout
 
@@ -228,7 +239,7 @@ def read_config(config: dict, layout: dict, found: dict, where: str) -> dict:
                          "config: in a --map file")
     act = str(args.get("hidden_act", "gelu"))
     if act not in ACTS:
-        raise UserError(f"{where}: hidden_act {act!r} is not a GELU; mlx-grow blocks use gelu or gelu_tanh")
+        raise UserError(f"{where}: hidden_act {brief(act)} is not a GELU; mlx-grow blocks use gelu or gelu_tanh")
     args["hidden_act"] = ACTS[act]
     neox = "gpt_neox" in layout.get("model_types", [])
     pct = rope.get("partial_rotary_factor", config.get("partial_rotary_factor",
@@ -245,7 +256,7 @@ def read_config(config: dict, layout: dict, found: dict, where: str) -> dict:
     style = over.get("rope") or ("interleaved" if any(config.get(k) for k in (
         "rope_traditional", "rotary_interleaved", "rope_interleaved")) else "rotate-half")
     if style not in ("rotate-half", "interleaved"):
-        raise UserError(f"rope must be 'rotate-half' or 'interleaved', got {style!r}")
+        raise UserError(f"rope must be 'rotate-half' or 'interleaved', got {brief(style)}")
     args["rope_traditional"] = style == "interleaved"
     tie = over.get("tie_word_embeddings", config.get("tie_word_embeddings", layout.get("tie", False)))
     return {"args": args, "tie": bool(tie), "expansion": over.get("expansion"), "kind": over.get("substrate"),
@@ -330,7 +341,7 @@ def read_embeddings_txt(path) -> np.ndarray:
             rows.append([float(c) for c in line] if re.fullmatch(r"[01]{2,}", line)
                         else [float(x) for x in re.split(r"[\s,]+", line.strip("[] "))])
         except ValueError:
-            raise UserError(f"{path}: line {n + 1} is not a row of numbers: {line[:60]!r}") from None
+            raise UserError(f"{path}: line {n + 1} is not a row of numbers: {brief(line[:60])}") from None
     if len({len(r) for r in rows}) > 1:
         raise UserError(f"{path}: rows have different lengths ({sorted({len(r) for r in rows})[:4]})")
     table = np.asarray(rows, np.float32)

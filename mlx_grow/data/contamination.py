@@ -6,14 +6,14 @@ letter/digit runs (each CJK character is one word), hashed per n-gram, and
 n-grams never cross documents.
 """
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, need_int
 from mlx_grow.data.stream import Shard, Stream, _checked, _tokenizer, prepare, split_note
+from mlx_grow.io.read import parse_json, read_text
 
 
 def _shards(items, tokenizer="bvv241-2-3", **kw) -> list:
@@ -72,13 +72,18 @@ def _task_items(path) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file {path} not found")
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    text = read_text(path, "task file")
+    rows = parse_json(text, str(path)) if path.suffix == ".json" else [
+        parse_json(x, f"{path} line {n}") for n, x in enumerate(text.splitlines(), 1) if x.strip()]
+    if not isinstance(rows, list):
+        raise UserError(f"{path} must hold a JSON list of items, got {type(rows).__name__}")
     items = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not isinstance(r.get("question"), str):
             raise UserError(f"{path} item {i} has no question: items need question, choices and answer fields")
         a, choices = r.get("answer"), r.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise UserError(f"{path} item {i}: choices must be a list of strings")
         if isinstance(a, str) and len(a) == 1 and a.isalpha() and choices:
             a = ord(a.upper()) - ord("A")
         gold = choices[a] if isinstance(a, int) and 0 <= a < len(choices) else a if isinstance(a, str) else ""
@@ -91,6 +96,7 @@ def contamination(shards_or_stream, task_file, n: int = 13, tokenizer=None) -> d
     shards. Words are lower-cased letter/digit runs (each CJK character is one
     word); n-grams never cross documents. A question shorter than n words is
     looked up whole; an answer shorter than n words is not checked (None)."""
+    need_int("-n", n, 1)
     shards, items, vocab = _shards(shards_or_stream), _task_items(task_file), {}
 
     def wids(text):

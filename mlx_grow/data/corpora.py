@@ -29,7 +29,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief, key_list
+from mlx_grow.io.read import parse_json, read_text
 
 log = logging.getLogger("mlx_grow.data")
 
@@ -138,7 +139,7 @@ BUILTINS = {
 
 def builtin(name: str) -> Builtin:
     if name not in BUILTINS:
-        raise UserError(f"unknown built-in corpus {name!r}: use one of "
+        raise UserError(f"unknown built-in corpus {brief(name)}: use one of "
                          + ", ".join(f"builtin:{n}" for n in BUILTINS))
     return BUILTINS[name]
 
@@ -262,9 +263,12 @@ def row_text(row, field: Optional[str], where: str, template: Optional[str] = No
     if isinstance(row, str):
         return row
     key = field or "text"
-    if not isinstance(row, dict) or not isinstance(row.get(key), str):
-        keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-        raise UserError(f"{where}: row has no text field {key!r} (it has: {keys}); set `field:` "
+    if isinstance(row, dict) and key in row and not isinstance(row[key], str):
+        raise UserError(f"{where}: field {brief(key)} holds {type(row[key]).__name__} {brief(row[key])}, not text; "
+                         "fix the row, or set `field:` (--field) to the column that holds the text")
+    if not isinstance(row, dict) or key not in row:
+        keys = key_list(row) if isinstance(row, dict) else type(row).__name__
+        raise UserError(f"{where}: row has no text field {brief(key)} (it has: {keys}); set `field:` "
                          "(--field) to the column that holds the text")
     return _check_text(row[key], where)
 
@@ -347,7 +351,7 @@ def _rows(path: Path) -> Iterator:
         for batch in batches:
             yield from batch.to_pylist()
     elif name.endswith(".json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_text(path, "data file"), str(path))
         if not isinstance(data, list):
             raise UserError(f"{path} must hold a JSON list of rows (or use .jsonl, one row a line)")
         yield from data
@@ -355,10 +359,7 @@ def _rows(path: Path) -> Iterator:
         with _opener(path)(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+                    yield parse_json(line, f"{path} line {n}")
 
 
 def _check_file(path: Path, skip_bad: bool) -> bool:
@@ -417,7 +418,7 @@ def _dataset(ds, field, where, split="train", template=None) -> Iterator[str]:
     any iterable of row mappings."""
     if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict
         if split not in ds:
-            raise UserError(f"{where} has splits {', '.join(ds)}, not {split!r}; set `split:`")
+            raise UserError(f"{where} has splits {', '.join(ds)}, not {brief(split)}; set `split:`")
         ds = ds[split]
     need = _needed(field, template)
     names = getattr(ds, "column_names", None)  # a streamed dataset may not know its columns up front
@@ -446,12 +447,37 @@ def _dataset_rows(ds) -> Iterator[dict]:
             yield {k: batch[k][i] for k in keys}
 
 
+def _load(fn, where: str, *args, **kw):
+    """A `datasets` loader whose refusals (a dataset script, which never runs; a
+    folder it cannot read) are one line naming the source."""
+    try:
+        return fn(*args, **kw)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        msg = " ".join(str(e).split())
+        raise UserError(f"data source {where}: the datasets library cannot load it ({type(e).__name__}: "
+                        f"{msg[:300]}{'…' if len(msg) > 300 else ''})") from None
+
+
 def folder_files(root: Path) -> list:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(TEXT_EXT + ROW_EXT)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise UserError(f"no text files under {root}: it needs .txt, .md, .jsonl, .json, .parquet or .arrow files")
     return files
+
+
+def _not_found(source) -> FileNotFoundError:
+    return FileNotFoundError(f"data source {source} not found: give a file, a folder, hf:NAME[:CONFIG] or "
+                             + ", ".join(f"builtin:{n}" for n in BUILTINS))
+
+
+def check_source(source: str):
+    """Refuse, without reading it, a source that cannot be read: an unknown built-in
+    corpus or a path that does not exist (a hf: dataset is found when it is read)."""
+    if source.startswith("builtin:"):
+        builtin(source[len("builtin:"):])
+    elif not source.startswith("hf:") and not Path(source).expanduser().exists():
+        raise _not_found(source)
 
 
 def documents(source: str, field: Optional[str] = None, skip_bad: bool = False, template: Optional[str] = None,
@@ -478,7 +504,7 @@ def documents(source: str, field: Optional[str] = None, skip_bad: bool = False, 
     elif is_dataset_dir(p):
         import datasets
 
-        yield from _dataset(datasets.load_from_disk(str(p)), field, str(p), split, template)
+        yield from _dataset(_load(datasets.load_from_disk, str(p), str(p)), field, str(p), split, template)
     elif p.is_dir():
         for f in folder_files(p):
             yield from file_documents(f, field, skip_bad, template)
@@ -488,8 +514,7 @@ def documents(source: str, field: Optional[str] = None, skip_bad: bool = False, 
                              "txt/jsonl)")
         yield from file_documents(p, field, skip_bad, template)
     else:
-        raise FileNotFoundError(f"data source {source} not found: give a file, a folder, hf:NAME[:CONFIG] or "
-                                + ", ".join(f"builtin:{n}" for n in BUILTINS))
+        raise _not_found(source)
 
 
 # --- sizes without reading everything (the passes check) ---
@@ -603,7 +628,11 @@ def data_root() -> Path:
 
 
 def hf_local(name: str) -> Optional[Path]:
-    """The downloaded copy of Hub dataset NAME (a folder with its README.md), or None."""
+    """Where NAME of `hf:NAME` is read without the Hub: a local folder it names
+    (`hf:./folder`, as datasets.load_dataset takes a path), or the downloaded copy of
+    Hub dataset NAME (a folder under data_root() with its README.md); else None."""
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
     d = data_root() / name
     return d if (d / "README.md").is_file() else None
 
@@ -622,7 +651,9 @@ def hub_unreachable() -> Optional[str]:
             return f"{var} is set"
     from urllib.parse import urlparse
 
-    return _probe(urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co")
+    from huggingface_hub import constants  # its endpoint: HF_ENDPOINT, else the Hub's own
+
+    return _probe(urlparse(constants.ENDPOINT).hostname)
 
 
 @lru_cache(maxsize=4)
@@ -674,10 +705,14 @@ def open_hf(source: str, split: str = "train"):
     where = str(local) if local else name
     try:
         return datasets.load_dataset(where, config, split=split, streaming=True)
+    except RuntimeError as e:  # e.g. a dataset script, which never runs
+        msg = " ".join(str(e).split())
+        raise UserError(f"data source {source}: the datasets library cannot load it ({type(e).__name__}: "
+                        f"{msg[:300]}{'…' if len(msg) > 300 else ''})") from None
     except (ValueError, FileNotFoundError, ConnectionError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (f"download its files with `{download_command(name, config)}`" if local else
-                f"check the name, config and split at https://huggingface.co/datasets/{name}")
+                f"check the name, config and split on the dataset's Hub page ({name})")
         raise UserError(f"{source} (split {split}) cannot be opened from {where}: {first}; {hint}") from None
 
 

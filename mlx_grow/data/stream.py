@@ -24,13 +24,13 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from mlx_grow.base import UserError, opt
+from mlx_grow.base import UserError, brief, key_list, need_bool, need_str, opt
 from mlx_grow.data import corpora, encode
 from mlx_grow.io import atomic_dir
 
@@ -69,21 +69,21 @@ class SourceSpec:
         if not isinstance(item, dict) or "source" not in item:
             raise UserError(f"{where} must be a source string or a mapping with source: (and weight:, field:, "
                              "template:, split:, tokens:)")
-        unknown = sorted(set(item) - set(SOURCE_KEYS))
+        unknown = [k for k in item if k not in SOURCE_KEYS]
         if unknown:
-            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(SOURCE_KEYS)}")
+            raise UserError(f"unknown key(s) {key_list(unknown)} in {where}; valid: {', '.join(SOURCE_KEYS)}")
         source = item["source"]
         if not isinstance(source, str) or not source:
-            raise UserError(f"{where}: source must be a path, hf:NAME[:CONFIG] or builtin:NAME, got {source!r}")
+            raise UserError(f"{where}: source must be a path, hf:NAME[:CONFIG] or builtin:NAME, got {brief(source)}")
         if source.startswith("hf:"):
             corpora.parse_hf(source)
         w = item.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
-            raise UserError(f"{where}: weight must be a positive number, got {w!r}")
+            raise UserError(f"{where}: weight must be a positive number, got {brief(w)}")
         fld, template = item.get("field"), item.get("template")
         for key, v in (("field", fld), ("template", template)):
             if v is not None and (not isinstance(v, str) or not v):
-                raise UserError(f"{where}: {key} must be a string, got {v!r}")
+                raise UserError(f"{where}: {key} must be a string, got {brief(v)}")
         if fld and template:
             raise UserError(f"{where}: give field (one column) or template (several), not both")
         if template:
@@ -93,12 +93,12 @@ class SourceSpec:
                 raise UserError(f"{where}: {e}") from None
         split = item.get("split", "train")
         if not isinstance(split, str) or not split:
-            raise UserError(f"{where}: split must be a split name such as train, got {split!r}")
+            raise UserError(f"{where}: split must be a split name such as train, got {brief(split)}")
         tokens = item.get("tokens")
         if isinstance(tokens, float) and tokens.is_integer():
             tokens = int(tokens)
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
-            raise UserError(f"{where}: tokens (a token budget) must be a positive whole number, got {tokens!r}")
+            raise UserError(f"{where}: tokens (a token budget) must be a positive whole number, got {brief(tokens)}")
         return cls(source, float(w), fld, template, split, tokens)
 
     def extras(self) -> dict:
@@ -135,11 +135,13 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: Optional[dict], where: str = "data config") -> "DataConfig":
+        if not isinstance(d or {}, dict):
+            raise UserError(f"{where} must be a mapping, got {brief(d)}")
         d = dict(d or {})
         names = list(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - set(names))
+        unknown = [k for k in d if k not in names]
         if unknown:
-            raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; valid: {', '.join(names)}")
+            raise UserError(f"unknown key(s) {key_list(unknown)} in {where}; valid: {', '.join(names)}")
         for key in ("sources", "instruction_files"):
             if isinstance(d.get(key), str):
                 d[key] = [d[key]]
@@ -156,7 +158,7 @@ class DataConfig:
                 SourceSpec.parse(s, f"{where}: stages[{k}][{i}]")
         for key in ("val_fraction", "instruction_ratio", "max_passes"):
             if isinstance(getattr(cfg, key), bool) or not isinstance(getattr(cfg, key), (int, float)):
-                raise UserError(f"{where}: {key} must be a number, got {getattr(cfg, key)!r}")
+                raise UserError(f"{where}: {key} must be a number, got {brief(getattr(cfg, key))}")
         if not 0 <= cfg.val_fraction <= 0.5:
             raise UserError(f"{where}: val_fraction must be between 0 and 0.5, got {cfg.val_fraction}")
         if not 0 <= cfg.instruction_ratio < 1:
@@ -167,7 +169,9 @@ class DataConfig:
         if cfg.max_passes <= 0:
             raise UserError(f"{where}: max_passes must be positive, got {cfg.max_passes}")
         if cfg.stage_data not in STAGE_DATA:
-            raise UserError(f"{where}: stage_data must be one of {', '.join(STAGE_DATA)}, got {cfg.stage_data!r}")
+            raise UserError(f"{where}: stage_data must be one of {', '.join(STAGE_DATA)}, got {brief(cfg.stage_data)}")
+        need_bool(f"{where}: skip_bad_files", cfg.skip_bad_files)
+        need_str(f"{where}: cache_dir", cfg.cache_dir, optional=True)
         if not isinstance(cfg.separator, str) or not cfg.separator:
             raise UserError(f"{where}: separator must be a token string such as '</s>'")
         return cfg
@@ -198,12 +202,27 @@ class Shard:
     """A prepared shard folder: tokens(split) is a read-only memmap."""
 
     def __init__(self, path):
+        from mlx_grow.io.read import read_json
+
         self.path = Path(path)
+        fix = "prepare it again with `mlx-grow data prepare`"
         try:
-            self.meta = json.loads((self.path / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            self.meta = m = read_json(self.path / "meta.json", dict, fix=fix)
+        except OSError:
             raise UserError(f"{self.path} is not a prepared shard folder (no readable meta.json); "
                              "make one with `mlx-grow data prepare`") from None
+        counts = ("tokens", "documents", "characters", "unk")
+        ok = all(isinstance(m.get(k), str) for k in ("name", "source", "tokenizer_fingerprint")) \
+            and m.get("dtype") in ("uint16", "uint32") and all(
+                isinstance(m.get(k), dict) and all(type(m[k].get(s)) is int and m[k][s] >= 0 for s in ("train", "val"))
+                for k in counts)
+        if not ok:
+            raise UserError(f"{self.path}/meta.json is damaged (a name, source, tokenizer_fingerprint, dtype or "
+                            f"{'/'.join(counts)} entry is missing or of the wrong type); {fix}")
+        for split in ("train", "val"):
+            f, want = self.path / f"{split}.bin", m["tokens"][split] * np.dtype(m["dtype"]).itemsize
+            if want and (not f.is_file() or f.stat().st_size != want):
+                raise UserError(f"{f} does not hold the {m['tokens'][split]:,} tokens meta.json lists; {fix}")
         self._tokens = {}
 
     name = property(lambda self: self.meta["name"])
@@ -230,7 +249,7 @@ def _tokenizer(tok):
 def _special_id(tok, s: str, what: str) -> int:
     i = tok.backend.token_to_id(s)
     if i is None:
-        raise UserError(f"{what} {s!r} is not a token of tokenizer {getattr(tok, 'name', '?')}; "
+        raise UserError(f"{what} {brief(s)} is not a token of tokenizer {getattr(tok, 'name', '?')}; "
                          "use one of its special tokens, such as '</s>'")
     return i
 
@@ -406,7 +425,7 @@ def _checked(shard: Shard) -> Shard:
 def check_val_fraction(v, name: str = "val_fraction"):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 0.5:
         raise UserError(f"{name} must be a number from 0 to 0.5 (the share of documents held out for "
-                         f"validation), got {v!r}")
+                         f"validation), got {brief(v)}")
 
 
 def prepare(sources, tokenizer, out_dir=None, separator="</s>", val_fraction=0.01, field=None,

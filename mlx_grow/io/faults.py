@@ -19,7 +19,7 @@ def armed(point: str, n: int) -> str | None:
     for item in spec.split(","):
         kind, _, where = item.partition("@")
         name, _, at = where.partition(":")
-        if name == point and at.isdigit() and int(at) == n:
+        if name == point and at.isascii() and at.isdigit() and int(at) == n:
             return kind
     return None
 

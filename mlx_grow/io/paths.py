@@ -4,7 +4,7 @@ data, not trust: each must stay inside the folder that names it."""
 import os
 from pathlib import Path
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 
 
 def hub_blobs(folder: Path):
@@ -24,20 +24,20 @@ def inside(root, name, what: str, error=UserError, kind: str = "file") -> Path:
     (kind="dir"). A missing entry is returned as it is, for the caller's own message."""
     root = Path(root)
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise error(f"{what} {name!r} is not a file name: the entry is damaged")
+        raise error(f"{what} {brief(name)} is not a file name: the entry is damaged")
     path = root / name
     try:
         real, base = path.resolve(), root.resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
-        raise error(f"{what} {name!r} cannot be resolved ({e}): the entry is damaged") from None
+        raise error(f"{what} {brief(name)} cannot be resolved ({e}): the entry is damaged") from None
     named = Path(os.path.normpath(root / name))
     blobs = hub_blobs(base) if Path(os.path.normpath(root)) in named.parents else None
     if (real == base or base not in real.parents) and not (blobs is not None and blobs.resolve() in real.parents):
-        raise error(f"{what} {name!r} points outside {root}: refusing to read it (only files inside the "
+        raise error(f"{what} {brief(name)} points outside {root}: refusing to read it (only files inside the "
                     "folder are read)")
     if path.exists():
         ok = real.is_file() if kind == "file" else real.is_dir()
         if not ok:
-            raise error(f"{what} {name!r} in {root} is not a {'regular file' if kind == 'file' else 'folder'}: "
+            raise error(f"{what} {brief(name)} in {root} is not a {'regular file' if kind == 'file' else 'folder'}: "
                         "refusing to read it")
     return path

@@ -9,13 +9,15 @@ returns the tensor as a numpy array; nothing is made before it is written.
 """
 
 import json
+import math
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.io.paths import inside
+from mlx_grow.io.read import parse_json, read_json, shaped
 
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -45,17 +47,20 @@ class SafetensorsFile:
             if n < 2 or n > size - 8:
                 raise UserError(f"{path} is truncated or not a safetensors file (bad header length)")
             try:
-                header = json.loads(f.read(n))
-            except ValueError as e:
-                raise UserError(f"{path} has a corrupt safetensors header ({e})") from None
+                header = parse_json(f.read(n), "it")
+            except UserError as e:  # bad JSON, or nested too deep
+                raise UserError(f"{path} has a corrupt safetensors header ({str(e).removeprefix('it ')})") from None
+        if not isinstance(header, dict):
+            raise UserError(f"{path} has a corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
         self.base, self.tensors = 8 + n, {}
+        entry = {"dtype": str, "shape": [int], "data_offsets": [int]}
         for name, t in header.items():
-            try:
-                dt, shape, (start, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
-                want = tensor_bytes(shape, dt)
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"tensor {name} in {path} has a corrupt or unsupported header entry") from None
+            if not shaped(t, entry) or t["dtype"] not in ST_DTYPES or len(t["data_offsets"]) != 2 \
+                    or min(t["shape"] + t["data_offsets"], default=0) < 0:
+                raise UserError(f"tensor {brief(name)} in {path} has a corrupt or unsupported header entry")
+            dt, shape, (start, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
+            want = math.prod(shape) * np.dtype(ST_DTYPES[dt]).itemsize  # Python ints: no overflow
             if end - start != want:
                 raise UserError(f"tensor {name} in {path} is corrupt: {end - start} bytes for shape {list(shape)}")
             if self.base + end > size:
@@ -94,10 +99,7 @@ class Source:
         self.config, self.prefix, readers, self._last = {}, "", {}, (None, None)
         cfg = self.root / "config.json"
         if cfg.is_file():
-            try:
-                self.config = json.loads(cfg.read_text())
-            except ValueError as e:
-                raise UserError(f"{cfg} is not valid JSON ({e})") from None
+            self.config = read_json(cfg, dict, word="not usable")
         for f in [path] if path.is_file() else self._weight_files(path):
             r = SafetensorsFile(f) if f.suffix == ".safetensors" else self._read_torch(f)
             readers.update({k: r for k in r.tensors})
@@ -112,10 +114,10 @@ class Source:
     def _weight_files(d: Path):
         for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             if (d / index).is_file():
-                try:
-                    names = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
-                except (ValueError, KeyError, AttributeError, TypeError) as e:
-                    raise UserError(f"{d / index} is not a valid shard index ({e})") from None
+                wmap = read_json(d / index, dict, word="not a valid shard index").get("weight_map")
+                if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+                    raise UserError(f"{d / index} is not a valid shard index (no `weight_map` of names to files)")
+                names = sorted(set(wmap.values()))
                 files = [inside(d, n, f"the {index} entry") for n in names]
                 lost = [f.name for f in files if not f.is_file()]
                 if lost:

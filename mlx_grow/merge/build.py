@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mlx.utils import tree_flatten
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.checkpoint import (
     META,
     check_vocab,
@@ -16,7 +16,7 @@ from mlx_grow.checkpoint import (
 from mlx_grow.io import check_output
 from mlx_grow.merge.combine import MergedModel, make_combiner, parse_floats
 from mlx_grow.merge.store import lineage_roots, read_experts, run_sources, save_merged
-from mlx_grow.merge.tune import tune_merged
+from mlx_grow.merge.tune import check_tune, tune_merged
 from mlx_grow.tokenizer import load_tokenizer
 
 
@@ -25,6 +25,8 @@ def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=No
     """Write a merged model directory; nothing is written when a check fails.
     `tune` (a dict of `tune()` options) trains the adapter and/or heads first."""
     out = Path(out)
+    if tune is not None:
+        check_tune(**tune)
     given = [Path(d) for d in expert_dirs]
     if any(out.resolve() == d.resolve() for d in given):
         raise UserError(f"--out {out} is one of the experts; choose a new directory")
@@ -66,7 +68,7 @@ def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
             raise UserError(f"parameter averaging needs identical architectures; {dirs[0]} and {d} differ: {diff}")
     w = parse_floats(weights, len(dirs), "weights") or [1.0] * len(dirs)
     if any(x < 0 for x in w) or sum(w) <= 0:
-        raise UserError(f"weights must be >= 0 and sum to a positive number, got {weights!r}")
+        raise UserError(f"weights must be >= 0 and sum to a positive number, got {brief(weights)}")
     w = [x / sum(w) for x in w]
     models = [load_model(d) for d in dirs]
     flat = [dict(tree_flatten(m.parameters())) for m in models]

@@ -24,7 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 
 COMBINERS = ("mean-logits", "weighted", "mixture")
 
@@ -241,33 +241,33 @@ def parse_floats(text, n: int, what: str):
     try:
         vals = [float(x) for x in (text.split(",") if isinstance(text, str) else text)]
     except ValueError:
-        raise UserError(f"{what} must be comma-separated numbers such as 0.7,0.3, got {text!r}") from None
+        raise UserError(f"{what} must be comma-separated numbers such as 0.7,0.3, got {brief(text)}") from None
     if len(vals) == 1 and what == "temperature":
         vals = vals * n
     if len(vals) != n:
         raise UserError(f"{what} has {len(vals)} value(s) but there are {n} experts: give one per expert")
     if not all(math.isfinite(v) for v in vals):
-        raise UserError(f"{what} must be finite numbers, got {text!r}")
+        raise UserError(f"{what} must be finite numbers, got {brief(text)}")
     return vals
 
 
 def make_combiner(n, combiner="mean-logits", weights=None, temperature=None, router=False, adapter="none",
                   rank=8) -> Combiner:
     if combiner not in COMBINERS:
-        raise UserError(f"unknown combiner {combiner!r}: use {', '.join(COMBINERS)} or average")
+        raise UserError(f"unknown combiner {brief(combiner)}: use {', '.join(COMBINERS)} or average")
     if adapter not in ADAPTERS:
-        raise UserError(f"unknown adapter {adapter!r}: use {', '.join(ADAPTERS)}")
+        raise UserError(f"unknown adapter {brief(adapter)}: use {', '.join(ADAPTERS)}")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise UserError(f"adapter rank must be a positive integer, got {rank!r}")
+        raise UserError(f"adapter rank must be a positive integer, got {brief(rank)}")
     w = parse_floats(weights, n, "weights")
     if w is not None and combiner == "mean-logits":
         raise UserError("mean-logits gives every expert the same weight; use --combiner weighted "
                          "(or mixture) with --weights")
     if w is not None:
         if any(x < 0 for x in w) or sum(w) <= 0:
-            raise UserError(f"weights must be >= 0 and sum to a positive number, got {weights!r}")
+            raise UserError(f"weights must be >= 0 and sum to a positive number, got {brief(weights)}")
         w = [x / sum(w) for x in w]
     t = parse_floats(temperature, n, "temperature")
     if t is not None and any(x <= 0 for x in t):
-        raise UserError(f"temperatures must be > 0, got {temperature!r}")
+        raise UserError(f"temperatures must be > 0, got {brief(temperature)}")
     return Combiner(combiner, w or [], t or [], bool(router), adapter, rank)

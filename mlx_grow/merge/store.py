@@ -1,8 +1,9 @@
 """Merged model directories: check experts, write and load merges (through
 checkpoint.py's writer and reader), find the experts' data sources."""
 
+import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,9 +20,10 @@ from mlx_grow.checkpoint import (
     open_model_dir,
     read_meta,
     read_tokenizer,
+    weights_substrate,
     write_model_dir,
 )
-from mlx_grow.merge.combine import Combiner, MergedModel
+from mlx_grow.merge.combine import ADAPTERS, COMBINERS, Combiner, MergedModel
 
 
 def _short(fp) -> str:
@@ -50,14 +52,17 @@ def read_experts(expert_dirs):
     a = dirs[0]
     for d, m, v in zip(dirs[1:], metas[1:], vocab[1:]):
         if m.get("tokenizer") != metas[0].get("tokenizer"):
-            raise UserError(f"experts use different tokenizers:\n  {a}: {_short(metas[0].get('tokenizer'))}\n"
-                             f"  {d}: {_short(m.get('tokenizer'))}\nmerge only experts trained with the same tokenizer")
+            raise UserError(f"experts use different tokenizers ({a}: {_short(metas[0].get('tokenizer'))}, {d}: "
+                            f"{_short(m.get('tokenizer'))}); merge only experts trained with the same tokenizer")
         if v != vocab[0]:
             raise UserError(f"experts have different vocabularies: {a} has {vocab[0]:,} ids, {d} has {v:,}")
-        if m.get("substrate") != metas[0].get("substrate"):
-            raise UserError(f"experts differ in their substrate, so their inputs mean different things:\n"
-                             f"  {a}: {_short(metas[0].get('substrate'))}\n  {d}: {_short(m.get('substrate'))}\n"
-                             "merge only experts trained on the same frozen substrate table")
+    for d, m in zip(dirs, metas):  # the table in the weights, never the record of it in mlx_grow.json
+        m["substrate"] = weights_substrate(d)
+    for d, m in zip(dirs[1:], metas[1:]):
+        if m["substrate"] != metas[0]["substrate"]:
+            raise UserError(f"experts differ in their substrate, so their inputs mean different things ({a}: "
+                            f"{_short(metas[0]['substrate'])}; {d}: {_short(m['substrate'])}); merge only experts "
+                            "trained on the same frozen substrate table")
     return dirs, metas
 
 
@@ -69,7 +74,7 @@ def save_merged(model: MergedModel, out, tokenizer, dirs, metas, tuned=None, ove
     adapter = dict(tree_flatten(model.adapter.parameters())) if model.adapter is not None else None
     with write_model_dir(out, overwrite=overwrite) as w:
         w.merged(experts, model.experts[0].substrate.table, tokenizer, asdict(model.combiner), adapter, tuned,
-                 substrate=metas[0].get("substrate"))
+                 substrate=metas[0]["substrate"])
     return Path(out)
 
 
@@ -78,6 +83,15 @@ def load_merged(path, verify: bool = True):
     path = Path(path)
     meta = open_model_dir(path, verify, what="merged model directory")
     comb = meta["combiner"]
+    n = len(meta["experts"])
+    weights, temps = comb.get("weights") or [], comb.get("temperature") or []
+    ok = not set(comb) - {f.name for f in fields(Combiner)} and comb.get("kind", "mean-logits") in COMBINERS \
+        and comb.get("adapter", "none") in ADAPTERS and comb.get("rank", 8) >= 1 \
+        and len(weights) in (0, n) and all(math.isfinite(w) and w >= 0 for w in weights) \
+        and len(temps) in (0, n) and all(math.isfinite(t) and t > 0 for t in temps)
+    if not ok:  # mlx_grow.json's types are checked when read; these are the values a combiner accepts
+        raise CheckpointError(f"{path / META} is corrupt (its combiner record is not one mlx-grow writes); restore it "
+                              "or re-create the merge")
     model = MergedModel(load_experts(path, meta), Combiner(**comb))
     if model.adapter is not None:
         f = path / ADAPTER

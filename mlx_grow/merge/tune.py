@@ -4,13 +4,21 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief, need_int, need_number
 from mlx_grow.checkpoint import load_model
 from mlx_grow.merge.combine import MergedModel, make_combiner
 from mlx_grow.merge.store import load_merged, read_experts
 from mlx_grow.tokenizer import load_tokenizer
 
 TUNE_PARTS = ("adapter", "heads", "both", "all")  # all: every expert's blocks, norms and heads (+ adapter)
+
+
+def check_tune(steps=100, lr=3e-3, batch_size=8, seq_len=None, **_):
+    """Refuse tuning options that would tune nothing (0 steps) or nonsense, before any work."""
+    need_int("--tune-steps", steps, 1)
+    need_number("--tune-lr", lr, 0, open_lo=True)
+    need_int("--tune-batch-size", batch_size, 1)
+    need_int("--tune-seq-len", seq_len, 1, optional=True)
 
 
 def tune_merged(model: MergedModel, tokenizer, sources, part="adapter", steps=100, lr=3e-3, batch_size=8,
@@ -30,7 +38,7 @@ def tune_merged(model: MergedModel, tokenizer, sources, part="adapter", steps=10
     )
 
     if part not in TUNE_PARTS:
-        raise UserError(f"unknown tune part {part!r}: use {', '.join(TUNE_PARTS)}")
+        raise UserError(f"unknown tune part {brief(part)}: use {', '.join(TUNE_PARTS)}")
     if part in ("adapter", "both") and model.adapter is None:
         raise UserError("tuning the adapter needs one: choose --adapter token, lowrank or gate")
     seq_len = seq_len or min(128, *(e.args.max_position_embeddings for e in model.experts))
@@ -75,6 +83,8 @@ def compare(expert_dirs, sources, merged=(), seq_len=None, batches=4, batch_size
     from mlx_grow.data.stream import open_stream
     from mlx_grow.training.step import evaluate
 
+    need_int("--batches", batches, 1)
+    need_int("--seq-len", seq_len, 1, optional=True)
     dirs, _ = read_experts(expert_dirs)
     if not sources:
         raise UserError("compare needs at least one --data SOURCE whose validation text to score")

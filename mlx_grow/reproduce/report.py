@@ -120,20 +120,66 @@ def _verdict_close(a: float, b: float, spread: float, what: str) -> str:
     return f"{what} {'higher' if d > 0 else 'lower'} by {abs(d):.3f} nats (beyond 2σ = {2 * spread:.3f})"
 
 
-def write_report(res: dict, md_path: Path) -> Path:
+SUBSTRATE_CLAIM = ("Frozen non-semantic substrates learn; fixed 16-bit codes match a learned input table "
+                   "(perplexity 2.36 vs 2.44, within the 4.8 % seed spread)")
+
+
+def substrate_claim(p1: list) -> tuple:
+    """Part 1's row of the claims table, worded only from the substrates that ran
+    (`reproduce --substrate` may leave out the 16-bit id or the trainable table)."""
+    frozen = {r["label"]: r["val_loss"] for r in p1 if r["label"] != "trainable embeddings"}
+    train = next((r["val_loss"] for r in p1 if r["label"] == "trainable embeddings"), None)
+    if not frozen:
+        return SUBSTRATE_CLAIM, (f"only the trainable table ran ({train:.3f} nats; --substrate), so no frozen "
+                                 "substrate is compared")
+    best_f, worst_f = min(frozen, key=frozen.get), max(frozen, key=frozen.get)
+    ours = (f"the frozen substrates reached {frozen[best_f]:.3f} ({best_f}) to {frozen[worst_f]:.3f} nats "
+            f"({worst_f}), from ln 65,536 = {math.log(65536):.2f} at chance")
+    if train is not None and "16-bit id" in frozen:
+        ratio = math.exp(frozen["16-bit id"] - train)
+        ours += (f"; the 16-bit id model's perplexity is {ratio:.3f}× the trainable table's "
+                 f"({'lower' if ratio < 1 else 'higher'}, one seed)")
+    elif train is not None:
+        ours += "; the 16-bit id substrate did not run (--substrate), so it is not compared with the trainable table"
+    else:
+        ours += "; the trainable table did not run (--substrate), so the frozen ones are not compared with it"
+    return SUBSTRATE_CLAIM, ours
+
+
+def owner_line(reproduction) -> str:
+    """The line a reproduction's report starts with: its proof that it wrote the file."""
+    return f"<!-- written by mlx-grow reproduce for {reproduction}; each run of it rewrites this file -->"
+
+
+def write_report(res: dict, md_path: Path, reproduction: str | None = None) -> Path:
+    """The report at `md_path` and its figures folder beside it (the name without
+    .md; results.json and the plots), each replaced whole. `reproduction`: the
+    folder (resolved) of the reproduction that writes it, recorded in both."""
+    from mlx_grow.io.atomic import REPORT_MARKER, atomic_dir, write_marker
+
     md_path = Path(md_path)
-    figs = md_path.parent / md_path.stem
-    figs.mkdir(parents=True, exist_ok=True)
-    rel = lambda p: f"{figs.name}/{p.name}"  # noqa: E731
+    final = md_path.parent / md_path.stem
+    first_line = owner_line(reproduction) if reproduction else None
+    with atomic_dir(final, overwrite=True, marker=REPORT_MARKER) as figs:  # run.check_report said it may
+        text = _write(res, figs, final.name, first_line)
+        write_marker(figs, REPORT_MARKER, {"format_version": 1, "kind": "reproduce", "report": md_path.name,
+                                           "reproduction": reproduction})
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(text)
+    return md_path
+
+
+def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
+    """results.json and the plots into `figs`; the report's text, its links under `name`/."""
+    rel = lambda p: f"{name}/{p.name}"  # noqa: E731
     s, runs, m = res["scale"], res["runs"], res["machine"]
     by = lambda part: [r for r in runs if r["part"] == part]  # noqa: E731
     import json
 
-    with atomic_path(figs / "results.json") as tmp:
-        tmp.write_text(json.dumps(res, indent=1))
-    L = [f"# Reproduction at `--scale {s['name']}`", "",
+    (figs / "results.json").write_text(json.dumps(res, indent=1))
+    L = ([first_line, ""] if first_line else []) + [f"# Reproduction at `--scale {s['name']}`", "",
          "Produced by a real run of the command below; every number and plot here comes from that run "
-         f"([{figs.name}/results.json]({figs.name}/results.json) holds the raw records, loss curves "
+         f"([{name}/results.json]({name}/results.json) holds the raw records, loss curves "
          "included). Nothing was tuned toward the papers' results: where ours differ, the text says so.", "",
          "```bash", res["command"], "```", "",
          f"- **Machine:** {m['platform']}, {m['cpus']} CPUs, {m.get('memory_gb', '?')} GiB, MLX {m['mlx']} on "
@@ -169,18 +215,7 @@ def write_report(res: dict, md_path: Path) -> Path:
         plot_curves({r["label"]: [r] for r in p1}, figs / "substrates.png", "validation loss by input substrate",
                     axes=("tokens",))
         L += ["", f"![substrates]({rel(figs / 'substrates.png')})", ""]
-        frozen = {r["label"]: r["val_loss"] for r in p1 if r["label"] != "trainable embeddings"}
-        train = next((r["val_loss"] for r in p1 if r["label"] == "trainable embeddings"), None)
-        best_f = min(frozen, key=frozen.get)
-        if train is not None:
-            ratio = math.exp(frozen["16-bit id"] - train)
-            worst_f = max(frozen, key=frozen.get)
-            claims.append(("Frozen non-semantic substrates learn; fixed 16-bit codes match a learned input "
-                           "table (perplexity 2.36 vs 2.44, within the 4.8 % seed spread)",
-                           f"the frozen substrates reached {frozen[best_f]:.3f} ({best_f}) to {frozen[worst_f]:.3f} "
-                           f"nats ({worst_f}), from ln 65,536 = {math.log(65536):.2f} at chance; the "
-                           f"16-bit id model's perplexity is {ratio:.3f}× the trainable table's "
-                           f"({'lower' if ratio < 1 else 'higher'}, one seed)"))
+        claims.append(substrate_claim(p1))
     # 2. grown vs monolithic
     p2 = by(2)
     if p2:
@@ -300,6 +335,4 @@ def write_report(res: dict, md_path: Path) -> Path:
     L += ["", "Substrate choices where the papers are silent: the float substrate is a random "
           f"{s['hidden']}-bit code → PCA → L2 at d_model width; the 64-bit code is collision-free random "
           "(seed 0); the glyph substrate follows shared/glyph-substrate.md. Hyper-parameters are ours.", ""]
-    with atomic_path(md_path) as tmp:
-        tmp.write_text("\n".join(L))
-    return md_path
+    return "\n".join(L)

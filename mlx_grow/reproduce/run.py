@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
-from mlx_grow.io.atomic import atomic_path
+from mlx_grow.base import UserError, brief
+from mlx_grow.io.atomic import REPORT_MARKER, atomic_path, replaceable
+from mlx_grow.io.read import NUMBER, read_json
+from mlx_grow.reproduce.report import owner_line
 from mlx_grow.reproduce.scales import (
     EVAL_TASKS,
     EXPERT_DATA,
@@ -28,6 +30,18 @@ from mlx_grow.reproduce.scales import (
 )
 
 MARK = "reproduce.json"
+REBUILT = "delete it and run again: it is rebuilt from the finished runs"
+
+# What each record file holds (io.read.shaped); the report reads nothing else.
+NONE = type(None)
+CURVE = {"tokens": [NUMBER], "flops": [(NUMBER, NONE)], "val_loss": [NUMBER],
+         "grows": [{"depth": int, "tokens": (NUMBER, NONE), "flops": (NUMBER, NONE)}], "peak_mem_mb": NUMBER}
+RECORD = {"part": int, "key": str, "label": str, "seed": int, "final": str, "run": str, "val_loss": NUMBER,
+          "tokens": int, "flops": (NUMBER, NONE), "wall_s": NUMBER, "tok_s": NUMBER, "active_params": int,
+          "stages": [{"val_loss": NUMBER}], "curve": CURVE, "depth": int, "substrate": str}
+COMPOSITION = {"sources": [str], "tune_steps": int, "tune_s": NUMBER, "rows": {"*": {"*": NUMBER}}}
+DEPTH = {"run": str, "limit": (int, NONE), "chance": {"*": (NUMBER, NONE)}, "items": {"*": int},
+         "by_depth": {"*": {"*": {"acc": NUMBER}}}, "wall_s": NUMBER}
 
 
 def write_json(path: Path, obj):
@@ -48,10 +62,12 @@ def glyph_available(font=None) -> bool:
 def open_out(out: Path, settings: dict):
     """A new folder, or one this command started with the same settings."""
     mark = out / MARK
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose a new --out")
     if out.exists() and any(out.iterdir()):
         if not mark.is_file():
             raise UserError(f"{out} exists and is not a reproduction folder (no {MARK}); choose a new --out")
-        old = json.loads(mark.read_text())
+        old = read_json(mark, dict, fix="restore it, or choose a new --out", shape={"settings": dict})
         if old.get("settings") != settings:
             changed = sorted(k for k in set(old.get("settings", {})) | set(settings)
                              if old.get("settings", {}).get(k) != settings.get(k))
@@ -60,6 +76,46 @@ def open_out(out: Path, settings: dict):
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(mark, {"settings": settings})
+
+
+def check_report(md: Path, out: Path):
+    """The report and its figures folder (the report's name without .md, beside it) by
+    the rule of every output, before any run starts: new paths are written; existing
+    ones only when they are this reproduction's own report (its first line says so,
+    the folder's mlx_grow_report.json lists every file in it). Anything else, a
+    user's README.md or figs/ folder, is refused and never written into."""
+    figs = md.parent / md.stem
+    if md.is_dir():
+        raise UserError(f"--report {md} is a folder; give the report's file name, e.g. {md / 'reproduction.md'}")
+    if md.exists() or md.is_symlink():
+        ours = False
+        if md.is_file() and not md.is_symlink():  # never open a FIFO or follow a link
+            try:
+                with md.open(encoding="utf-8") as f:
+                    ours = f.readline(1000).strip() == owner_line(out.resolve())
+            except (OSError, UnicodeDecodeError):
+                pass
+        if not ours:
+            raise UserError(f"--report {md} exists and is not this reproduction's report (mlx-grow did not write "
+                            "it, or wrote it for another reproduction); choose another --report, or move it")
+    if figs.exists() or figs.is_symlink():
+        try:
+            replaceable(figs, marker=REPORT_MARKER)
+            ours = read_json(figs / REPORT_MARKER).get("reproduction") == str(out.resolve())
+        except (FileExistsError, UserError, OSError):
+            ours = False
+        if not ours:
+            raise UserError(f"{figs}, the folder the report's figures go in (the report's name without .md), exists "
+                            "and is not this reproduction's (mlx-grow did not write it, wrote it for another "
+                            "reproduction, or it holds other files); choose another --report, or move it")
+
+
+def check_sources(sources):
+    """Every data source of the runs exists (read later, run by run)."""
+    from mlx_grow.data.corpora import check_source
+
+    for s in dict.fromkeys(sources):
+        check_source(s)
 
 
 def curve(run_dir: Path) -> dict:
@@ -81,7 +137,7 @@ def train_run(job, root: Path, progress: bool, echo) -> dict:
     part, key, label, seed, cfg = job
     rec_path = root / "records" / f"{key}.json"
     if rec_path.is_file():
-        return json.loads(rec_path.read_text())
+        return read_record(root, job)
     run_dir = root / "runs" / key
     t0 = time.perf_counter()
     final, summary = grow(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=progress,
@@ -89,13 +145,34 @@ def train_run(job, root: Path, progress: bool, echo) -> dict:
     wall = time.perf_counter() - t0
     c = curve(run_dir)
     tokens = summary[-1]["tokens"]
-    rec = {"part": part, "key": key, "label": label, "seed": seed, "final": str(final),
-           "run": str(run_dir), "val_loss": summary[-1]["val_loss"], "tokens": tokens,
+    # paths relative to the reproduction folder, as in a model folder (read back by read_record)
+    rec = {"part": part, "key": key, "label": label, "seed": seed, "final": f"runs/{key}/final",
+           "run": f"runs/{key}", "val_loss": summary[-1]["val_loss"], "tokens": tokens,
            "flops": c["flops"][-1] if c["flops"] else None, "wall_s": wall, "tok_s": tokens / wall,
            "active_params": max(s["active_params"] for s in summary), "stages": summary, "curve": c,
            "depth": cfg.depth, "substrate": cfg.model.substrate.kind}
     write_json(rec_path, rec)
     echo(f"  {key}: validation loss {rec['val_loss']:.4f} after {tokens:,} tokens, {wall:.0f} s")
+    return read_record(root, job)
+
+
+def read_record(root: Path, job) -> dict:
+    """OUT/records/KEY.json, checked: the shape the report reads, the job it is of, and
+    its paths, which must be this job's run folder inside OUT (a record never points a
+    merge or a benchmark at a model elsewhere); they come back as paths under `root`."""
+    part, key, label = job[:3]
+    f = root / "records" / f"{key}.json"
+    fix = "delete it and run again: its finished run is reused"
+    rec = read_json(f, dict, fix=fix, shape=RECORD)
+    if (rec["part"], rec["key"], rec["label"]) != (part, key, label):
+        raise UserError(f"{f} is damaged (it is the record of {brief(rec['key'])}, not of {key}); {fix}")
+    for field, rel in (("run", f"runs/{key}"), ("final", f"runs/{key}/final")):
+        want = (root / rel).resolve()
+        v = rec[field]  # relative to OUT; older records: the same folder as the command named it
+        if (root / v).resolve() != want and Path(v).resolve() != want:
+            raise UserError(f"{f} is damaged: its `{field}` {brief(v)} is not {rel} inside {root} (a record names "
+                            f"only its own run folder); {fix}")
+        rec[field] = str(root / rel)
     return rec
 
 
@@ -119,7 +196,7 @@ def composition(s, root: Path, expert_recs: list, sources, progress: bool, echo)
 
     path = root / "records" / "composition.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return check_composition(read_json(path, dict, fix=REBUILT, shape=COMPOSITION), path)
     dirs = [r["final"] for r in expert_recs]
     tuned = root / "runs" / "merged-tuned"
     t0 = time.perf_counter()
@@ -134,6 +211,26 @@ def composition(s, root: Path, expert_recs: list, sources, progress: bool, echo)
     rec = {"sources": [source_name(x) for x in sources], "tune_steps": s.tune_steps, "tune_s": tune_s,
            "rows": {rename.get(k, k): v for k, v in table.items()}}
     write_json(path, rec)
+    return check_composition(rec, path)
+
+
+def check_composition(rec: dict, path) -> dict:
+    """The rows the report reads: both experts and mean-logits, each scored on every source and the union."""
+    cols = [*rec["sources"], "union"]
+    rows = rec["rows"]
+    if len(rec["sources"]) != 2 or not {"expert 1", "expert 2", "mean-logits"} <= set(rows) or any(
+            set(r) != set(cols) for r in rows.values()):
+        raise UserError(f"{path} is damaged (its rows are not the experts' and merges' scores on "
+                        f"{', '.join(cols)}); {REBUILT}")
+    return rec
+
+
+def check_depth(rec: dict, path) -> dict:
+    """Depths that are block counts, each scored on the same tasks."""
+    by = rec["by_depth"]
+    tasks = {frozenset(v) for v in by.values()}
+    if not by or not all(d.isascii() and d.isdigit() for d in by) or len(tasks) != 1 or not next(iter(tasks)):
+        raise UserError(f"{path} is damaged (its scores are not one set of tasks per depth); {REBUILT}")
     return rec
 
 
@@ -144,7 +241,7 @@ def depth_scores(s, root: Path, run_dir: str, tasks, echo) -> dict:
 
     path = root / "records" / "depth.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return check_depth(read_json(path, dict, fix=REBUILT, shape=DEPTH), path)
     try:
         loaded = [T.load_task(t, s.eval_limit) for t in tasks]
     except (FileNotFoundError, UserError) as e:
@@ -163,7 +260,7 @@ def depth_scores(s, root: Path, run_dir: str, tasks, echo) -> dict:
     rec = {"run": run_dir, "limit": s.eval_limit, "chance": chance, "items": {t.name: len(t.items) for t in loaded},
            "by_depth": {str(d): rows[d] for d in sorted(rows)}, "wall_s": time.perf_counter() - t0}
     write_json(path, rec)
-    return rec
+    return check_depth(rec, path)
 
 
 def machine() -> dict:
@@ -219,7 +316,8 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     s = get_scale(scale)
     experts = tuple(experts or SCALE_EXPERTS.get(s.name) or EXPERT_DATA)
     if len(experts) != 2:
-        raise UserError(f"--experts takes two data sources, got {len(experts)}")
+        raise UserError(f"--expert is given twice, once for each of part 4's two corpora (e.g. --expert a.txt "
+                        f"--expert b.txt); got it {len(experts)} time{'s' if len(experts) != 1 else ''}")
     tasks = tuple(tasks or EVAL_TASKS)
     glyph = glyph_available(font)
     subs = substrate_labels(substrates) if substrates else None
@@ -247,6 +345,10 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     out = Path(out or f"reproduce-{s.name}")
     settings = {"scale": s.to_dict(), "data": list(data or []), "experts": list(experts), "tasks": list(tasks),
                 "glyph": glyph, "substrates": subs}
+    # Every check before the first write: a refused input never blocks the corrected rerun.
+    md_path = Path(report) if report else out / "reproduction.md"
+    check_report(md_path, out)
+    check_sources([*(data or []), *experts])
     open_out(out, settings)
     t0 = time.perf_counter()
     recs = []
@@ -266,7 +368,10 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     echo("part 5: benchmarks on every grown stage")
     grown0 = next(r for r in recs if r["key"] == "grown-s0")
     depth = depth_scores(s, out, grown0["run"], tasks, echo)
-    before = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    before = read_json(out / "results.json", dict, fix=REBUILT, shape={"wall_s": NUMBER}) \
+        if (out / "results.json").is_file() else {}
+    if not isinstance(before.get("invocations", 1), int):
+        raise UserError(f"{out / 'results.json'} is damaged (its invocations entry is not a count); {REBUILT}")
     results = {"scale": s.to_dict(), "estimate": est, "machine": machine(), "runs": recs, "composition": comp,
                "depth": depth, "wall_s": before.get("wall_s", 0) + time.perf_counter() - t0,
                "invocations": before.get("invocations", 1 if before else 0) + 1,
@@ -274,7 +379,7 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
                "command": command or f"mlx-grow reproduce --scale {s.name}",
                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_json(out / "results.json", results)
-    md = write_report(results, Path(report) if report else out / "reproduction.md")
+    md = write_report(results, md_path, str(out.resolve()))
     echo(f"report: {md}")
     results["report"] = str(md)
     return results

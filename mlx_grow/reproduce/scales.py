@@ -3,7 +3,7 @@ and the cost estimate printed before a run starts."""
 
 from dataclasses import asdict, dataclass
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.config import RunConfig
 
 TOKENIZER = "bvv241-2-3"
@@ -69,7 +69,7 @@ def get_scale(name) -> Scale:
     if isinstance(name, Scale):
         return name
     if name not in SCALES:
-        raise UserError(f"unknown scale {name!r}: use one of {', '.join(SCALES)}")
+        raise UserError(f"unknown scale {brief(name)}: use one of {', '.join(SCALES)}")
     return SCALES[name]
 
 
@@ -104,7 +104,7 @@ def substrate_labels(names) -> list:
     for n in names:
         hit = [label for label in SUBSTRATES if label.startswith(n)]
         if len(hit) != 1:
-            raise UserError(f"unknown substrate {n!r} for part 1: use glyph, 16-bit, 64-bit, float or trainable")
+            raise UserError(f"unknown substrate {brief(n)} for part 1: use glyph, 16-bit, 64-bit, float or trainable")
         out.append(hit[0])
     return out
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 
 
 def load_table_file(path) -> np.ndarray:
@@ -29,7 +29,7 @@ def load_table_file(path) -> np.ndarray:
                 obj = next(iter(obj.values()))
             table = np.asarray(obj)
         else:
-            raise UserError(f"unknown table format {path.suffix!r}: use .npy, .safetensors or .pt")
+            raise UserError(f"unknown table format {brief(path.suffix)}: use .npy, .safetensors or .pt")
     except Exception as e:  # safetensors, numpy and pickle readers raise their own types
         if isinstance(e, ValueError) and "unknown table format" in str(e):
             raise

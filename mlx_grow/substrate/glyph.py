@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 
 UNIFONT_PATHS = (
     "/usr/share/fonts/opentype/unifont/unifont.otf",
@@ -125,7 +125,7 @@ def augment_constants(cls: str, width: int, height: int, augment: str = "2-3"):
 
 def _table(augment: str) -> dict:
     if augment not in AUGMENT:
-        raise UserError(f"unknown glyph augmentation {augment!r}; use one of {', '.join(AUGMENT)}")
+        raise UserError(f"unknown glyph augmentation {brief(augment)}; use one of {', '.join(AUGMENT)}")
     return AUGMENT[augment]
 
 

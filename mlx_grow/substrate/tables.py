@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_grow.base import UserError, opt
+from mlx_grow.base import UserError, brief, need_bool, need_int, need_str, opt
 from mlx_grow.substrate.codes import (
     gf2_code,
     id_bits,
@@ -52,25 +52,31 @@ class SubstrateArgs:
     tokenizer: Optional[str] = opt(None, "glyph: the tokenizer whose token strings are rendered")
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise UserError(f"unknown substrate kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        for key in ("bits", "font_size"):
+            need_int(f"model.substrate.{key}", getattr(self, key), 1)
+        need_int("model.substrate.seed", self.seed, 0)
+        need_bool("model.substrate.trainable", self.trainable)
+        for key in ("path", "font", "tokenizer"):
+            need_str(f"model.substrate.{key}", getattr(self, key), optional=True)
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
+            raise UserError(f"unknown substrate kind {brief(self.kind)}; use one of {', '.join(KINDS)}")
         if self.order not in ("msb", "lsb"):
-            raise UserError(f"substrate order must be 'msb' or 'lsb', got {self.order!r}")
+            raise UserError(f"substrate order must be 'msb' or 'lsb', got {brief(self.order)}")
         if self.expansion not in ("repeat", "tile"):
-            raise UserError(f"substrate expansion must be 'repeat' or 'tile', got {self.expansion!r}")
+            raise UserError(f"substrate expansion must be 'repeat' or 'tile', got {brief(self.expansion)}")
         if self.code_bits is not None:
             if self.kind != "float":
                 raise UserError(f"substrate code_bits is the random code's width before PCA, for kind float only; "
-                                f"this substrate is {self.kind!r} (its width is bits)")
+                                f"this substrate is {brief(self.kind)} (its width is bits)")
             if isinstance(self.code_bits, bool) or not isinstance(self.code_bits, int) or self.code_bits < self.bits:
                 raise UserError(f"substrate code_bits must be an integer >= bits ({self.bits}): PCA keeps bits "
-                                f"components of a code_bits-wide code; got {self.code_bits!r}")
+                                f"components of a code_bits-wide code; got {brief(self.code_bits)}")
 
     @classmethod
     def from_dict(cls, params: dict, where: str = "substrate config"):
         from mlx_grow.base import strict_from_dict
 
-        return strict_from_dict(cls, dict(params), where)
+        return strict_from_dict(cls, params, where)
 
     def recipe(self) -> dict:
         """The parameters that determine the table (for the fingerprint)."""
@@ -169,7 +175,9 @@ def describe_file(path) -> dict:
         meta = path / "mlx_grow.json"
         if not meta.exists():
             raise FileNotFoundError(f"{path} has no mlx_grow.json: not a mlx-grow model directory")
-        return {"substrate": json.loads(meta.read_text()).get("substrate")}
+        from mlx_grow.io.read import read_json
+
+        return {"substrate": read_json(meta, dict, word="corrupt").get("substrate")}
     from safetensors import safe_open
 
     try:
@@ -179,7 +187,10 @@ def describe_file(path) -> dict:
         raise UserError(f"cannot read {path}: {e}; is it a substrate .safetensors file?") from e
     if "fingerprint" not in meta:
         raise UserError(f"{path} carries no substrate fingerprint; build it with `mlx-grow substrate build`")
-    return {"recipe": json.loads(meta["substrate"]), "fingerprint": json.loads(meta["fingerprint"])}
+    from mlx_grow.io.read import parse_json
+
+    return {"recipe": parse_json(meta.get("substrate", "null"), f"the substrate record in {path}"),
+            "fingerprint": parse_json(meta["fingerprint"], f"the substrate fingerprint in {path}")}
 
 
 class Substrate(nn.Module):

@@ -9,7 +9,6 @@ set, a fresh compiled step), `train_step`, `evaluate_now` + `plateaued`,
 `restart_lora`, `save_checkpoint` (or explain why it could not), `end_stage`.
 """
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,9 @@ from mlx_grow.training.prefix_cache import PrefixCache
 from mlx_grow.training.runs import (
     Run,
     barrier,
+    check_checkpoint_config,
     load_checkpoint,
+    read_run_json,
     remove_stale_temp,
     shared_checkpoint,
 )
@@ -100,11 +101,18 @@ def add_adapters(model: Model, stage: Stage, cfg: RunConfig, key) -> int:
     return L.add_lora(model.layers[:frozen], stage.lora_rank, lcfg.scale, lcfg.targets, key)
 
 
-def build_model(args, tokenizer, first_blocks: int, seed: int) -> Model:
-    """A fresh model with the first stage's blocks; the substrate from its recipe."""
+def substrate_table(args, tokenizer):
+    """The substrate table a fresh model starts from (its recipe, or substrate.path)."""
+    strings = tokenizer.token_strings() if args.substrate.kind == "glyph" and not args.substrate.path else None
+    return build_table(args.substrate, args.vocab_size, args.hidden_size, strings)
+
+
+def build_model(args, tokenizer, first_blocks: int, seed: int, table=None) -> Model:
+    """A fresh model with the first stage's blocks; the substrate from its recipe
+    (or `table`, built already by the input checks)."""
     a = type(args).from_dict({**args.to_dict(), "num_hidden_layers": first_blocks})
-    strings = tokenizer.token_strings() if a.substrate.kind == "glyph" and not a.substrate.path else None
-    table = build_table(a.substrate, a.vocab_size, a.hidden_size, strings)
+    if table is None:
+        table = substrate_table(a, tokenizer)
     model = Model(a, substrate_table=table)
     init_weights(model, init_seed(seed))
     return model
@@ -152,9 +160,11 @@ class Grower:
     """One run of a growth (or monolithic) schedule; `run()` returns the final model dir."""
 
     def __init__(self, cfg: RunConfig, out, resume=False, progress=True, on_step=None, echo=print, restart=False,
-                 from_dir=None):
+                 from_dir=None, allow_large=False):
         self.cfg, self.out, self.resume, self.restart = cfg, Path(out), resume, restart
         check_reachable(cfg)  # first: before even the tokenizer cache is written
+        self.allow_large = allow_large
+        self.table = None  # the substrate table of a fresh model, built while checking the inputs
         self.on_step, self.show_progress = on_step, progress
         self.t, self.g, self.args = cfg.train, cfg.grow, cfg.model
         self.seed = self.t.seed
@@ -193,8 +203,8 @@ class Grower:
                 raise UserError(f"--resume continues {self.out} from the model it was started from (run.json "
                                 "`from`); resume without --from")
             try:
-                return json.loads((self.out / "run.json").read_text()).get("from"), None
-            except (OSError, ValueError, AttributeError):  # missing or damaged: Run.check says so
+                return read_run_json(self.out / "run.json", "").get("from"), None
+            except (OSError, UserError):  # missing or damaged: Run.check says so
                 return None, None
         if from_dir is None:
             return None, None
@@ -227,7 +237,7 @@ class Grower:
 
     def run(self):
         run = self.run_dir = Run(self.out, self.rank)
-        record = {**self.cfg.to_dict(), "seed": self.seed, "depth": self.cfg.depth}
+        record = self.record = {**self.cfg.to_dict(), "seed": self.seed, "depth": self.cfg.depth}
         fps = {"tokenizer": self.tok.fingerprint, **({"from": self.source} if self.source else {})}
         # Everything is checked before the first write, so a bad input leaves no run behind.
         run.check(record, fps, self.resume)
@@ -235,6 +245,8 @@ class Grower:
             return done
         self.check_inputs()
         ckpt = shared_checkpoint(run, self.group, self.restart) if self.resume else None
+        if ckpt is not None:  # run.json as the checkpoint's own record of the config says it was
+            check_checkpoint_config(self.out, ckpt, record, self.cfg.base)
         run.init(record, fps, self.resume, barrier=lambda: barrier(self.group))
         if self.rank == 0:
             remove_stale_temp(self.out)
@@ -247,7 +259,8 @@ class Grower:
             if self.source:  # the source's blocks, all frozen; the stages add blocks on top
                 self.model = self.load_source()
             else:
-                self.model = build_model(self.args, self.tok, self.stages[0].new, self.seed)
+                self.model = build_model(self.args, self.tok, self.stages[0].new, self.seed, self.table)
+                self.table = None
             if self.resume:  # no checkpoint yet: start over in the same folder
                 run.truncate_metrics(0)
         self.cast()
@@ -277,19 +290,27 @@ class Grower:
         if not (final / "mlx_grow.json").is_file():
             return None
         summary = (read_meta(final).get("lineage") or {}).get("summary") or []
+        summary = summary if isinstance(summary, list) else []
         self.say(f"{self.out} is finished: {final} holds its model. Nothing was changed; to train further, "
                  "start a new run with --out")
         return final, summary
 
     def check_inputs(self):
-        """The memory fits (the planner), no source is read more than data.max_passes times
-        (training/passes.py; estimated, then counted once the first stage's shards are
-        prepared or found in the cache), and the first stage's validation batches."""
+        """Memory fit (the planner); for a new run a plausible schedule and the disk
+        space it needs, and the substrate table (built here, so a refused
+        substrate.path leaves no run behind); no source is read more than
+        data.max_passes times (training/passes.py; estimated, then counted once the
+        first stage's shards are prepared or found in the cache); then the first
+        stage's validation batches."""
         from mlx_grow.training import passes
-        from mlx_grow.training.memory import fit_check
+        from mlx_grow.training.memory import disk_check, fit_check, plausible_check
 
         fit_check(self.cfg, self.world)
         if not self.resume:  # a resumed run was checked when it started
+            plausible_check(self.cfg, len(self.stages), self.allow_large)
+            disk_check(self.cfg, self.stages, self.out, len(self.tok_out.backend.to_str()))
+            if not self.source:
+                self.table = substrate_table(self.args, self.tok)
             # before preparing: what is known without it (a small local source is prepared in seconds and
             # checked below, after the preparation has said what is wrong with it, if anything)
             passes.check(self.cfg, [r for r in passes.table(self.cfg, self.tok) if r.how != "counted"])
@@ -437,7 +458,8 @@ class Grower:
 
     def save_checkpoint(self, st: Stage):
         pos, run = self.pos, self.run_dir
-        state = {"stage": st.index, "step": pos.step, "global_step": pos.global_step, "tokens": pos.tokens,
+        state = {"config": self.record, "stage": st.index, "step": pos.step, "global_step": pos.global_step,
+                 "tokens": pos.tokens,
                  "flops": pos.flops, "lora": L.lora_structure(self.model), "plateau": pos.plateau, "reads": pos.reads,
                  "summary": pos.summary, "lineage": self.lineage(run=str(self.out), stage=st.index + 1,
                                                              step=pos.global_step)}
@@ -484,12 +506,13 @@ class Grower:
 
 
 def grow(config: RunConfig, out, resume: bool = False, seed: int | None = None, progress: bool = True,
-         on_step=None, echo=print, restart: bool = False, from_dir=None):
+         on_step=None, echo=print, restart: bool = False, from_dir=None, allow_large: bool = False):
     """Run a growth (or monolithic) schedule; return (final model directory, stage summary).
     `seed` overrides train.seed; `on_step(global_step, model)` observes each step. A
     resume whose every checkpoint is damaged stops unless `restart` (start over at step 0).
     `from_dir`: grow this model directory further (`--from`; training/source.py): its
-    blocks stay frozen and the stages add model.num_hidden_layers minus its depth."""
+    blocks stay frozen and the stages add model.num_hidden_layers minus its depth.
+    `allow_large`: run a schedule past the plausibility bound (training/memory.py)."""
     if seed is not None:
         config.override(train={"seed": int(seed)})
-    return Grower(config, out, resume, progress, on_step, echo, restart, from_dir).run()
+    return Grower(config, out, resume, progress, on_step, echo, restart, from_dir, allow_large).run()

@@ -32,7 +32,7 @@ attention differently, so treat GPU figures as estimates.
 import os
 from dataclasses import dataclass
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.training.params import human, stage_active, totals
 
 # [B, T, d] tensors each trainable block keeps for its backward pass
@@ -76,7 +76,7 @@ def stage_peak(args, stage, shape: Shape, dtype: str = "float32", lora_params: i
 
     pb = DTYPE_BYTES.get(dtype)
     if pb is None:
-        raise UserError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
+        raise UserError(f"unknown dtype {brief(dtype)}: use one of {', '.join(DTYPE_BYTES)}")
     d, V, H = args.hidden_size, args.vocab_size, args.num_attention_heads
     depth = stage.depth
     everything = stage.train_all or stage.train_substrate or args.substrate.trainable
@@ -186,6 +186,74 @@ def fit_check(cfg, ranks: int = 1):
     if warning := fit_warning(cfg, ranks):
         raise UserError(f"{warning.removeprefix('warning: ')}; or lower the depth (model.num_hidden_layers, "
                          "--depth). Nothing was written")
+
+
+# A plausible schedule: the papers grow 16 blocks in 5 stages (80) or 6 blocks one a stage (36);
+# depth x stages past this (100 blocks one a stage) needs --allow-large.
+MAX_DEPTH_X_STAGES = 10_000
+
+
+def plausible_check(cfg, n_stages: int, allow_large: bool = False):
+    """Refuse a schedule far past any plausible one (each stage writes a whole
+    model) unless `allow_large`."""
+    if cfg.depth * n_stages > MAX_DEPTH_X_STAGES and not allow_large:
+        raise UserError(f"depth {cfg.depth:,} in {n_stages:,} stages is far past a plausible growth schedule (depth "
+                        f"x stages is {cfg.depth * n_stages:,}, the bound {MAX_DEPTH_X_STAGES:,}), and every stage "
+                        "writes a whole model: check --depth and the stage sizes, or pass --allow-large to run it. "
+                        "Nothing was written")
+
+
+def disk_need(cfg, stages, extra_per_model: int = 0) -> dict:
+    """Bytes a run writes, predicted from the config: the model at the end of every
+    stage (stage-NN/), final/ (float32), and the checkpoints kept at once (the
+    model and AdamW's two float32 moments of the active set, at the largest stage;
+    one more while the newest is written). `extra_per_model`: the tokenizer's files."""
+    from mlx_grow.training.params import stage_active
+
+    a, t = cfg.model, cfg.train
+    pb = DTYPE_BYTES.get(t.dtype, 4)
+    stage_dirs = sum(totals(a, st.depth)["total"] * pb + extra_per_model for st in stages)
+    final = totals(a, cfg.depth)["total"] * 4 + extra_per_model
+    checkpoints = 0
+    if t.checkpoint_every:
+        n = sum(st.steps for st in stages) // t.checkpoint_every
+        kept = min(n, t.keep_checkpoints + 1) if t.keep_checkpoints else n
+        one = max(totals(a, st.depth)["total"] * pb + 2 * 4 * stage_active(a, st.new, st.train_head, st.lora_params)
+                  for st in stages) + extra_per_model
+        checkpoints = kept * one
+    return {"stages": stage_dirs, "final": final, "checkpoints": checkpoints,
+            "total": stage_dirs + final + checkpoints}
+
+
+def free_bytes(path) -> tuple[int, str]:
+    """(free bytes, the existing folder measured) where `path` would be written."""
+    import shutil
+    from pathlib import Path
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p if p.is_dir() else p.parent).free, str(p)
+
+
+def disk_check(cfg, stages, out, extra_per_model: int = 0):
+    """Refuse, before anything is written, a run predicted to write more than the
+    free space where its folder goes; the message gives the numbers."""
+    need = disk_need(cfg, stages, extra_per_model)
+    free, where = free_bytes(out)
+    if need["total"] > free:
+        raise UserError(f"this run would write about {size(need['total'])} ({len(stages):,} stage folders "
+                        f"{size(need['stages'])}, final/ {size(need['final'])}, checkpoints "
+                        f"{size(need['checkpoints'])}) but {where} has {size(free)} free: lower the depth or the "
+                        "number of stages, or choose an --out with more space. Nothing was written")
+
+
+def size(n: float) -> str:
+    """Bytes in binary units: `512 MiB`, `2.10 GiB`, `250.00 TiB`."""
+    for unit, div in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def gb(n: float) -> str:

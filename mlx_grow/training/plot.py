@@ -10,6 +10,7 @@ def plot_run(run_dir, out=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mlx_grow.io import atomic_path
     from mlx_grow.training.runs import Run
 
     run_dir = Path(run_dir)
@@ -39,6 +40,9 @@ def plot_run(run_dir, out=None) -> Path:
     fig.suptitle(f"{run_dir.name}: loss (dashed: growth events)")
     fig.tight_layout()
     out = Path(out) if out else run_dir / "loss.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return out

@@ -11,16 +11,18 @@ RUN/
 """
 
 import json
+import logging
 import os
+import re
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.checkpoint import (
+    META,
     CheckpointError,
     build_model,
     load_args,
@@ -30,7 +32,20 @@ from mlx_grow.checkpoint import (
     write_model_dir,
 )
 from mlx_grow.io import atomic_path, check_output
+from mlx_grow.io.atomic import named_error, temp_name, temp_of
 from mlx_grow.io.faults import maybe_fail
+from mlx_grow.io.read import NUMBER, parse_json, read_json, shaped
+
+log = logging.getLogger("mlx_grow.training")
+
+# The fields every reader of metrics.jsonl uses, by event (io.read.shaped; `key?`: when present).
+NONE = type(None)
+METRIC_ROWS = {
+    "train": {"global_step": int, "stage": int, "step": int, "loss": NUMBER, "tokens": int, "flops": NUMBER,
+              "peak_mem_mb?": (NUMBER, NONE)},
+    "eval": {"global_step": int, "stage": int, "val_loss": NUMBER, "tokens": int, "flops": NUMBER},
+    "grow": {"global_step": int, "stage": int, "depth": int, "tokens": (int, NONE)},
+}
 
 OPTIMIZER = "optimizer.safetensors"
 TRAINER = "trainer.json"
@@ -61,11 +76,7 @@ class Run:
                 raise FileExistsError(f"--out {self.root} is a folder with other files in it, not a run; choose a "
                                       "new or empty folder")
         if f.exists():
-            try:
-                old = json.loads(f.read_text())
-                old["config"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{f} is damaged ({e!r}); restore it, or start a new run with --out") from None
+            old = read_run_json(f, "restore it, or start a new run with --out")
             if not resume:
                 raise FileExistsError(
                     f"{self.root} already holds a run; continue it with --resume {self.root} "
@@ -110,14 +121,34 @@ class Run:
     def log(self, record: dict):
         if not self.writer:
             return
-        with open(self.root / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        f = self.root / "metrics.jsonl"
+        try:
+            with open(f, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk names no file: name it
+            raise named_error(e, f) from e
 
     def metrics(self) -> list:
+        """The logged records; a line that is not a record as the run logs it (a
+        writer killed mid-line, an edit) is left out with a warning."""
         f = self.root / "metrics.jsonl"
         if not f.exists():
             return []
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        rows, bad = [], 0
+        for line in f.read_bytes().decode("utf-8", errors="replace").splitlines():
+            if line.strip():
+                try:
+                    row = parse_json(line, str(f))
+                except UserError:
+                    row = None
+                if isinstance(row, dict) and isinstance(row.get("event", ""), str) \
+                        and shaped(row, METRIC_ROWS.get(row.get("event"), {"global_step?": int})):
+                    rows.append(row)
+                else:
+                    bad += 1
+        if bad:
+            log.warning(f"{f}: left out {bad} damaged line(s)")
+        return rows
 
     def growth_events(self, rows=None) -> list:
         """Each growth event as {global_step, tokens, flops, depth}: its FLOPs are
@@ -143,7 +174,7 @@ class Run:
         try:
             check_output(out, overwrite=True)
         except FileExistsError:  # a damaged checkpoint of this step (resume skipped it): set it aside
-            os.replace(out, out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}"))
+            os.replace(out, temp_name(out, "old"))
         with write_model_dir(out, overwrite=True) as w:
             w.model(model, tokenizer)
             w.arrays(OPTIMIZER, stepper.state_dict())
@@ -155,39 +186,105 @@ class Run:
         return out
 
     def checkpoints(self) -> list:
-        if not self.ckpt_dir.exists():
+        if not self.ckpt_dir.is_dir():
             return []
-        return sorted(p for p in self.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        return sorted(p for p in self.ckpt_dir.iterdir()
+                      if p.is_dir() and not p.is_symlink() and re.fullmatch(r"step-\d{6,}", p.name))
 
     def latest(self):
         """The newest checkpoint whose files all match their checksums."""
         for ckpt in reversed(self.checkpoints()):
             try:
-                verify_files(ckpt, read_meta(ckpt))
+                verify_checkpoint(ckpt)
                 return ckpt
             except CheckpointError as e:
                 print(f"skipping damaged checkpoint {ckpt}: {e}", file=sys.stderr)
         return None
 
 
+def verify_checkpoint(ckpt: Path):
+    """A checkpoint is whole when its mlx_grow.json lists its files and each matches
+    its checksum. Without that manifest (a writer killed before its last write, or a
+    deletion) nothing vouches for the weights: it is damaged."""
+    meta = read_meta(ckpt)
+    if not isinstance(meta.get("files"), dict) or TRAINER not in meta["files"]:
+        raise CheckpointError(f"it has no {META} listing its files (and {TRAINER}), so nothing vouches for them")
+    verify_files(ckpt, meta)
+
+
 def load_checkpoint(ckpt: Path):
     """(model with adapters rebuilt, trainer state, optimizer flat state)."""
     from mlx_grow.training.lora import rebuild_lora
 
-    state = json.loads((ckpt / TRAINER).read_text())
+    state = read_trainer(ckpt)
     model = build_model(load_args(ckpt), read_weights(ckpt), ckpt,
                         prepare=lambda m: rebuild_lora(m, state.get("lora", [])))
     opt = mx.load(str(ckpt / OPTIMIZER))
     return model, state, opt
 
 
+def read_trainer(ckpt: Path) -> dict:
+    """trainer.json of a checkpoint: where the run was, checked for the keys a resume reads."""
+    fix = "the checkpoint is damaged: remove it to resume from the one before"
+    state = read_json(ckpt / TRAINER, dict, CheckpointError, fix)
+    ints = ("stage", "step", "global_step")
+    ok = all(type(state.get(k)) is int and state[k] >= 0 for k in ints) and type(state.get("tokens", 0)) is int \
+        and isinstance(state.get("lora", []), list) and isinstance(state.get("reads", {}), dict) \
+        and isinstance(state.get("summary", []), list) and isinstance(state.get("plateau", [0, 0]), list) \
+        and isinstance(state.get("flops", 0), (int, float)) and isinstance(state.get("config", {}), dict)
+    if not ok:
+        raise CheckpointError(f"{ckpt / TRAINER} is damaged (a {', '.join(ints)}, tokens, lora, reads, summary, plateau "
+                              f"or config entry is missing or of the wrong type); {fix}")
+    return state
+
+
+# What a run folder holds, by name (see the module docstring): the only names whose
+# leftover temp copies (`.NAME.tmp-xxxxxxxx`, `.NAME.old-xxxxxxxx`) a resume removes.
+RUN_OUTPUTS = r"run\.json|metrics\.jsonl|loss\.png|final|stage-\d{2,}"
+CHECKPOINT_OUTPUTS = r"step-\d{6,}"
+
+
 def remove_stale_temp(root: Path):
-    """Temp dirs left by a killed writer are never read; clean them up."""
-    for base in (root, root / "checkpoints"):
-        if base.exists():
+    """Temp copies left by a killed writer are never read; clean them up. Only the
+    exact names mlx-grow makes are touched: a user's `.notes.tmp-1` stays."""
+    for base, outputs in ((root, RUN_OUTPUTS), (root / "checkpoints", CHECKPOINT_OUTPUTS)):
+        if base.is_dir() and not base.is_symlink():
             for p in base.iterdir():
-                if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else os.unlink(p)
+                if temp_of(p.name, outputs):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else os.unlink(p)
+
+
+def read_run_json(f: Path, fix: str) -> dict:
+    """run.json: an object whose `config` is a mapping (sections are checked when parsed)."""
+    run = read_json(f, dict, CheckpointError, fix)
+    if not isinstance(run.get("config"), dict) or not isinstance(run.get("from") or {}, dict):
+        raise CheckpointError(f"{f} is damaged (no `config` mapping, or a `from` that is not one); {fix}")
+    return run
+
+
+def config_diff(a: dict, b: dict) -> list:
+    """The dotted keys (`train.lr`) where two config records differ."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{k}.{d}" for d in config_diff(x, y)]
+        elif x != y:
+            out.append(str(k))
+    return out
+
+
+def check_checkpoint_config(run_root: Path, ckpt: Path, record: dict, base: int = 0):
+    """run.json's config against the config `ckpt` was written with (trainer.json,
+    which the checkpoint's checksums cover): an edited run.json is refused."""
+    saved = read_trainer(ckpt).get("config")
+    if saved is None:  # checkpoints written before the config was kept in them
+        return
+    diff = config_diff(normalized(saved, base), normalized(record, base))
+    if diff:
+        raise UserError(f"cannot resume {run_root}: its run.json differs from the config checkpoint {ckpt.name} was "
+                        f"written with ({', '.join(diff[:8])}{' …' if len(diff) > 8 else ''}); run.json was edited "
+                        "after the run started: restore it (a run keeps the config it started with)")
 
 
 def read_run_config(root):
@@ -195,17 +292,16 @@ def read_run_config(root):
     f = Path(root) / "run.json"
     if not f.exists():
         raise FileNotFoundError(f"nothing to resume: {f} does not exist")
-    try:
-        run = json.loads(f.read_text())
-        record, base = dict(run["config"]), base_of(run)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{f} is damaged ({e}); it cannot be resumed") from None
-    return config_from_record(record, str(f), base)
+    run = read_run_json(f, "it cannot be resumed")
+    return config_from_record(dict(run["config"]), str(f), base_of(run))
 
 
 def base_of(run: dict) -> int:
     """The depth of the model a run grows further (run.json `from`; 0: none)."""
-    return int((run.get("from") or {}).get("depth") or 0)
+    depth = (run.get("from") or {}).get("depth") or 0
+    if type(depth) is not int or depth < 0:
+        raise CheckpointError(f"run.json is damaged: its `from` depth is {brief(depth)}, not a block count")
+    return depth
 
 
 def config_from_record(record: dict, where: str, base: int = 0):

@@ -10,8 +10,9 @@ the depth, on the same substrate table and the same tokenizer vocabulary.
 import json
 from pathlib import Path
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, brief
 from mlx_grow.checkpoint import (
+    as_numpy,
     build_model,
     load_args,
     open_model_dir,
@@ -66,18 +67,21 @@ def check_source(path, cfg, tok):
         raise UserError(f"--from {path} is a merged model (experts); growing needs a single model directory")
     args = load_args(path)
     ours, theirs = cfg.model.to_dict(), args.to_dict()
-    diffs = [f"{k} is {theirs.get(k)!r} in {path} but {ours[k]!r} in the config"
+    diffs = [f"{k} is {brief(theirs.get(k))} in {path} but {brief(ours[k])} in the config"
              for k in ours if k not in ("num_hidden_layers", "substrate") and ours[k] != theirs.get(k)]
-    diffs += [f"substrate.{k} is {theirs['substrate'].get(k)!r} in {path} but {ours['substrate'][k]!r} in the config"
+    diffs += [f"substrate.{k} is {brief(theirs['substrate'].get(k))} in {path} but {brief(ours['substrate'][k])} in the config"
               for k in SUBSTRATE_FIELDS if ours["substrate"][k] != theirs["substrate"].get(k)]
     if diffs:
         raise UserError(f"--from {path} does not have the config's architecture (the model section must match it "
                         f"in everything but num_hidden_layers): {'; '.join(diffs)}")
     weights = read_weights(path)
-    have = meta.get("substrate")
-    if not isinstance(have, dict):  # a directory without mlx_grow.json: the fingerprint of its own table
-        table = weights.get("substrate.table")
-        have = fingerprint(args.substrate, table) if table is not None else None
+    # The fingerprint of the table in the weights (which the checksums cover), never the
+    # record in mlx_grow.json (which nothing covers: one edit would make it say anything).
+    table = weights.get("substrate.table")
+    if table is None:
+        raise UserError(f"--from {path} has no substrate table (substrate.table) in its weights: not a mlx-grow "
+                        "model directory")
+    have = fingerprint(args.substrate, as_numpy(table))
     recipe = cfg.model.substrate.recipe()
     if isinstance(have, dict) and {k: v for k, v in have.items() if k not in ("shape", "sha256")} != recipe:
         want = recipe  # another recipe: no need to build the config's table to tell
