@@ -1,7 +1,7 @@
 """The bottom of the import graph: the user-error type, the capped repr every
-message shows values with, the value checks, the strict dataclass reader every
-config section uses, and `opt`, the config field that carries its help text (the
-one source of the config reference and the CLI's flag help)."""
+message shows values with, the value checks, the strict
+dataclass reader every config section uses, and `opt`, the config field that
+carries its help text (the one source of the config reference and the CLI's flag help)."""
 
 import copy
 import reprlib
@@ -85,6 +85,17 @@ def need_str(key: str, v, optional: bool = False):
 def need_choice(key: str, v, choices):
     if not isinstance(v, (str, int, float, type(None))) or v not in choices:
         raise UserError(f"{key} must be one of {', '.join(map(str, choices))}, got {brief(v)}")
+
+
+def check_unicode(text: str, where: str = "") -> str:
+    """`text`, refused when it holds a lone surrogate (a JSON "\\ud800" escape decodes to
+    one): that is not valid Unicode, so it cannot be written as UTF-8 nor tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where + ': ' if where else ''}the text holds a lone surrogate (U+{ord(text[e.start]):04X}) "
+                        f"at character {e.start}, which is not valid Unicode; remove or replace it") from None
+    return text
 
 
 def key_list(keys) -> str:

@@ -113,11 +113,14 @@ def tokenizer_build(
     overwrite: bool = typer.Option(False, help="Replace an existing tokenizer folder that mlx-grow wrote"),
 ):
     """Build a bvv241 tokenizer from the shipped n-gram files; write a HF tokenizer dir."""
-    from mlx_grow.tokenizer import build_bvv241, save_dir
+    from mlx_grow.io import atomic_dir
+    from mlx_grow.tokenizer import MARKER, build_bvv241, write_marker
 
     check_output(out, overwrite, marker=TOKENIZER_MARKER)
     tok = build_bvv241(variant)
-    save_dir(tok, out, overwrite, source=f"bvv241-{variant.removeprefix('bvv241-')}")
+    with atomic_dir(out, overwrite, marker=MARKER) as tmp:
+        tok.save(tmp)
+        write_marker(tok, tmp, source=f"bvv241-{variant.removeprefix('bvv241-')}")
     console.print(f"wrote {out} ({tok.vocab_size:,} ids)")
 
 
