@@ -166,7 +166,7 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
                       output_rope=None, dtype="float32", overwrite=False, shard_bytes=SHARD_BYTES) -> dict:
     """Import a checkpoint (directory or file) into a mlx-grow model directory,
     or into a merged one when it holds experts. Returns a report with notes."""
-    from mlx_grow.tokenizer import load_tokenizer
+    from mlx_grow.tokenizer import check_vocab, load_tokenizer
 
     if dtype not in OUT_DTYPES:
         raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {brief(dtype)}")
@@ -184,9 +184,8 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
     args, plan, info = results[0]
     tok_src = tokenizer or (source.root if (source.root / "tokenizer.json").is_file() else None)
     tok = load_tokenizer(tok_src) if tok_src is not None else None
-    if tok is not None and tok.vocab_size != args.vocab_size:
-        raise UserError(f"tokenizer {tok_src} has {tok.vocab_size} ids but the weights have {args.vocab_size} "
-                         "rows: pass the model's tokenizer with --tokenizer")
+    if tok is not None:
+        check_vocab(tok, args.vocab_size, f"tokenizer {tok_src}", "pass the model's tokenizer with --tokenizer")
     if tok is None and split is not None:
         raise UserError(f"a merge needs its tokenizer: {source.root} has no tokenizer.json; pass --tokenizer")
     notes = [n for r in results for n in r[2]["notes"]]
@@ -212,9 +211,9 @@ def load_export(src):
     the model `import_checkpoint` would write (float32), a merge with its combiner."""
     import mlx.core as mx
 
-    from mlx_grow.checkpoint import build_model, check_vocab
+    from mlx_grow.checkpoint import build_model
     from mlx_grow.merge.combine import Combiner, MergedModel
-    from mlx_grow.tokenizer import load_tokenizer
+    from mlx_grow.tokenizer import check_vocab, load_tokenizer
 
     source = Source(src)
     if not (source.root / "tokenizer.json").is_file():
@@ -239,7 +238,7 @@ def load_export(src):
             model.adapter.load_weights(str(f), strict=True)
         mx.eval(model.parameters())
     tok = load_tokenizer(source.root)
-    check_vocab(model.args, tok, source.root)
+    check_vocab(tok, model.args.vocab_size, f"tokenizer in {source.root}")
     return model, tok
 
 

@@ -8,7 +8,6 @@ from mlx.utils import tree_flatten
 from mlx_grow.base import UserError, brief
 from mlx_grow.checkpoint import (
     META,
-    check_vocab,
     load_args,
     load_model,
     save_model,
@@ -17,7 +16,7 @@ from mlx_grow.io import check_output
 from mlx_grow.merge.combine import MergedModel, make_combiner, parse_floats
 from mlx_grow.merge.store import lineage_roots, read_experts, run_sources, save_merged
 from mlx_grow.merge.tune import check_tune, tune_merged
-from mlx_grow.tokenizer import load_tokenizer
+from mlx_grow.tokenizer import check_vocab, load_tokenizer
 
 
 def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=None, router=False,
@@ -43,7 +42,7 @@ def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=No
     comb = make_combiner(len(dirs), combiner, weights, temperature, router, adapter, rank)
     experts = [load_model(d) for d in dirs]
     tok = load_tokenizer(dirs[0])
-    check_vocab(experts[0].args, tok, dirs[0])
+    check_vocab(tok, experts[0].args.vocab_size, f"tokenizer in {dirs[0]}")
     model = MergedModel(experts, comb)
     record = None
     if tune is not None:

@@ -19,6 +19,7 @@ from mlx_grow.tokenizer.core import (
     Tokenizer,
     as_tokenizer,
     chars_per_token,
+    check_vocab,
     copy_tokenizer,
     library_write,
     split_affixes,
@@ -31,6 +32,6 @@ from mlx_grow.tokenizer.sentencepiece import train_sentencepiece
 __all__ = [
     "BUILD_VERSION", "MARKER", "SPECIAL_BASE", "SPECIAL_END", "SPECIAL_TOKENS", "TOKENIZER_FILES", "VARIANTS",
     "ForeignTokenizer", "Tokenizer", "as_tokenizer", "build_bvv241", "bvv241_layout", "chars_per_token",
-    "check_unicode", "copy_tokenizer", "library_write", "load_tokenizer",
+    "check_unicode", "check_vocab", "copy_tokenizer", "library_write", "load_tokenizer",
     "split_affixes", "stats", "train_sentencepiece", "write_marker",
 ]

@@ -303,5 +303,20 @@ def stats(tokenizer: Tokenizer, text: str) -> dict:
 
 
 
+def check_vocab(tokenizer, vocab_size: int, where: str, fix: str = "use the tokenizer the model was trained with",
+                exact: bool = False, error=UserError):
+    """The one rule for a tokenizer and a model's vocabulary (its table rows and
+    logits): every id the tokenizer can produce needs a row, so more ids than
+    `vocab_size` are refused. Fewer are padding, which imported models often carry
+    (GPT-NeoX/Pythia: 50,277 ids for 50,304 rows; nanoGPT pads GPT-2's 50,257 to
+    50,304), and generation never samples those rows. `exact`: a model grown here
+    for this tokenizer has no padding, so the counts must be equal (a smaller
+    tokenizer there is the wrong one)."""
+    n = tokenizer.vocab_size
+    if n > vocab_size or (exact and n != vocab_size):
+        theirs = "model.vocab_size" if exact else "the model's vocab_size"
+        raise error(f"{where} has {n} ids but {theirs} is {vocab_size}: {fix}")
+
+
 def _write_json(path: Path, obj):
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
