@@ -22,7 +22,7 @@ from mlx_grow.base import (  # noqa: F401  need_* are imported from here too
     opt,
     strict_from_dict,
 )
-from mlx_grow.data.stream import DataConfig
+from mlx_grow.data.config import DataConfig
 from mlx_grow.model import BLOCK_INITS, ModelArgs
 
 SECTIONS = ("name", "description", "tokenizer", "model", "data", "grow", "train")
@@ -401,7 +401,7 @@ class RunConfig:
 def config_sections() -> dict:
     """Every section of a run config, by its dotted name ("" is the top level), in
     the order of the config reference (docs/reference/config.md)."""
-    from mlx_grow.data.stream import SourceSpec
+    from mlx_grow.data.config import SourceSpec
     from mlx_grow.substrate.tables import SubstrateArgs
 
     return {"": RunConfig, "model": ModelArgs, "model.substrate": SubstrateArgs, "data": DataConfig,

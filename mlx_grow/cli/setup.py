@@ -198,17 +198,18 @@ def data_prepare(
     """Tokenize sources into packed token shards (cached; reused when unchanged). Runs in
     parallel pieces and shows tokens, documents/s and the time left on stderr; a killed
     preparation resumes from its finished pieces."""
-    from mlx_grow.data import stream as data
+    from mlx_grow.data.config import check_val_fraction
     from mlx_grow.data.contamination import info, info_table
+    from mlx_grow.data.stream import prepare
 
-    data.check_val_fraction(val_fraction, "--val-fraction")
+    check_val_fraction(val_fraction, "--val-fraction")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     if field and template:
         raise UserError("give --field (one column) or --template (several), not both")
-    shards = data.prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
-                          field=field, skip_bad_files=skip_bad, workers=workers, template=template, split=split,
-                          tokens=tokens, echo=say)
+    shards = prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
+                     field=field, skip_bad_files=skip_bad, workers=workers, template=template, split=split,
+                     tokens=tokens, echo=say)
     rows = info(shards)
     console.print(info_table(rows))
     for r in rows:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mlx_grow.base import UserError, need_int
-from mlx_grow.data.stream import Shard, Stream, _checked, _tokenizer, prepare, split_note
+from mlx_grow.data.shards import Shard, checked, split_note
+from mlx_grow.data.stream import Stream, _tokenizer, prepare
 from mlx_grow.io.read import parse_json, read_text
 
 
@@ -26,7 +27,7 @@ def _shards(items, tokenizer="bvv241-2-3", **kw) -> list:
         if isinstance(it, Shard):
             out.append(it)
         elif (Path(str(it)).expanduser() / "meta.json").exists():
-            out.append(_checked(Shard(Path(str(it)).expanduser())))
+            out.append(checked(Shard(Path(str(it)).expanduser())))
         else:
             out += prepare([it], tokenizer, **kw)
     return out
