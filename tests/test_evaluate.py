@@ -319,6 +319,39 @@ def test_bad_task_rows_named(tmp_path, row, msg):
         T.load_task(f)
 
 
+def test_one_answer_rule_for_eval_and_the_contamination_check(tmp_path):
+    """A choice row's answer is the right choice's index (an int from 0) or its label (a
+    string, letters in either case); eval and `data info --against` read a task file
+    through the one parser (data/task_file.py), so they agree on every item's gold answer."""
+    from mlx_grow.data.task_file import read_task_file
+
+    rows = [{"question": "by index", "choices": ["a", "b"], "answer": 1},
+            {"question": "by letter", "choices": ["a", "b", "c"], "answer": "C"},
+            {"question": "lower case", "choices": ["a", "b"], "answer": "b"},
+            {"question": "by label", "choices": ["a", "b"], "labels": ["1", "2"], "answer": "2"},
+            {"question": "index with labels", "choices": ["a", "b"], "labels": ["1", "2"], "answer": 0}]
+    f = write_rows(tmp_path / "t.jsonl", rows)
+    task = T.load_task(f)
+    assert [it.answer for it in task.items] == [1, 2, 1, 1, 0]
+    assert T.choice_correct(task.items[1], " C) c") and T.choice_correct(task.items[3], "2")
+    assert [it.gold for it in read_task_file(f)[1]] == ["b", "c", "b", "b", "a"]
+    for bad, msg in ((" C", "answer ' C' is not one of the labels A, B"), ("b) text", "is not one of the labels"),
+                     ("a", None), (1.0, "must be the index of the right choice"), (True, "must be the index"),
+                     (2, "answer 2 is out of range for 2 choices"), (-1, "out of range")):
+        f = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["x", "y"], "answer": bad}])
+        if msg is None:  # lower-case "a" is the label A
+            assert T.load_task(f).items[0].answer == 0
+            continue
+        with pytest.raises(ValueError, match=f"bad.jsonl row 1 .*{msg}"):
+            T.load_task(f)
+        with pytest.raises(ValueError, match=msg):
+            read_task_file(f)
+    one = write_rows(tmp_path / "one.jsonl", [{"question": "q", "choices": ["x"], "answer": "A"}])
+    assert read_task_file(one)[1][0].gold == "x"  # the contamination check reads a one-choice row
+    with pytest.raises(ValueError, match="'choices' must be a list of at least 2"):
+        T.load_task(one)  # scoring needs two
+
+
 def test_empty_and_unknown_tasks(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="empty.jsonl is empty"):

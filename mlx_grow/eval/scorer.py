@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_grow.base import UserError
-from mlx_grow.eval import tasks as T
+from mlx_grow.eval.protocol import cut_prompt
 from mlx_grow.generate import pad_mask, prompt_affixes
 from mlx_grow.sample import without_padding
 from mlx_grow.tokenizer import check_vocab
@@ -283,5 +283,5 @@ class Scorer:
                         "the vocabulary?): the papers' cut by character length misplaces their answers")
         new = self.sample([self.prompt_before + i + self.prompt_after for i in ids], max_new, runs, temp, top_k, seed,
                           progress=progress)
-        text = [[T.cut_prompt(p, self.tok.decode(i + row)) for row in rows] for p, i, rows in zip(prompts, ids, new)]
+        text = [[cut_prompt(p, self.tok.decode(i + row)) for row in rows] for p, i, rows in zip(prompts, ids, new)]
         return [[t[r] for t in text] for r in range(runs)], [t[runs] for t in text]
