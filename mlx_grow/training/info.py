@@ -5,27 +5,8 @@ import os
 from pathlib import Path
 
 from mlx_grow.base import UserError
+from mlx_grow.papers import PARAMS
 from mlx_grow.training.params import human, stage_active, totals
-
-# Figures as the papers print them, shown next to ours.
-PUBLISHED = {
-    "paper-9l-glyph": {"total": "247.6M", "monolithic trainable": "180.5M", "stage active": "105.0M"},
-    "paper-9l-16bit": {"stage active": "105.0M"},
-    "paper-16l-16bit": {"total": "269.7M", "tokens": "68.9B"},
-    "es-16l-glyph": {"total": "~335M"},
-    "es-16l-16bit": {"total": "~269M"},
-    "es-16l-64bit": {"total": "~272M"},
-    "es-16l-256bit": {"total": "~285M"},
-    "es-16l-1024bit": {"total": "~335M"},
-    "es-16l-unfrozen": {"total": "~335M"},
-    "es-16l-16float": {"total": "~269M"},
-    "es-16l-64float": {"total": "~272M"},
-    "es-16l-256float": {"total": "~285M"},
-    "es-16l-float": {"total": "~335M"},
-    "d4096-1layer": {"total (1 layer)": "1.3B", "per further layer": "+0.2B"},
-    "d4096-1layer-v1": {"total (1 layer)": "1.3B", "per further layer": "+0.2B"},
-}
-
 
 def describe(target: str) -> dict:
     p = Path(target)
@@ -50,7 +31,7 @@ def describe(target: str) -> dict:
     if cfg is not None:
         notes += stage_notes(cfg, t)
         notes += data_notes(cfg, None)[0]
-    for key, val in PUBLISHED.get(name, {}).items():
+    for key, val in PARAMS.get(name, {}).items():
         notes.append(f"published ({key}): {val}")
     return {"title": f"{name}: parameters", "columns": ["part", "count", "", "status"], "rows": rows,
             "notes": notes}
