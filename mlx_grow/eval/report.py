@@ -55,14 +55,15 @@ def seed_spread(report: dict) -> list:
             if vals:
                 sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
                 rows.append([t, g, len(vals), f"{np.mean(vals):.3f}", f"{sd:.3f}"])
-    return _table(["task", "group", "runs (seeds)", "mean", "std (ddof=1)"], rows) + [""] if rows else []
+    return markdown_table(["task", "group", "runs (seeds)", "mean", "std (ddof=1)"], rows) + [""] if rows else []
 
 
 def _cell(x) -> str:
     return "" if x is None else f"{x:.2f}"
 
 
-def _table(header, rows) -> list:
+def markdown_table(header, rows) -> list:
+    """The lines of a markdown table: a header row, its rule, then one line a row."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
@@ -91,7 +92,7 @@ def markdown(report: dict) -> str:
     if labels:
         rows = [[n, next((m.get("depth") for m in report["models"] if m["name"] == n), "")]
                 + [_fmt(cell[n, t], p) if (n, t) in cell else "" for t in labels] for n in names]
-        lines += _table(["model", "depth"] + labels, rows) + [""]
+        lines += markdown_table(["model", "depth"] + labels, rows) + [""]
     if spread := seed_spread(report):
         lines += ["Grown vs monolithic, spread over runs (one run per seed):", ""] + spread
     if p == "paper" and labels:
@@ -101,7 +102,7 @@ def markdown(report: dict) -> str:
                        for t in labels] for n in names]
         lines += ["Greedy run · format-valid rate of the sampled runs (the first non-space character is a "
                   "Latin letter or an option label):", ""]
-        lines += _table(["model"] + labels, rows) + [""]
+        lines += markdown_table(["model"] + labels, rows) + [""]
         keys = [(t, ref_key(t)) for t in labels if ref_key(t)]
         if keys:
             lines += ["Published (papers' generative protocol, mean of 10 runs; \"merge + tune\": a mean-logit "
@@ -111,14 +112,14 @@ def markdown(report: dict) -> str:
             ref_rows += [[f"abs-bvv-{d} (depth {d}, d 4096)", v[0]]
                          + [f"{v[1 + REF_TASKS.index(k)]:.2f}" if REF_TASKS.index(k) < 5 else "" for _, k in keys]
                          for d, v in PAPER_DEPTH.items()]
-            lines += _table(["model", "params"] + [t for t, _ in keys], ref_rows) + [""]
+            lines += markdown_table(["model", "params"] + [t for t, _ in keys], ref_rows) + [""]
     elif labels and any(ref_key(t) for t in labels):
         lines += ["(The papers' published figures use the generative protocol: run with `--protocol paper` "
                   "to compare with them.)", ""]
     if report.get("texts"):
         rows = [[x["model"], x["file"], x["tokens"], f"{x['ppl']:.3f}", f"{x['bits_per_byte']:.4f}"]
                 for x in report["texts"]]
-        lines += _table(["model", "text", "tokens", "perplexity", "bits/byte"], rows) + [""]
+        lines += markdown_table(["model", "text", "tokens", "perplexity", "bits/byte"], rows) + [""]
     return "\n".join(lines)
 
 

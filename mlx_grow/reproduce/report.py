@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.eval.report import markdown_table as _table
 from mlx_grow.io.atomic import atomic_path
 from mlx_grow.reproduce.scales import GROWN_VARIANTS, LAYER_VARIANTS
 
@@ -25,11 +26,6 @@ def si(x) -> str:
         if abs(x) >= div:
             return f"{x / div:.2f}{unit}"
     return f"{x:.0f}"
-
-
-def _table(header, rows) -> list:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 
 def _plt():
