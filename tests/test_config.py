@@ -271,3 +271,17 @@ def test_programming_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(info, "describe", lambda t: (_ for _ in ()).throw(UserError("say [this] clearly")))
     r = runner.invoke(app, ["info", "tiny"])
     assert r.exit_code == 2 and "say [this] clearly" in r.output
+
+
+def test_numbers_in_words_have_one_home():
+    """base.human (counts) and base.size (bytes) serve info, the planner, the passes
+    check and the reproduction report alike."""
+    from mlx_grow.base import human, size
+    from mlx_grow.reproduce.report import si
+    from mlx_grow.training import params
+
+    assert params.human is human
+    assert [human(n) for n in (999, 1_500, 269_699_072, 68_900_000_000, 3.2e12)] == \
+        ["999", "1.5K", "269.7M", "68.9B", "3.2T"]
+    assert [si(x) for x in (None, float("nan"), 512, 2.5e9, 1.234e15)] == ["–", "–", "512", "2.50G", "1.23P"]
+    assert [size(n) for n in (512, 3 << 20, 16 << 30, 250 << 40)] == ["0 KiB", "3 MiB", "16.00 GiB", "250.00 TiB"]

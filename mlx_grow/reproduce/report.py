@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import human
 from mlx_grow.eval.report import markdown_table as _table
 from mlx_grow.io.atomic import atomic_path
 from mlx_grow.reproduce.scales import GROWN_VARIANTS, LAYER_VARIANTS
@@ -20,12 +21,7 @@ def _mean_sd(xs):
 
 def si(x) -> str:
     """A count in SI units (K, M, G … E), 2 decimals; – for none."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= div:
-            return f"{x / div:.2f}{unit}"
-    return f"{x:.0f}"
+    return human(x, digits=2, giga="G")
 
 
 def _plt():

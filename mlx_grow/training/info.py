@@ -4,7 +4,7 @@ over each data source, and `grow --dry-run`'s plan."""
 import os
 from pathlib import Path
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, size
 from mlx_grow.papers import PARAMS
 from mlx_grow.training.params import human, stage_active, totals
 
@@ -163,7 +163,7 @@ def dry_run(cfg, out=None) -> list:
     """The plan of a grow run, computed from the config alone and writing nothing:
     stages, tokens, passes per source, FLOPs, predicted memory and, when an earlier
     run in `out` measured one, a time estimate."""
-    from mlx_grow.training.memory import gb, machine_memory, plan_config
+    from mlx_grow.training.memory import machine_memory, plan_config
     from mlx_grow.training.params import totals
     from mlx_grow.training.schedule import plan
 
@@ -177,8 +177,8 @@ def dry_run(cfg, out=None) -> list:
     worst = max(p["stages"], key=lambda r: r["peak"])
     have, source = machine_memory()
     label = "monolithic" if cfg.grow.monolithic else worst["stage"].label
-    lines.append(f"predicted peak memory: {gb(worst['peak'])} ({label}, batch {p['batch']} x seq {p['seq']}, "
-                 f"{p['dtype']}); this machine has {gb(have)} ({source})")
+    lines.append(f"predicted peak memory: {size(worst['peak'])} ({label}, batch {p['batch']} x seq {p['seq']}, "
+                 f"{p['dtype']}); this machine has {size(have)} ({source})")
     speed, where = measured_tok_s(out)
     if speed:
         hours = tokens / speed / 3600
