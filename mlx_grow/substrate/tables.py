@@ -151,6 +151,26 @@ def fingerprint(args: SubstrateArgs, table) -> dict:
     }
 
 
+def describe_fingerprint(fp) -> str:
+    """A fingerprint in a few words: a substrate's (or its recipe alone)
+    `binary(bits=16, order=msb) [65536, 16] (sha256 1a2b3c4d5e6f…)`, a sha256 (a
+    tokenizer's) `1a2b3c4d5e6f…`, or `none recorded`."""
+    if isinstance(fp, dict):
+        recipe = ", ".join(f"{k}={v}" for k, v in fp.items() if k not in ("kind", "shape", "sha256"))
+        if "sha256" not in fp:
+            return f"{fp.get('kind')}({recipe})"
+        return f"{fp.get('kind')}({recipe}) {fp.get('shape')} (sha256 {str(fp.get('sha256'))[:12]}…)"
+    return f"{str(fp)[:12]}…" if fp else "none recorded"
+
+
+def fingerprint_diff(a, b) -> str:
+    """Where two substrate fingerprints differ, in words: `kind=binary vs kind=random`."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return "one has no table"
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k) and k != "sha256"]
+    return ", ".join(f"{k}={a.get(k)} vs {k}={b.get(k)}" for k in keys) or "the same recipe, another table"
+
+
 def same_interface(a, b, atol: float = 1e-5) -> bool:
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=0))
