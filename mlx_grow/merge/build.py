@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mlx.utils import tree_flatten
 
-from mlx_grow.base import UserError, brief
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     META,
     load_args,
@@ -13,7 +13,7 @@ from mlx_grow.checkpoint import (
     save_model,
 )
 from mlx_grow.io import check_output
-from mlx_grow.merge.combine import MergedModel, make_combiner, parse_floats
+from mlx_grow.merge.combine import MergedModel, expert_weights, make_combiner
 from mlx_grow.merge.store import lineage_roots, read_experts, run_sources, save_merged
 from mlx_grow.merge.tune import check_tune, tune_merged
 from mlx_grow.tokenizer import check_vocab, load_tokenizer
@@ -65,10 +65,7 @@ def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
             diff = ", ".join(f"{k} {cfgs[0].get(k)} vs {c.get(k)}" for k in sorted(set(c) | set(cfgs[0]))
                              if c.get(k) != cfgs[0].get(k))
             raise UserError(f"parameter averaging needs identical architectures; {dirs[0]} and {d} differ: {diff}")
-    w = parse_floats(weights, len(dirs), "weights") or [1.0] * len(dirs)
-    if any(x < 0 for x in w) or sum(w) <= 0:
-        raise UserError(f"weights must be >= 0 and sum to a positive number, got {brief(weights)}")
-    w = [x / sum(w) for x in w]
+    w = expert_weights(weights, len(dirs)) or [1 / len(dirs)] * len(dirs)
     models = [load_model(d) for d in dirs]
     flat = [dict(tree_flatten(m.parameters())) for m in models]
     avg = {k: sum(wi * f[k] for wi, f in zip(w, flat)) for k in flat[0] if k != "substrate.table"}
