@@ -124,6 +124,15 @@ def build_table(args: SubstrateArgs, vocab_size: int, d_model: int, token_string
     return table
 
 
+def expand(table: np.ndarray, d_model: int, expansion: str) -> np.ndarray:
+    """A [V, w] table widened to d_model as the model reads it: each entry d/w times
+    (repeat) or the whole row d/w times (tile)."""
+    r = d_model // table.shape[1]
+    if r == 1:
+        return table
+    return np.repeat(table, r, axis=1) if expansion == "repeat" else np.tile(table, (1, r))
+
+
 def pad_columns(table: np.ndarray, d_model: int) -> np.ndarray:
     w = padded_width(table.shape[1], d_model)
     if w == table.shape[1]:
@@ -227,7 +236,7 @@ class Substrate(nn.Module):
         table = np.asarray(table, np.float32)
         check_table(table, vocab_size, d_model)
         if args.trainable and table.shape[1] < d_model:
-            table = self.expand_np(table)
+            table = expand(table, d_model, self.expansion)
         self.table = mx.array(table)
         if not args.trainable:
             self.freeze()
@@ -235,10 +244,6 @@ class Substrate(nn.Module):
     @property
     def factor(self) -> int:
         return self.d_model // self.table.shape[1]
-
-    def expand_np(self, table):
-        r = self.d_model // table.shape[1]
-        return np.repeat(table, r, axis=1) if self.expansion == "repeat" else np.tile(table, (1, r))
 
     def __call__(self, ids):
         x = self.table[ids]
