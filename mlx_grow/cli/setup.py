@@ -245,5 +245,3 @@ def data_info(
         console.print(f"contamination ({n}-word n-grams): {rep['contaminated']} of {rep['items']} items of "
                       f"{against} occur in the training shards" + (f"; items {hits[:20]}" if hits else ""),
                       highlight=False)
-
-# --- grow commands ---

@@ -1,6 +1,6 @@
 """Understanding foreign checkpoints for `convert import`: the layout (which
 names hold which part of our block), the config, and the input table. The
-tensors themselves are read by tensorio.py.
+tensors themselves are read by io/tensors.py.
 
 A layout maps our module names to the source's (`{i}` is the layer index);
 `.weight` and `.bias` are appended, and a name that already is a tensor is

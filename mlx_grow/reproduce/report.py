@@ -326,5 +326,5 @@ def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
     L += _table(["the papers report", f"this run (`--scale {s['name']}`)"], [[a, b] for a, b in claims])
     L += ["", "Substrate choices where the papers are silent: the float substrate is a random "
           f"{s['hidden']}-bit code → PCA → L2 at d_model width; the 64-bit code is collision-free random "
-          "(seed 0); the glyph substrate follows shared/glyph-substrate.md. Hyper-parameters are ours.", ""]
+          "(seed 0); the glyph substrate follows docs/glyph-substrate.md. Hyper-parameters are ours.", ""]
     return "\n".join(L)

@@ -38,7 +38,7 @@ def describe(target: str) -> dict:
 
 
 def memory(target: str, batch=None, seq=None, stage=None, ranks: int = 1) -> dict:
-    """The memory planner's prediction for a config (see mlx_grow/memory.py)."""
+    """The memory planner's prediction for a config (see training/memory.py)."""
     from mlx_grow.config import load_config
     from mlx_grow.training.memory import report
 
