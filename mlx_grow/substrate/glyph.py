@@ -188,10 +188,14 @@ def glyph_bits(
 
 def _track(items, progress):
     if not progress:
-        return items
-    from rich.progress import track
+        yield from items
+        return
+    from rich.progress import MofNCompleteColumn
 
-    return track(items, description="rendering glyphs", update_period=0.5)
+    from mlx_grow.io.progress import rich_bar
+
+    with rich_bar(MofNCompleteColumn()) as bar:
+        yield from bar.track(items, description="rendering glyphs", update_period=0.5)
 
 
 def glyph_table(
