@@ -357,6 +357,10 @@ class RunConfig:
                 raise UserError(f"{key} must be a string, got {brief(getattr(self, key))}")
         need_int("model.num_hidden_layers", self.model.num_hidden_layers, 1)
         need_int("base", self.base, 0)
+        if self.model.substrate.tokenizer not in (None, self.tokenizer):  # one source: grow and substrate build
+            raise UserError(f"model.substrate.tokenizer {brief(self.model.substrate.tokenizer)} is not the run's "
+                            f"tokenizer {brief(self.tokenizer)}: a glyph table draws the token strings of the run's "
+                            "tokenizer (its rows are that tokenizer's ids); drop model.substrate.tokenizer")
         if self.base:
             if self.depth <= self.base:
                 raise UserError(f"the depth {self.depth} (model.num_hidden_layers, or --depth) is not above the "

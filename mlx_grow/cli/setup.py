@@ -87,7 +87,7 @@ def substrate_build(
     if s.kind == "glyph":
         from mlx_grow.tokenizer import load_tokenizer
 
-        strings = load_tokenizer(s.tokenizer or cfg.tokenizer).token_strings()
+        strings = load_tokenizer(cfg.tokenizer).token_strings()  # as grow draws it (model.substrate.tokenizer: the same)
     table = build_table(s, cfg.model.vocab_size, cfg.model.hidden_size, strings)
     save_table(out, s, table)
     fp = fingerprint(s, table)

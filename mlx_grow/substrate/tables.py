@@ -49,7 +49,8 @@ class SubstrateArgs:
     font: Optional[str] = opt(None, "glyph: the font file; default Unifont")
     font_size: int = opt(32, "glyph: the font size in pixels")
     augment: str = opt("2-3", "glyph: the augmentation table, 2-3 | max")
-    tokenizer: Optional[str] = opt(None, "glyph: the tokenizer whose token strings are rendered")
+    tokenizer: Optional[str] = opt(None, "glyph: null, or the run's tokenizer again: the table always draws the token "
+                                         "strings of the config's top-level tokenizer")
 
     def __post_init__(self):
         for key in ("bits", "font_size"):
