@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, check_unicode
 from mlx_grow.io.faults import maybe_fail
 
 DOC = np.dtype([("hash", "<u8"), ("tokens", "<i8"), ("chars", "<i8"), ("unk", "<i8")])
@@ -47,9 +47,8 @@ def doc_hash(d) -> bytes:
     text = d if isinstance(d, str) else json.dumps(d, ensure_ascii=False)
     try:
         data = text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise UserError(f"a document holds a lone surrogate (U+{ord(text[e.start]):04X}), which is not valid "
-                         "Unicode; fix or drop it") from None
+    except UnicodeEncodeError:
+        check_unicode(text, "a document")  # raises, naming the character
     return hashlib.blake2b(data, digest_size=8).digest()
 
 

