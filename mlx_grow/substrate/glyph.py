@@ -207,11 +207,3 @@ def glyph_table(
 
     bits = glyph_bits(token_strings, font, font_size, font_size, augment, progress)
     return pca_l2(bits, min(int(d_model), bits.shape[1]))
-
-
-def load_matrix(path) -> np.ndarray:
-    """A published table (normalized_embeddings_weights.pt, .npy or
-    .safetensors) as float32 [V, D]; a .pt never runs pickled code."""
-    from mlx_grow.substrate.files import load_table_file
-
-    return load_table_file(path)

@@ -181,11 +181,6 @@ def fingerprint_diff(a, b) -> str:
     return ", ".join(f"{k}={a.get(k)} vs {k}={b.get(k)}" for k in keys) or "the same recipe, another table"
 
 
-def same_interface(a, b, atol: float = 1e-5) -> bool:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=0))
-
-
 def save_table(path, args: SubstrateArgs, table: np.ndarray):
     """Write a substrate file: the table plus recipe and fingerprint as metadata
     (atomic; the same bytes for the same table, as the metadata keeps its order)."""
