@@ -1,4 +1,4 @@
-"""Check the memory planner (mlx_grow/memory.py) against measured peaks.
+"""Check the memory planner (mlx_grow/training/memory.py) against measured peaks.
 
     python benchmarks/bench_memory.py [--shapes NAME ...] [--steps 2]
 

@@ -1,9 +1,10 @@
 """The bottom of the import graph: the user-error type, the capped repr every
-message shows values with, the value checks, the strict dataclass reader every
-config section uses, and `opt`, the config field that carries its help text (the
-one source of the config reference and the CLI's flag help)."""
+message shows values with, numbers in words, the value checks, the strict
+dataclass reader every config section uses, and `opt`, the config field that
+carries its help text (the one source of the config reference and the CLI's flag help)."""
 
 import copy
+import math
 import reprlib
 from dataclasses import MISSING, field, fields
 
@@ -27,6 +28,30 @@ def brief(v, limit: int = 160) -> str:
     except Exception:  # a hostile __repr__: say what it is
         return f"<{type(v).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- numbers in words ---
+
+_UNITS = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, None), (1e6, "M"), (1e3, "K"))
+
+
+def human(n, digits: int = 1, giga: str = "B") -> str:
+    """A count in short form: `269.7M`, `1.3B` (parameters and tokens, as the papers
+    print them); `digits=2, giga="G"` for FLOPs (`1.23G`, `4.56P`). `–` for none."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "–"
+    for div, unit in _UNITS:
+        if abs(n) >= div:
+            return f"{n / div:.{digits}f}{unit or giga}"
+    return str(n) if isinstance(n, int) else f"{n:.0f}"
+
+
+def size(n: float) -> str:
+    """Bytes in binary units: `512 MiB`, `2.10 GiB`, `250.00 TiB`."""
+    for unit, div in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 # --- value checks: each names the key and says what it must be ---
@@ -85,6 +110,17 @@ def need_str(key: str, v, optional: bool = False):
 def need_choice(key: str, v, choices):
     if not isinstance(v, (str, int, float, type(None))) or v not in choices:
         raise UserError(f"{key} must be one of {', '.join(map(str, choices))}, got {brief(v)}")
+
+
+def check_unicode(text: str, where: str = "") -> str:
+    """`text`, refused when it holds a lone surrogate (a JSON "\\ud800" escape decodes to
+    one): that is not valid Unicode, so it cannot be written as UTF-8 nor tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where + ': ' if where else ''}the text holds a lone surrogate (U+{ord(text[e.start]):04X}) "
+                        f"at character {e.start}, which is not valid Unicode; remove or replace it") from None
+    return text
 
 
 def key_list(keys) -> str:

@@ -41,7 +41,7 @@ from mlx_grow.io.tensors import write_weights as write_tensors
 from mlx_grow.model import Model, ModelArgs
 from mlx_grow.substrate.files import load_table_file
 from mlx_grow.substrate.tables import fingerprint, save_table
-from mlx_grow.tokenizer import copy_tokenizer, load_tokenizer
+from mlx_grow.tokenizer import check_vocab, copy_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 META = "mlx_grow.json"
@@ -380,18 +380,10 @@ def load_experts(path, meta: dict) -> list:
     return experts
 
 
-def check_vocab(args: ModelArgs, tokenizer, where):
-    if tokenizer.vocab_size != args.vocab_size:
-        raise CheckpointError(
-            f"tokenizer in {where} has {tokenizer.vocab_size} ids but the model's vocab_size is "
-            f"{args.vocab_size}: use the tokenizer the model was trained with"
-        )
-
-
 def read_tokenizer(path, args: ModelArgs):
     """The directory's tokenizer, checked against the model's vocabulary."""
     tok = load_tokenizer(str(path))
-    check_vocab(args, tok, path)
+    check_vocab(tok, args.vocab_size, f"tokenizer in {path}", error=CheckpointError)
     return tok
 
 

@@ -22,7 +22,7 @@ from mlx_grow.base import (  # noqa: F401  need_* are imported from here too
     opt,
     strict_from_dict,
 )
-from mlx_grow.data.stream import DataConfig
+from mlx_grow.data.config import DataConfig
 from mlx_grow.model import BLOCK_INITS, ModelArgs
 
 SECTIONS = ("name", "description", "tokenizer", "model", "data", "grow", "train")
@@ -357,6 +357,10 @@ class RunConfig:
                 raise UserError(f"{key} must be a string, got {brief(getattr(self, key))}")
         need_int("model.num_hidden_layers", self.model.num_hidden_layers, 1)
         need_int("base", self.base, 0)
+        if self.model.substrate.tokenizer not in (None, self.tokenizer):  # one source: grow and substrate build
+            raise UserError(f"model.substrate.tokenizer {brief(self.model.substrate.tokenizer)} is not the run's "
+                            f"tokenizer {brief(self.tokenizer)}: a glyph table draws the token strings of the run's "
+                            "tokenizer (its rows are that tokenizer's ids); drop model.substrate.tokenizer")
         if self.base:
             if self.depth <= self.base:
                 raise UserError(f"the depth {self.depth} (model.num_hidden_layers, or --depth) is not above the "
@@ -401,7 +405,7 @@ class RunConfig:
 def config_sections() -> dict:
     """Every section of a run config, by its dotted name ("" is the top level), in
     the order of the config reference (docs/reference/config.md)."""
-    from mlx_grow.data.stream import SourceSpec
+    from mlx_grow.data.config import SourceSpec
     from mlx_grow.substrate.tables import SubstrateArgs
 
     return {"": RunConfig, "model": ModelArgs, "model.substrate": SubstrateArgs, "data": DataConfig,

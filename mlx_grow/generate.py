@@ -25,8 +25,8 @@ from typing import Iterator, List, Optional
 import mlx.core as mx
 
 from mlx_grow.base import UserError, brief
-from mlx_grow.sample import check_options, make_sampler, repetition_penalty
-from mlx_grow.tokenizer import as_tokenizer
+from mlx_grow.sample import check_options, make_sampler, repetition_penalty, without_padding
+from mlx_grow.tokenizer import Tokenizer, as_tokenizer
 
 log = logging.getLogger("mlx_grow.generate")
 
@@ -274,7 +274,12 @@ def _setup(model, tokenizer, max_tokens, temp, top_k, top_p, min_p, repetition_p
     if sampler is not None and not callable(sampler):
         raise UserError(f"sampler must be a function logprobs [B, V] -> token ids [B] (as mlx-lm's make_sampler "
                         f"returns), got {type(sampler).__name__}")
-    return sampler or make_sampler(model.args.vocab_size, temp, top_k, top_p, min_p), list(stop or [])
+    sampler = sampler or make_sampler(model.args.vocab_size, temp, top_k, top_p, min_p)
+    tok = as_tokenizer(tokenizer)
+    if isinstance(tok, Tokenizer) and tok.vocab_size < model.args.vocab_size:  # padding rows: never sampled
+        draw, n = sampler, tok.vocab_size
+        sampler = lambda logprobs: draw(without_padding(logprobs, n))  # noqa: E731
+    return sampler, list(stop or [])
 
 
 def stream_generate(model, tokenizer, prompt, max_tokens=256, temp=0.0, top_k=0, top_p=1.0, min_p=0.0,

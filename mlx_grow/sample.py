@@ -35,6 +35,14 @@ def make_sampler(vocab_size: int, temp=0.0, top_k=0, top_p=1.0, min_p=0.0):
     return _mlx_lm_sampler(temp=temp, top_p=top_p if top_p < 1 else 0.0, min_p=min_p, top_k=top_k)
 
 
+def without_padding(logits, n_ids):
+    """`logits` [..., V] with the rows from `n_ids` on at -inf: a model's rows past its
+    tokenizer's ids are padding (tokenizer.check_vocab), never sampled. None: no padding."""
+    if n_ids is None or n_ids >= logits.shape[-1]:
+        return logits
+    return mx.where(mx.arange(logits.shape[-1]) < n_ids, logits, -mx.inf)
+
+
 def repetition_penalty(logits, history, penalty: float):
     """Divide positive (multiply negative) logits of the tokens in `history` [B, n] by `penalty`."""
     seen = mx.take_along_axis(logits, history, axis=-1)

@@ -1,4 +1,4 @@
-"""The CLI shapes of shared/interface.md, run in-process."""
+"""The command line's shapes (README.md and the guides in docs/), run in-process."""
 
 import json
 

@@ -271,3 +271,47 @@ def test_programming_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(info, "describe", lambda t: (_ for _ in ()).throw(UserError("say [this] clearly")))
     r = runner.invoke(app, ["info", "tiny"])
     assert r.exit_code == 2 and "say [this] clearly" in r.output
+
+
+def test_numbers_in_words_have_one_home():
+    """base.human (counts) and base.size (bytes) serve info, the planner, the passes
+    check and the reproduction report alike."""
+    from mlx_grow.base import human, size
+    from mlx_grow.reproduce.report import si
+    from mlx_grow.training import params
+
+    assert params.human is human
+    assert [human(n) for n in (999, 1_500, 269_699_072, 68_900_000_000, 3.2e12)] == \
+        ["999", "1.5K", "269.7M", "68.9B", "3.2T"]
+    assert [si(x) for x in (None, float("nan"), 512, 2.5e9, 1.234e15)] == ["–", "–", "512", "2.50G", "1.23P"]
+    assert [size(n) for n in (512, 3 << 20, 16 << 30, 250 << 40)] == ["0 KiB", "3 MiB", "16.00 GiB", "250.00 TiB"]
+
+
+def test_the_glyph_table_draws_the_runs_tokenizer(tmp_path, monkeypatch):
+    """The config's top-level tokenizer is the one source of the glyph table's strings, for grow
+    and `substrate build` alike: model.substrate.tokenizer may only repeat it."""
+    import numpy as np
+    import yaml
+
+    from mlx_grow.substrate import tables
+
+    model = {"vocab_size": 65536, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+             "substrate": {"kind": "glyph", "tokenizer": "bvv241-max"}}
+    with pytest.raises(UserError, match="model.substrate.tokenizer 'bvv241-max' is not the run's tokenizer "
+                                        "'bvv241-2-3'.*drop model.substrate.tokenizer"):
+        RunConfig.from_dict({"tokenizer": "bvv241-2-3", "model": model})
+    for same in ("bvv241-2-3", None):
+        RunConfig.from_dict({"tokenizer": "bvv241-2-3", "model": {**model, "substrate": {"kind": "glyph",
+                                                                                         "tokenizer": same}}})
+    drawn = []
+
+    def fake_table(args, vocab_size, d_model, token_strings=None):
+        drawn.append(token_strings)
+        return np.zeros((vocab_size, d_model), np.float32)
+
+    monkeypatch.setattr(tables, "build_table", fake_table)
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(yaml.safe_dump({"tokenizer": "bvv241-2-3", "model": {**model, "substrate": {"kind": "glyph"}}}))
+    r = CliRunner().invoke(app, ["substrate", "build", str(cfg), "-o", str(tmp_path / "g.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert len(drawn[0]) == 65536 and drawn[0][97] == "a"  # bvv241-2-3's strings, as grow draws them

@@ -375,3 +375,29 @@ def test_grow_on_an_mlx_lm_folder_says_how_it_is_split(tmp_path):
     grow(grow_config(str(d), depth=2, grow={"steps_per_stage": 1}), tmp_path / "run", progress=False,
          echo=lambda m, *a, **k: said.append(str(m)))
     assert any("mlx-lm data folder" in m and "test.jsonl is never read" in m for m in said), said
+
+
+def test_one_reader_of_json_rows(tmp_path):
+    """io.read.json_rows reads data rows, task files and text files alike: a .json list, or a
+    .jsonl(.gz) line by line; every problem is one line naming the file (and the line)."""
+    import gzip
+
+    from mlx_grow.io.read import json_rows
+
+    rows = [{"text": "a"}, {"text": "b\u2028c"}]  # U+2028 inside a string is not a line break
+    (tmp_path / "r.json").write_text(json.dumps(rows))
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n")
+    with gzip.open(tmp_path / "r.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("r.json", "r.jsonl", "r.jsonl.gz"):
+        assert list(json_rows(tmp_path / name)) == rows, name
+    (tmp_path / "d.json").write_text('{"text": "a"}')
+    with pytest.raises(ValueError, match=r"d\.json must hold a JSON list of rows .*got an object"):
+        list(json_rows(tmp_path / "d.json"))
+    (tmp_path / "b.jsonl").write_text('{"text": "a"}\n{"text": \n')
+    with pytest.raises(ValueError, match=r"b\.jsonl line 2 is not valid JSON"):
+        list(json_rows(tmp_path / "b.jsonl"))
+    (tmp_path / "u.jsonl").write_bytes(b'{"text": "a"}\n{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"cannot read data file .*u\.jsonl: it is not UTF-8 text \(invalid byte "
+                                         r"0xff at offset 24\)"):
+        list(json_rows(tmp_path / "u.jsonl", "data file"))

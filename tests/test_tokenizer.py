@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from mlx_grow import tokenizer as T
+from mlx_grow import tokenizer
 
 EN = (
     "The history of the city begins in the early Middle Ages, when a small settlement grew up "
@@ -34,12 +34,12 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok23(cache_dir):
-    return T.build_bvv241("2-3")
+    return tokenizer.build_bvv241("2-3")
 
 
 @pytest.fixture(scope="module")
 def tokmax(cache_dir):
-    return T.build_bvv241("max")
+    return tokenizer.build_bvv241("max")
 
 
 @pytest.fixture(scope="module", params=["2-3", "max"])
@@ -82,7 +82,7 @@ def test_layout(tok23, tokmax):
     assert smax[0xFFFF] == "<unused_65535>" and smax[0x1FFFF] == "<unused_131071>"
     assert len(smax[0x10000]) >= 2 and len(smax[0x1FFFE]) >= 2  # max: all slots used
     assert len(set(smax)) == len(smax)  # every id has its own string
-    _, _, report = T.bvv241_layout("2-3")
+    _, _, report = tokenizer.bvv241_layout("2-3")
     assert report["placed"] == report["candidates"] and report["dropped"] == 0
 
 
@@ -133,8 +133,8 @@ def test_encode_batch(tok):
 def test_cache_and_fingerprint(cache_dir, tok23):
     files = list((cache_dir / "tokenizers").glob("bvv241-2-3-*.json"))
     assert len(files) == 1
-    again = T.build_bvv241("2-3")
-    fresh = T.build_bvv241("2-3", use_cache=False)
+    again = tokenizer.build_bvv241("2-3")
+    fresh = tokenizer.build_bvv241("2-3", use_cache=False)
     assert again.fingerprint == tok23.fingerprint == fresh.fingerprint
     assert len(tok23.fingerprint) == 64
 
@@ -154,12 +154,12 @@ def test_save_and_load_hf_dir(tmp_path, tok23):
     raw = HFTokenizer.from_file(str(out / "tokenizer.json"))
     assert raw.encode(text, add_special_tokens=False).ids == tok23.encode(text)
 
-    loaded = T.load_tokenizer(out)
+    loaded = tokenizer.load_tokenizer(out)
     assert loaded.fingerprint == tok23.fingerprint
     assert loaded.encode(text) == tok23.encode(text)
     assert (loaded.bos_id, loaded.eos_id, loaded.unk_id, loaded.pad_id) == (0xE001, 0xE002, 0xE003, 0xE000)
     assert loaded.vocab_size == 65536
-    assert T.load_tokenizer(out / "tokenizer.json").eos_id == 0xE002  # bare file, config next to it
+    assert tokenizer.load_tokenizer(out / "tokenizer.json").eos_id == 0xE002  # bare file, config next to it
 
     transformers = pytest.importorskip("transformers")
     for hf in (
@@ -173,17 +173,17 @@ def test_save_and_load_hf_dir(tmp_path, tok23):
 
 
 def test_load_tokenizer_specs(tmp_path, tok23):
-    assert T.load_tokenizer("bvv241-2-3").fingerprint == tok23.fingerprint
-    assert T.load_tokenizer("2-3").vocab_size == 65536
+    assert tokenizer.load_tokenizer("bvv241-2-3").fingerprint == tok23.fingerprint
+    assert tokenizer.load_tokenizer("2-3").vocab_size == 65536
     with pytest.raises(FileNotFoundError, match="not found"):
-        T.load_tokenizer(tmp_path / "missing")
+        tokenizer.load_tokenizer(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
-        T.load_tokenizer(tmp_path)
+        tokenizer.load_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="variant"):
-        T.build_bvv241("4-5")
+        tokenizer.build_bvv241("4-5")
     # A bare tokenizer.json: the special tokens are found by name.
     tok23.backend.save(str(tmp_path / "only.json"))
-    bare = T.load_tokenizer(tmp_path / "only.json")
+    bare = tokenizer.load_tokenizer(tmp_path / "only.json")
     assert (bare.bos_id, bare.eos_id, bare.unk_id, bare.pad_id) == (0xE001, 0xE002, 0xE003, 0xE000)
 
 
@@ -204,19 +204,19 @@ def _corpus(path):
 
 def test_train_sentencepiece(tmp_path):
     corpus = _corpus(tmp_path / "corpus.txt")
-    tok = T.train_sentencepiece([corpus], 400, tmp_path / "sp")
+    tok = tokenizer.train_sentencepiece([corpus], 400, tmp_path / "sp")
     assert tok.vocab_size == 400
     assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (0, 1, 2, 3)
     for text in ["the quick brown fox", " two  spaces\nand a new line\t", "Привет, 世界 😀 </s>", ""]:
         assert tok.decode(tok.encode(text)) == text, text
     assert tok.encode("</s>", allow_special=True) == [2] and 2 not in tok.encode("</s>")
     assert len(tok.encode("the quick brown fox")) < len("the quick brown fox") / 2
-    loaded = T.load_tokenizer(tmp_path / "sp")
+    loaded = tokenizer.load_tokenizer(tmp_path / "sp")
     assert loaded.encode("the lazy dog") == tok.encode("the lazy dog") and loaded.eos_id == 2
     with pytest.raises(ValueError, match="vocab_size"):
-        T.train_sentencepiece([corpus], 5000, tmp_path / "too-big")
+        tokenizer.train_sentencepiece([corpus], 5000, tmp_path / "too-big")
     with pytest.raises(FileNotFoundError):
-        T.train_sentencepiece([tmp_path / "nope.txt"], 400, tmp_path / "x")
+        tokenizer.train_sentencepiece([tmp_path / "nope.txt"], 400, tmp_path / "x")
 
 
 def test_chars_per_token_and_stats(tok23, tokmax):
@@ -228,8 +228,8 @@ def test_chars_per_token_and_stats(tok23, tokmax):
     for name, t in [("2-3", tok23), ("max", tokmax)]:
         row = re.search(rf"^\| {re.escape(name)} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", doc, re.M)
         assert row, f"docs/model.md has no characters-per-token row for {name}"
-        got = [round(T.chars_per_token(t, x), 2) for x in (EN, RU, ZH)]
+        got = [round(tokenizer.chars_per_token(t, x), 2) for x in (EN, RU, ZH)]
         assert got == [float(x) for x in row.groups()], (name, got)
-    s = T.stats(tok23, "a 😀")
+    s = tokenizer.stats(tok23, "a 😀")
     assert s["characters"] == 3 and s["tokens"] == 3 and abs(s["unk_share"] - 1 / 3) < 1e-9
     assert s["chars_per_token"] == 1.0

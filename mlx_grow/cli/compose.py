@@ -172,5 +172,3 @@ def generate_cmd(
     finally:
         if bar is not None:
             bar.close()
-
-# --- eval commands ---

@@ -72,6 +72,3 @@ def eval_cmd(
         fail(f"cannot write the report to {out} ({os_message(e)}); the scores are saved in {keep}", FAILED)
     for p in paths:
         console.print(str(p), highlight=False)
-
-
-# --- convert commands ---

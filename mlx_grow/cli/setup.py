@@ -87,7 +87,7 @@ def substrate_build(
     if s.kind == "glyph":
         from mlx_grow.tokenizer import load_tokenizer
 
-        strings = load_tokenizer(s.tokenizer or cfg.tokenizer).token_strings()
+        strings = load_tokenizer(cfg.tokenizer).token_strings()  # as grow draws it (model.substrate.tokenizer: the same)
     table = build_table(s, cfg.model.vocab_size, cfg.model.hidden_size, strings)
     save_table(out, s, table)
     fp = fingerprint(s, table)
@@ -113,11 +113,14 @@ def tokenizer_build(
     overwrite: bool = typer.Option(False, help="Replace an existing tokenizer folder that mlx-grow wrote"),
 ):
     """Build a bvv241 tokenizer from the shipped n-gram files; write a HF tokenizer dir."""
-    from mlx_grow.tokenizer import build_bvv241, save_dir
+    from mlx_grow.io import atomic_dir
+    from mlx_grow.tokenizer import MARKER, build_bvv241, write_marker
 
     check_output(out, overwrite, marker=TOKENIZER_MARKER)
     tok = build_bvv241(variant)
-    save_dir(tok, out, overwrite, source=f"bvv241-{variant.removeprefix('bvv241-')}")
+    with atomic_dir(out, overwrite, marker=MARKER) as tmp:
+        tok.save(tmp)
+        write_marker(tok, tmp, source=f"bvv241-{variant.removeprefix('bvv241-')}")
     console.print(f"wrote {out} ({tok.vocab_size:,} ids)")
 
 
@@ -195,17 +198,18 @@ def data_prepare(
     """Tokenize sources into packed token shards (cached; reused when unchanged). Runs in
     parallel pieces and shows tokens, documents/s and the time left on stderr; a killed
     preparation resumes from its finished pieces."""
-    from mlx_grow.data import stream as data
+    from mlx_grow.data.config import check_val_fraction
     from mlx_grow.data.contamination import info, info_table
+    from mlx_grow.data.stream import prepare
 
-    data.check_val_fraction(val_fraction, "--val-fraction")
+    check_val_fraction(val_fraction, "--val-fraction")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     if field and template:
         raise UserError("give --field (one column) or --template (several), not both")
-    shards = data.prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
-                          field=field, skip_bad_files=skip_bad, workers=workers, template=template, split=split,
-                          tokens=tokens, echo=say)
+    shards = prepare(sources, tokenizer, out_dir=out, separator=separator, val_fraction=val_fraction,
+                     field=field, skip_bad_files=skip_bad, workers=workers, template=template, split=split,
+                     tokens=tokens, echo=say)
     rows = info(shards)
     console.print(info_table(rows))
     for r in rows:
@@ -241,5 +245,3 @@ def data_info(
         console.print(f"contamination ({n}-word n-grams): {rep['contaminated']} of {rep['items']} items of "
                       f"{against} occur in the training shards" + (f"; items {hits[:20]}" if hits else ""),
                       highlight=False)
-
-# --- grow commands ---

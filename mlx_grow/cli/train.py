@@ -191,7 +191,7 @@ def plot(run_dir: Path = typer.Argument(..., help="A grow run directory")):
 
     console.print(str(plot_run(run_dir)))
 
-# --- merge/generate commands ---
+# --- reproduce command ---
 
 
 @app.command("reproduce")

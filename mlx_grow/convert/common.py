@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from mlx_grow.base import UserError
-from mlx_grow.convert import layouts as L
+from mlx_grow.convert import layouts
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.files import load_table_file
 
@@ -63,5 +63,5 @@ def read_table(path) -> tuple:
     """A table stored apart (--table, or embeddings.txt /
     normalized_embeddings_weights.pt beside the weights), with a kind hint."""
     path = Path(path)
-    table = L.read_embeddings_txt(path) if path.suffix == ".txt" else load_table_file(path)
+    table = layouts.read_embeddings_txt(path) if path.suffix == ".txt" else load_table_file(path)
     return table, ("glyph" if path.name == "normalized_embeddings_weights.pt" else None)

@@ -17,7 +17,6 @@ from mlx_grow.checkpoint import (
     read_meta,
     verify_files,
 )
-from mlx_grow.convert import layouts as L
 from mlx_grow.convert.common import (
     EXPORT_META,
     NEOX,
@@ -33,7 +32,7 @@ from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES, Source, write_weights
 from mlx_grow.model import ModelArgs
 from mlx_grow.substrate.files import load_table_file
-from mlx_grow.substrate.tables import fingerprint
+from mlx_grow.substrate.tables import expand, fingerprint
 from mlx_grow.tokenizer import copy_tokenizer
 
 
@@ -86,7 +85,7 @@ def plan_export(src, args: ModelArgs, to: str, st: str):
 
     neox = to == "gpt-neox"
     plan = [("gpt_neox.embed_in.weight" if neox else "model.embed_tokens.weight", (V, d), st,
-             lambda: L.expand(table, d, args.substrate.expansion))]
+             lambda: expand(table, d, args.substrate.expansion))]
     for i in range(args.num_hidden_layers):
         for k, s in block_shapes(args).items():
             m, p = k.rsplit(".", 1)

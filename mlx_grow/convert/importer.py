@@ -6,7 +6,7 @@ import numpy as np
 
 from mlx_grow.base import UserError, brief
 from mlx_grow.checkpoint import ADAPTER, write_model_dir
-from mlx_grow.convert import layouts as L
+from mlx_grow.convert import layouts
 from mlx_grow.convert.common import (
     EXPORT_META,
     OUT_DTYPES,
@@ -19,7 +19,7 @@ from mlx_grow.convert.common import (
 from mlx_grow.io.paths import inside
 from mlx_grow.io.tensors import SHARD_BYTES, TABLE_FILES, Source
 from mlx_grow.model import ModelArgs
-from mlx_grow.substrate.tables import fingerprint
+from mlx_grow.substrate.tables import expand, fingerprint
 
 
 def resolve(source, layout, c, key, table, expansion, kind, output_rope):
@@ -34,7 +34,7 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
     found = {"vocab_size": (source.shape(head or emb)[0], head or emb),
              "hidden_size": (source.shape(norm)[0], norm), "intermediate_size": (source.shape(fc)[0], fc),
              "num_hidden_layers": (n, f"the weights' {n} numbered layers")}
-    hints, d = L.name_hints(cfg), found["hidden_size"][0]
+    hints, d = layouts.name_hints(cfg), found["hidden_size"][0]
     if hints.get("layers") not in (None, n):
         raise UserError(f"{where}: model_type says {hints['layers']} layers but the weights have {n}")
     if layout["name"] == "mlx_grow" or "model_args" in meta:
@@ -49,14 +49,14 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
         if emb is None:
             raise UserError(f"{source.path} has no input table ({layout['tensors']['embed']})")
         sub, width = args.substrate, meta.get("table_width")
-        tbl = L.narrowest(source.get(emb), d, sub.expansion, width)[0] if meta else source.get(emb)
+        tbl = layouts.narrowest(source.get(emb), d, sub.expansion, width)[0] if meta else source.get(emb)
         if width and tbl.shape[1] != width:
             raise UserError(f"{emb} is not the {sub.expansion} expansion of a {width}-wide table as {EXPORT_META} "
                              "says: the export was edited; delete that file to import with inference")
         src_trad = args.rope_traditional and not meta  # exports are rotate-half
         tie, notes = False, []
     else:
-        r = L.read_config(cfg, layout, found, where)
+        r = layouts.read_config(cfg, layout, found, where)
         tie, src_trad = r["tie"], r["args"]["rope_traditional"]
         e = source.get(emb) if emb else None
         auto = next((source.root / f for f in TABLE_FILES if (source.root / f).is_file()), None)
@@ -67,17 +67,17 @@ def resolve(source, layout, c, key, table, expansion, kind, output_rope):
                              "pass the table with --table FILE (.pt, .npy, .safetensors or embeddings.txt)")
         width = hints.get("width") if hints.get("width", d) < d else None
         exp = expansion or r["expansion"]
-        tbl, exp = L.narrowest(e if e is not None else ext, d, exp, width)
+        tbl, exp = layouts.narrowest(e if e is not None else ext, d, exp, width)
         if e is not None and ext is not None and not np.array_equal(
-                L.expand(tbl, d, exp), L.expand(L.narrowest(ext, d, exp)[0], d, exp)):
+                expand(tbl, d, exp), expand(layouts.narrowest(ext, d, exp)[0], d, exp)):
             raise UserError(f"the table in {table} differs from the checkpoint's {emb}; pass only one of them")
         if width and tbl.shape[1] != width:
             raise UserError(f"{where} says the input table is {width} wide but {emb or table} is "
                              f"{list(tbl.shape)}, not an expansion of one")
-        sub = L.classify(tbl, kind or r["kind"] or ext_kind or hints.get("kind"), r["trainable"])
+        sub = layouts.classify(tbl, kind or r["kind"] or ext_kind or hints.get("kind"), r["trainable"])
         sub.expansion = exp
         if sub.trainable and tbl.shape[1] < d:  # a trainable table is stored full width
-            tbl = L.expand(tbl, d, exp)
+            tbl = expand(tbl, d, exp)
         args = ModelArgs(**r["args"], substrate=sub)
         notes = [f"substrate recipe inferred: {sub.kind}, table {list(tbl.shape)}, {exp} expansion"]
     if tbl.shape[0] != args.vocab_size or d % tbl.shape[1]:
@@ -99,7 +99,7 @@ def plan_import(source, mapping=None, expansion=None, table=None, kind=None, rop
                 dtype="float32", strict=True):
     """(ModelArgs, a write plan [(our name, shape, dtype, make)], info).
     Only the input table is read here; the rest is read while writing."""
-    layout, c = L.detect(source.keys(), source.config.get("model_type"), mapping, strict=strict)
+    layout, c = layouts.detect(source.keys(), source.config.get("model_type"), mapping, strict=strict)
     if rope:
         layout = {**layout, "config": {**(layout.get("config") or {}), "rope": rope}}
     placed, n = c["placed"], c["layers"]
@@ -129,9 +129,9 @@ def plan_import(source, mapping=None, expansion=None, table=None, kind=None, rop
     for name, ours, i, p, shape in entries + [("norm.weight", "norm", None, "weight", (d,)),
                                               ("norm.bias", "norm", None, "bias", (d,))]:
         k, part = key(ours, i, p), None
-        if k is None and L.QKV in layout["tensors"] and ours.endswith(("q_proj", "k_proj", "v_proj")):
-            k, part = key(L.QKV, i, p), "qkv".index(ours[-6])
-        theirs = layout["tensors"].get(L.QKV if part is not None else ours, ours).replace("{i}", str(i))
+        if k is None and layouts.QKV in layout["tensors"] and ours.endswith(("q_proj", "k_proj", "v_proj")):
+            k, part = key(layouts.QKV, i, p), "qkv".index(ours[-6])
+        theirs = layout["tensors"].get(layouts.QKV if part is not None else ours, ours).replace("{i}", str(i))
         if k is None and p == "bias":
             no_bias.setdefault(ours, []).append(f"{theirs}.bias")
             plan.append((name, shape, st, lambda shape=shape: np.zeros(shape, np.float32)))
@@ -153,7 +153,7 @@ def plan_import(source, mapping=None, expansion=None, table=None, kind=None, rop
             raise UserError(f"tensor {head} has shape {list(source.shape(head))}, expected {[V, d]}")
         plan.append(("lm_head.weight", (V, d), st, make(head)))
     elif tie:
-        plan.append(("lm_head.weight", (V, d), st, lambda: L.expand(tbl, d, args.substrate.expansion)))
+        plan.append(("lm_head.weight", (V, d), st, lambda: expand(tbl, d, args.substrate.expansion)))
         notes.append("lm_head tied to the input embedding (tie_word_embeddings)")
     else:
         raise UserError(f"missing tensor {layout['tensors']['lm_head']}.weight (our lm_head.weight) in {source.path}")
@@ -166,13 +166,13 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
                       output_rope=None, dtype="float32", overwrite=False, shard_bytes=SHARD_BYTES) -> dict:
     """Import a checkpoint (directory or file) into a mlx-grow model directory,
     or into a merged one when it holds experts. Returns a report with notes."""
-    from mlx_grow.tokenizer import load_tokenizer
+    from mlx_grow.tokenizer import check_vocab, load_tokenizer
 
     if dtype not in OUT_DTYPES:
         raise UserError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {brief(dtype)}")
     source = Source(src)
     if mapping is not None and not isinstance(mapping, dict):
-        mapping = L.load_mapping(mapping)
+        mapping = layouts.load_mapping(mapping)
     opts = dict(mapping=mapping, expansion=expansion, kind=kind, rope=rope, output_rope=output_rope, dtype=dtype)
     split = split_experts(source, mapping)
     if split is None:
@@ -184,16 +184,15 @@ def import_checkpoint(src, out, mapping=None, expansion=None, table=None, tokeni
     args, plan, info = results[0]
     tok_src = tokenizer or (source.root if (source.root / "tokenizer.json").is_file() else None)
     tok = load_tokenizer(tok_src) if tok_src is not None else None
-    if tok is not None and tok.vocab_size != args.vocab_size:
-        raise UserError(f"tokenizer {tok_src} has {tok.vocab_size} ids but the weights have {args.vocab_size} "
-                         "rows: pass the model's tokenizer with --tokenizer")
+    if tok is not None:
+        check_vocab(tok, args.vocab_size, f"tokenizer {tok_src}", "pass the model's tokenizer with --tokenizer")
     if tok is None and split is not None:
         raise UserError(f"a merge needs its tokenizer: {source.root} has no tokenizer.json; pass --tokenizer")
     notes = [n for r in results for n in r[2]["notes"]]
     if tok is None:
         notes.append("no tokenizer found: pass --tokenizer to make the directory loadable with load()")
     if unplaced:
-        notes.append(f"{len(unplaced)} tensor(s) not placed (left out): {', '.join(L.compact(unplaced)[:12])}")
+        notes.append(f"{len(unplaced)} tensor(s) not placed (left out): {', '.join(layouts.compact(unplaced)[:12])}")
     copy_from = source.root if tokenizer is None else None  # the source's own tokenizer files, as they are
     with write_model_dir(out, overwrite=overwrite, shard_bytes=shard_bytes, inputs=[src, table, tokenizer]) as w:
         if split is None:
@@ -212,9 +211,9 @@ def load_export(src):
     the model `import_checkpoint` would write (float32), a merge with its combiner."""
     import mlx.core as mx
 
-    from mlx_grow.checkpoint import build_model, check_vocab
+    from mlx_grow.checkpoint import build_model
     from mlx_grow.merge.combine import Combiner, MergedModel
-    from mlx_grow.tokenizer import load_tokenizer
+    from mlx_grow.tokenizer import check_vocab, load_tokenizer
 
     source = Source(src)
     if not (source.root / "tokenizer.json").is_file():
@@ -239,7 +238,7 @@ def load_export(src):
             model.adapter.load_weights(str(f), strict=True)
         mx.eval(model.parameters())
     tok = load_tokenizer(source.root)
-    check_vocab(model.args, tok, source.root)
+    check_vocab(tok, model.args.vocab_size, f"tokenizer in {source.root}")
     return model, tok
 
 
@@ -255,14 +254,14 @@ def split_experts(source, mapping=None):
             s.prefix = e["dir"] + "/"
         return subs, [], None, record
     try:
-        L.detect(source.keys(), source.config.get("model_type"), mapping)
+        layouts.detect(source.keys(), source.config.get("model_type"), mapping)
         return None
     except ValueError:
-        prefixes = L.expert_prefixes(source.keys(), mapping)
+        prefixes = layouts.expert_prefixes(source.keys(), mapping)
         if len(prefixes) < 2:
             raise
     rest = [k for k in source.keys() if not k.startswith(tuple(prefixes))]
-    shared = next((k for k in rest if len(source.shape(k)) == 2 and L.EMBED_NAME.search(k)), None)
+    shared = next((k for k in rest if len(source.shape(k)) == 2 and layouts.EMBED_NAME.search(k)), None)
     return ([source.view(p) for p in prefixes], [k for k in rest if k != shared],
             source.get(shared) if shared else None, None)
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from mlx_grow.base import UserError
-from mlx_grow.convert import layouts as L
+from mlx_grow.convert import layouts
 from mlx_grow.convert.importer import split_experts
 from mlx_grow.io.tensors import Source
 
@@ -13,7 +13,7 @@ def inspect(path, mapping=None) -> dict:
     matched (or why none did)."""
     source = Source(path)
     if mapping is not None and not isinstance(mapping, dict):
-        mapping = L.load_mapping(mapping)
+        mapping = layouts.load_mapping(mapping)
     out = {"path": str(source.path), "config": source.config,
            "tensors": [(k, list(source.shape(k)), source.dtype(k)) for k in sorted(source.keys())]}
     try:
@@ -21,7 +21,7 @@ def inspect(path, mapping=None) -> dict:
     except ValueError as e:
         return {**out, "layout": None, "problem": str(e)}
     if split is None:
-        layout, c = L.detect(source.keys(), source.config.get("model_type"), mapping)
+        layout, c = layouts.detect(source.keys(), source.config.get("model_type"), mapping)
         return {**out, "layout": layout["name"], "layers": c["layers"]}
     subs, unplaced, _, record = split
     return {**out, "layout": "merge" if record else "experts under prefixes",

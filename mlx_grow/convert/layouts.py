@@ -1,6 +1,6 @@
 """Understanding foreign checkpoints for `convert import`: the layout (which
 names hold which part of our block), the config, and the input table. The
-tensors themselves are read by tensorio.py.
+tensors themselves are read by io/tensors.py.
 
 A layout maps our module names to the source's (`{i}` is the layer index);
 `.weight` and `.bias` are appended, and a name that already is a tensor is
@@ -15,7 +15,7 @@ import numpy as np
 
 from mlx_grow.base import UserError, brief, key_list
 from mlx_grow.substrate.codes import id_bits
-from mlx_grow.substrate.tables import SubstrateArgs
+from mlx_grow.substrate.tables import SubstrateArgs, expand
 
 MAP_EXAMPLE = """\
 base: nanogpt              # optional: start from a built-in layout
@@ -282,13 +282,6 @@ def name_hints(config: dict) -> dict:
 
 
 # --- the input table ---
-
-
-def expand(table: np.ndarray, d: int, expansion: str) -> np.ndarray:
-    r = d // table.shape[1]
-    if r == 1:
-        return table
-    return np.repeat(table, r, axis=1) if expansion == "repeat" else np.tile(table, (1, r))
 
 
 def narrowest(e: np.ndarray, d: int, expansion=None, width=None):

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from mlx_grow.base import UserError, need_int
-from mlx_grow.data.stream import Shard, Stream, _checked, _tokenizer, prepare, split_note
-from mlx_grow.io.read import parse_json, read_text
+from mlx_grow.data.shards import Shard, checked, split_note
+from mlx_grow.data.stream import Stream, _tokenizer, prepare
+from mlx_grow.data.task_file import read_task_file
 
 
 def _shards(items, tokenizer="bvv241-2-3", **kw) -> list:
@@ -26,7 +27,7 @@ def _shards(items, tokenizer="bvv241-2-3", **kw) -> list:
         if isinstance(it, Shard):
             out.append(it)
         elif (Path(str(it)).expanduser() / "meta.json").exists():
-            out.append(_checked(Shard(Path(str(it)).expanduser())))
+            out.append(checked(Shard(Path(str(it)).expanduser())))
         else:
             out += prepare([it], tokenizer, **kw)
     return out
@@ -68,36 +69,17 @@ def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def _task_items(path) -> list:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"task file {path} not found")
-    text = read_text(path, "task file")
-    rows = parse_json(text, str(path)) if path.suffix == ".json" else [
-        parse_json(x, f"{path} line {n}") for n, x in enumerate(text.splitlines(), 1) if x.strip()]
-    if not isinstance(rows, list):
-        raise UserError(f"{path} must hold a JSON list of items, got {type(rows).__name__}")
-    items = []
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or not isinstance(r.get("question"), str):
-            raise UserError(f"{path} item {i} has no question: items need question, choices and answer fields")
-        a, choices = r.get("answer"), r.get("choices") or []
-        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-            raise UserError(f"{path} item {i}: choices must be a list of strings")
-        if isinstance(a, str) and len(a) == 1 and a.isalpha() and choices:
-            a = ord(a.upper()) - ord("A")
-        gold = choices[a] if isinstance(a, int) and 0 <= a < len(choices) else a if isinstance(a, str) else ""
-        items.append((r["question"], str(gold)))
-    return items
-
-
 def contamination(shards_or_stream, task_file, n: int = 13, tokenizer=None) -> dict:
-    """Which task items have a question or gold-answer word n-gram in the training
-    shards. Words are lower-cased letter/digit runs (each CJK character is one
-    word); n-grams never cross documents. A question shorter than n words is
-    looked up whole; an answer shorter than n words is not checked (None)."""
+    """Which items of a task file (read as `mlx-grow eval` reads it, data/task_file.py)
+    have a question or gold-answer word n-gram in the training shards; the gold
+    answer is the right choice, the first SQuAD answer or a translation's target
+    (its source stands for the question). Words are lower-cased letter/digit runs
+    (each CJK character is one word); n-grams never cross documents. A question
+    shorter than n words is looked up whole; an answer shorter than n words is not
+    checked (None)."""
     need_int("-n", n, 1)
-    shards, items, vocab = _shards(shards_or_stream), _task_items(task_file), {}
+    items = [(it.question or it.source, it.gold) for it in read_task_file(task_file)[1]]
+    shards, vocab = _shards(shards_or_stream), {}
 
     def wids(text):
         return np.array([vocab.setdefault(w, len(vocab)) for w in _words(text)], np.int64)

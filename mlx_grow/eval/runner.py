@@ -4,10 +4,19 @@ import math
 from pathlib import Path
 
 from mlx_grow.base import UserError, brief, need_int
-from mlx_grow.eval import tasks as T
+from mlx_grow.data.task_file import Task
+from mlx_grow.eval.protocol import (
+    choice_metrics,
+    group_by,
+    loglik_requests,
+    paper_max_tokens,
+    paper_metrics,
+    paper_prompt,
+)
+from mlx_grow.eval.tasks import load_task
 from mlx_grow.eval.report import PROTOCOLS, _fmt
 from mlx_grow.generate import PROMPT_STARTS
-from mlx_grow.io.read import read_json, read_text
+from mlx_grow.io.read import json_rows, read_json, read_text
 
 SIGMA = {0: "standard deviation of the per-run scores with ddof=0 (np.std), as the papers' harness computes it",
          1: "sample standard deviation (ddof=1) of the per-run scores; the papers' harness used np.std "
@@ -23,11 +32,11 @@ def outputs_from_generate(generate_fn, runs: int, temp: float, top_k: int, seed:
     return fn
 
 
-def loglik_eval(scorer, task: T.Task, progress=None) -> list:
+def loglik_eval(scorer, task: Task, progress=None) -> list:
     """[(label, metrics)] of a task under the log-likelihood protocol."""
     reqs, owner = [], []
     for j, it in enumerate(task.items):
-        ctx, conts = T.loglik_requests(task, it)
+        ctx, conts = loglik_requests(task, it)
         for c in conts:
             reqs.append(scorer.encode_pair(ctx, c, it.where))
             owner.append(j)
@@ -36,8 +45,8 @@ def loglik_eval(scorer, task: T.Task, progress=None) -> list:
     for j, (lp, _) in zip(owner, res):
         scores[j].append(lp)
     if task.kind == "choice":
-        m = T.choice_metrics(task.items, scores)
-        subjects = T.group_by(task.items, lambda it: it.subject)
+        m = choice_metrics(task.items, scores)
+        subjects = group_by(task.items, lambda it: it.subject)
         if len(subjects) > 1 or None not in subjects:
             m["subjects"] = {s: {"acc": sum(m["hits"][j] for j in js) / len(js),
                                  "acc_norm": sum(m["norm_hits"][j] for j in js) / len(js), "n": len(js)}
@@ -45,7 +54,7 @@ def loglik_eval(scorer, task: T.Task, progress=None) -> list:
         del m["hits"], m["norm_hits"]
         return [(task.name, m)]
     out = []
-    groups = (T.group_by(task.items, lambda it: it.direction) if task.kind == "translation"
+    groups = (group_by(task.items, lambda it: it.direction) if task.kind == "translation"
               else {None: range(len(task.items))})
     for d, js in groups.items():
         nll = -sum(scores[j][0] for j in js)
@@ -55,14 +64,14 @@ def loglik_eval(scorer, task: T.Task, progress=None) -> list:
     return out
 
 
-def paper_eval(task: T.Task, outputs_fn, progress=None, ddof: int = 0) -> list:
+def paper_eval(task: Task, outputs_fn, progress=None, ddof: int = 0) -> list:
     """[(label, metrics)] of a task under the papers' generative protocol; `outputs_fn(prompts,
     max_new)` returns (sampled outputs [run][item], greedy outputs [item]); the interval's σ has
     `ddof` (0, as the papers' harness computes it, or 1)."""
-    prompts = [T.paper_prompt(task, it) for it in task.items]
-    max_new = [T.paper_max_tokens(task, it) for it in task.items]
+    prompts = [paper_prompt(task, it) for it in task.items]
+    max_new = [paper_max_tokens(task, it) for it in task.items]
     sampled, greedy = outputs_fn(prompts, max_new, progress=progress)
-    return T.paper_metrics(task, prompts, sampled, greedy, ddof)
+    return paper_metrics(task, prompts, sampled, greedy, ddof)
 
 
 def text_docs(path) -> list:
@@ -71,7 +80,7 @@ def text_docs(path) -> list:
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} does not exist")
     if path.suffix in (".json", ".jsonl"):
-        rows = T.read_rows(path)
+        rows = list(json_rows(path, "text file"))
         bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("text"), str)),
                    None)
         if bad is not None:
@@ -184,7 +193,7 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
     `prompt_start`: how paper-protocol prompts start (None: as each model's tokenizer says; "none"; "sep").
     `revision`: the branch, tag or commit of the Hub ids among `models`.
     `split`: the split of opus100 (default validation, as the authors' harness)."""
-    from mlx_grow.eval import scorer as E
+    from mlx_grow.eval.scorer import DEFAULT_BATCH_TOKENS, Scorer
     from mlx_grow.io.progress import StepProgress
 
     if protocol not in PROTOCOLS:
@@ -203,7 +212,7 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
     # Counts are checked here once, for tasks and texts alike: 0 never silently means "the default"
     need_int("--limit", limit, 1, optional=True)
     need_int("--batch-tokens", batch_tokens, 1, optional=True)
-    loaded = [T.load_task(t, limit, hub, split) for t in tasks]
+    loaded = [load_task(t, limit, hub, split) for t in tasks]
     text_files = [(f, text_docs(f)) for f in texts]  # read before any model is scored
     report = {"mlx_grow_eval": 1, "protocol": protocol, "models": [], "results": [], "texts": [],
               "settings": {"limit": limit, "runs": runs, "temp": temp, "top_k": top_k, "seed": seed,
@@ -214,12 +223,12 @@ def run_eval(models, tasks=(), texts=(), protocol="loglik", limit=None, runs=10,
                         for t in loaded]}
     for name, path in expand_models(models, revision):
         model, tok, info = load_for_eval(path)
-        scorer = E.Scorer(model, tok, batch_tokens or E.DEFAULT_BATCH_TOKENS, name=name, prompt_start=prompt_start)
+        scorer = Scorer(model, tok, batch_tokens or DEFAULT_BATCH_TOKENS, name=name, prompt_start=prompt_start)
         info["prompt_start"] = [tok.decode([i]) for i in scorer.prompt_before]  # what paper prompts follow
         report["models"].append({"name": name, **info})
         for task in loaded:
             total = len(task.items) if protocol == "paper" else sum(
-                len(T.loglik_requests(task, it)[1]) for it in task.items)
+                len(loglik_requests(task, it)[1]) for it in task.items)
             bar = StepProgress(total, enabled=progress, label=f"{name} · {task.name}")
             done = [0]
 

@@ -17,8 +17,10 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_grow.base import UserError
-from mlx_grow.eval import tasks as T
+from mlx_grow.eval.protocol import cut_prompt
 from mlx_grow.generate import pad_mask, prompt_affixes
+from mlx_grow.sample import without_padding
+from mlx_grow.tokenizer import check_vocab
 
 log = logging.getLogger("mlx_grow.evaluate")
 
@@ -53,9 +55,8 @@ def _take_cache(cache, index):
 
 def check_pair(model, tokenizer, name: str = "model"):
     vocab = getattr(getattr(model, "args", None), "vocab_size", None)
-    if vocab is not None and tokenizer.vocab_size > vocab:
-        raise UserError(f"{name}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
-                         f"{vocab}: use the tokenizer the model was trained with")
+    if vocab is not None:
+        check_vocab(tokenizer, vocab, f"{name}: the tokenizer")
 
 
 class Scorer:
@@ -240,7 +241,7 @@ class Scorer:
             done = np.zeros(len(rngs), bool)
             logits, sub = last[src], None
             for t in range(steps):
-                ids[:, t] = self._pick(logits, temp, top_k, rngs, is_greedy)
+                ids[:, t] = self._pick(without_padding(logits, self.tok.vocab_size), temp, top_k, rngs, is_greedy)
                 if until:
                     done |= [ids[j, t] == self.tok.eos_id or any(u in self.tok.decode(ids[j, :t + 1]) for u in until)
                              for j in range(len(rngs))]
@@ -282,5 +283,5 @@ class Scorer:
                         "the vocabulary?): the papers' cut by character length misplaces their answers")
         new = self.sample([self.prompt_before + i + self.prompt_after for i in ids], max_new, runs, temp, top_k, seed,
                           progress=progress)
-        text = [[T.cut_prompt(p, self.tok.decode(i + row)) for row in rows] for p, i, rows in zip(prompts, ids, new)]
+        text = [[cut_prompt(p, self.tok.decode(i + row)) for row in rows] for p, i, rows in zip(prompts, ids, new)]
         return [[t[r] for t in text] for r in range(runs)], [t[runs] for t in text]

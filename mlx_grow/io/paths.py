@@ -1,10 +1,17 @@
-"""Paths read from our own files (an index, a manifest, a merge record) are
-data, not trust: each must stay inside the folder that names it."""
+"""Where mlx-grow keeps its caches, and paths read from our own files (an index,
+a manifest, a merge record), which are data, not trust: each must stay inside the
+folder that names it."""
 
 import os
 from pathlib import Path
 
 from mlx_grow.base import UserError, brief
+
+
+def cache_home() -> Path:
+    """mlx-grow's cache folder: $MLX_GROW_CACHE, else ~/.cache/mlx-grow (built
+    tokenizers, token shards and downloaded datasets each have a folder in it)."""
+    return Path(os.environ.get("MLX_GROW_CACHE") or Path.home() / ".cache" / "mlx-grow").expanduser()
 
 
 def hub_blobs(folder: Path):

@@ -1,4 +1,5 @@
-"""Progress of long loops: a Rich bar on a terminal; plain lines otherwise.
+"""Progress of long loops: a Rich bar on a terminal (`rich_bar`, the one kind of
+bar mlx-grow draws); plain lines otherwise (`StepProgress`).
 
 Progress goes to stderr (results go to stdout). When it is not a terminal (a
 log file, CI, `nohup`, a notebook's captured output), a line with the step, the description (e.g. the loss), tokens/s and
@@ -22,6 +23,13 @@ from rich.progress import (
 )
 
 EVERY_S = 30.0
+
+
+def rich_bar(*columns, enabled: bool = True) -> Progress:
+    """A Rich progress bar on stderr (results go to stdout, bars never do): the
+    description, the bar, `columns` (counts, rates), then the time left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), *columns, TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled)
 
 
 def _duration(s: float) -> str:
@@ -50,11 +58,7 @@ class StepProgress:
             return
         isatty = getattr(self.stream, "isatty", lambda: False)
         if isatty():
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True),  # results go to stdout, bars never do
-            )
+            self.progress = rich_bar(MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
             self.progress.start()
             self.task = self.progress.add_task(label, total=total, rate="")
         else:

@@ -1,11 +1,15 @@
 """Reading what a file holds, by one rule: a value, or one UserError line that
 names the file; never a traceback, never unbounded work. Our own JSON files
 (manifests, run.json, records, markers) and JSON inputs go through `read_json` /
-`parse_json`; configs and mapping files through `load_yaml` (strict: no
-duplicate keys, bounded nesting, bounded alias fan-out); text through `read_text`."""
+`parse_json`; rows of .json/.jsonl files (task files, data rows) through
+`json_rows`; configs and mapping files through `load_yaml` (strict: no duplicate
+keys, bounded nesting, bounded alias fan-out); text through `read_text`."""
 
+import codecs
+import gzip
 import json
 from pathlib import Path
+from typing import Iterator, Optional
 
 import yaml
 
@@ -22,6 +26,11 @@ def kind_of(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def _not_utf8(path, what: str, byte: int, offset: int) -> UserError:
+    return UserError(f"cannot read {what} {path}: it is not UTF-8 text (invalid byte 0x{byte:02x} at offset "
+                     f"{offset}); save it as UTF-8")
+
+
 def read_text(path, what: str = "file") -> str:
     """The UTF-8 text of `path`; a file that is not UTF-8 is one line naming it."""
     path = Path(path)
@@ -29,8 +38,54 @@ def read_text(path, what: str = "file") -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"cannot read {what} {path}: it is not UTF-8 text (invalid byte 0x{data[e.start]:02x} at "
-                        f"offset {e.start}); save it as UTF-8") from None
+        raise _not_utf8(path, what, data[e.start], e.start) from None
+
+
+def opener(path):
+    """`open`, or `gzip.open` for a `.gz` file (read as the bytes it holds)."""
+    return gzip.open if Path(path).name.endswith(".gz") else open
+
+
+def utf8_error(path) -> Optional[int]:
+    """The byte offset of the first invalid UTF-8 byte in a file (uncompressed, for a
+    .gz), or None; read in blocks, never whole."""
+    dec, pos = codecs.getincrementaldecoder("utf-8")("strict"), 0
+    with opener(path)(path, "rb") as f:
+        while block := f.read(1 << 24):
+            held = len(dec.getstate()[0])  # bytes of a character cut by the last block
+            try:
+                dec.decode(block)
+            except UnicodeDecodeError as e:
+                return pos - held + e.start
+            pos += len(block)
+        try:
+            dec.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            return pos + e.start - len(e.object)
+    return None
+
+
+def json_rows(path, what: str = "file") -> Iterator:
+    """The rows of a `.json` file (one JSON list) or of a `.jsonl` file (a JSON value a
+    line, blank lines skipped; `.jsonl.gz` through gzip, read a line at a time). Bad
+    JSON or bytes that are not UTF-8 are one line naming the file and the line."""
+    path = Path(path)
+    if path.name.endswith(".json"):
+        rows = parse_json(read_text(path, what), str(path))
+        if not isinstance(rows, list):
+            raise UserError(f"{path} must hold a JSON list of rows (or be .jsonl, a row a line), got {kind_of(rows)}")
+        yield from rows
+        return
+    try:
+        with opener(path)(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield parse_json(line, f"{path} line {n}")
+    except UnicodeDecodeError:
+        offset = utf8_error(path)
+        with opener(path)(path, "rb") as f:
+            f.seek(offset)
+            raise _not_utf8(path, what, f.read(1)[0], offset) from None
 
 
 def check_depth(value, where: str, error=UserError, limit: int = MAX_DEPTH):

@@ -5,19 +5,18 @@ from pathlib import Path
 
 from mlx.utils import tree_flatten
 
-from mlx_grow.base import UserError, brief
+from mlx_grow.base import UserError
 from mlx_grow.checkpoint import (
     META,
-    check_vocab,
     load_args,
     load_model,
     save_model,
 )
 from mlx_grow.io import check_output
-from mlx_grow.merge.combine import MergedModel, make_combiner, parse_floats
+from mlx_grow.merge.combine import MergedModel, expert_weights, make_combiner
 from mlx_grow.merge.store import lineage_roots, read_experts, run_sources, save_merged
 from mlx_grow.merge.tune import check_tune, tune_merged
-from mlx_grow.tokenizer import load_tokenizer
+from mlx_grow.tokenizer import check_vocab, load_tokenizer
 
 
 def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=None, router=False,
@@ -43,7 +42,7 @@ def merge(expert_dirs, out, combiner="mean-logits", weights=None, temperature=No
     comb = make_combiner(len(dirs), combiner, weights, temperature, router, adapter, rank)
     experts = [load_model(d) for d in dirs]
     tok = load_tokenizer(dirs[0])
-    check_vocab(experts[0].args, tok, dirs[0])
+    check_vocab(tok, experts[0].args.vocab_size, f"tokenizer in {dirs[0]}")
     model = MergedModel(experts, comb)
     record = None
     if tune is not None:
@@ -66,10 +65,7 @@ def average(dirs, metas, out, weights=None, overwrite=False) -> Path:
             diff = ", ".join(f"{k} {cfgs[0].get(k)} vs {c.get(k)}" for k in sorted(set(c) | set(cfgs[0]))
                              if c.get(k) != cfgs[0].get(k))
             raise UserError(f"parameter averaging needs identical architectures; {dirs[0]} and {d} differ: {diff}")
-    w = parse_floats(weights, len(dirs), "weights") or [1.0] * len(dirs)
-    if any(x < 0 for x in w) or sum(w) <= 0:
-        raise UserError(f"weights must be >= 0 and sum to a positive number, got {brief(weights)}")
-    w = [x / sum(w) for x in w]
+    w = expert_weights(weights, len(dirs)) or [1 / len(dirs)] * len(dirs)
     models = [load_model(d) for d in dirs]
     flat = [dict(tree_flatten(m.parameters())) for m in models]
     avg = {k: sum(wi * f[k] for wi, f in zip(w, flat)) for k in flat[0] if k != "substrate.table"}

@@ -251,6 +251,16 @@ def parse_floats(text, n: int, what: str):
     return vals
 
 
+def expert_weights(weights, n: int):
+    """--weights for `n` experts ('0.7,0.3' or a list), scaled to sum to 1; None when not given."""
+    w = parse_floats(weights, n, "weights")
+    if w is None:
+        return None
+    if any(x < 0 for x in w) or sum(w) <= 0:
+        raise UserError(f"weights must be >= 0 and sum to a positive number, got {brief(weights)}")
+    return [x / sum(w) for x in w]
+
+
 def make_combiner(n, combiner="mean-logits", weights=None, temperature=None, router=False, adapter="none",
                   rank=8) -> Combiner:
     if combiner not in COMBINERS:
@@ -259,14 +269,10 @@ def make_combiner(n, combiner="mean-logits", weights=None, temperature=None, rou
         raise UserError(f"unknown adapter {brief(adapter)}: use {', '.join(ADAPTERS)}")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise UserError(f"adapter rank must be a positive integer, got {brief(rank)}")
-    w = parse_floats(weights, n, "weights")
+    w = expert_weights(weights, n)
     if w is not None and combiner == "mean-logits":
         raise UserError("mean-logits gives every expert the same weight; use --combiner weighted "
                          "(or mixture) with --weights")
-    if w is not None:
-        if any(x < 0 for x in w) or sum(w) <= 0:
-            raise UserError(f"weights must be >= 0 and sum to a positive number, got {brief(weights)}")
-        w = [x / sum(w) for x in w]
     t = parse_floats(temperature, n, "temperature")
     if t is not None and any(x <= 0 for x in t):
         raise UserError(f"temperatures must be > 0, got {brief(temperature)}")

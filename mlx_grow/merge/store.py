@@ -24,13 +24,7 @@ from mlx_grow.checkpoint import (
     write_model_dir,
 )
 from mlx_grow.merge.combine import ADAPTERS, COMBINERS, Combiner, MergedModel
-
-
-def _short(fp) -> str:
-    if isinstance(fp, dict):
-        recipe = ", ".join(f"{k}={v}" for k, v in fp.items() if k not in ("shape", "sha256"))
-        return f"{recipe}; table {fp.get('shape')} sha256 {str(fp.get('sha256'))[:12]}…"
-    return str(fp)[:16] + "…" if fp else "none recorded"
+from mlx_grow.substrate.tables import describe_fingerprint, fingerprint_diff
 
 
 def read_experts(expert_dirs):
@@ -52,8 +46,8 @@ def read_experts(expert_dirs):
     a = dirs[0]
     for d, m, v in zip(dirs[1:], metas[1:], vocab[1:]):
         if m.get("tokenizer") != metas[0].get("tokenizer"):
-            raise UserError(f"experts use different tokenizers ({a}: {_short(metas[0].get('tokenizer'))}, {d}: "
-                            f"{_short(m.get('tokenizer'))}); merge only experts trained with the same tokenizer")
+            raise UserError(f"experts use different tokenizers ({a}: {describe_fingerprint(metas[0].get('tokenizer'))}, {d}: "
+                            f"{describe_fingerprint(m.get('tokenizer'))}); merge only experts trained with the same tokenizer")
         if v != vocab[0]:
             raise UserError(f"experts have different vocabularies: {a} has {vocab[0]:,} ids, {d} has {v:,}")
     for d, m in zip(dirs, metas):  # the table in the weights, never the record of it in mlx_grow.json
@@ -61,7 +55,8 @@ def read_experts(expert_dirs):
     for d, m in zip(dirs[1:], metas[1:]):
         if m["substrate"] != metas[0]["substrate"]:
             raise UserError(f"experts differ in their substrate, so their inputs mean different things ({a}: "
-                            f"{_short(metas[0]['substrate'])}; {d}: {_short(m['substrate'])}); merge only experts "
+                            f"{describe_fingerprint(metas[0]['substrate'])}; {d}: {describe_fingerprint(m['substrate'])};"
+                            f" {fingerprint_diff(metas[0]['substrate'], m['substrate'])}); merge only experts "
                             "trained on the same frozen substrate table")
     return dirs, metas
 

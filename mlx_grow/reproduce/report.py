@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlx_grow.base import human
+from mlx_grow.eval.report import markdown_table as _table
 from mlx_grow.io.atomic import atomic_path
 from mlx_grow.reproduce.scales import GROWN_VARIANTS, LAYER_VARIANTS
 
@@ -19,17 +21,7 @@ def _mean_sd(xs):
 
 def si(x) -> str:
     """A count in SI units (K, M, G … E), 2 decimals; – for none."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= div:
-            return f"{x / div:.2f}{unit}"
-    return f"{x:.0f}"
-
-
-def _table(header, rows) -> list:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return human(x, digits=2, giga="G")
 
 
 def _plt():
@@ -334,5 +326,5 @@ def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
     L += _table(["the papers report", f"this run (`--scale {s['name']}`)"], [[a, b] for a, b in claims])
     L += ["", "Substrate choices where the papers are silent: the float substrate is a random "
           f"{s['hidden']}-bit code → PCA → L2 at d_model width; the 64-bit code is collision-free random "
-          "(seed 0); the glyph substrate follows shared/glyph-substrate.md. Hyper-parameters are ours.", ""]
+          "(seed 0); the glyph substrate follows docs/glyph-substrate.md. Hyper-parameters are ours.", ""]
     return "\n".join(L)

@@ -236,14 +236,14 @@ def check_depth(rec: dict, path) -> dict:
 
 def depth_scores(s, root: Path, run_dir: str, tasks, echo) -> dict:
     """Part 5: the log-likelihood benchmarks on every stage of one grown run."""
-    from mlx_grow.eval import tasks as T
+    from mlx_grow.eval.tasks import load_task
     from mlx_grow.eval.runner import run_eval
 
     path = root / "records" / "depth.json"
     if path.is_file():
         return check_depth(read_json(path, dict, fix=REBUILT, shape=DEPTH), path)
     try:
-        loaded = [T.load_task(t, s.eval_limit) for t in tasks]
+        loaded = [load_task(t, s.eval_limit) for t in tasks]
     except (FileNotFoundError, UserError) as e:
         echo(f"  skipped: {e}")
         return {"skipped": str(e)}  # not stored: a later run with the data installed scores it

@@ -188,10 +188,14 @@ def glyph_bits(
 
 def _track(items, progress):
     if not progress:
-        return items
-    from rich.progress import track
+        yield from items
+        return
+    from rich.progress import MofNCompleteColumn
 
-    return track(items, description="rendering glyphs", update_period=0.5)
+    from mlx_grow.io.progress import rich_bar
+
+    with rich_bar(MofNCompleteColumn()) as bar:
+        yield from bar.track(items, description="rendering glyphs", update_period=0.5)
 
 
 def glyph_table(
@@ -203,11 +207,3 @@ def glyph_table(
 
     bits = glyph_bits(token_strings, font, font_size, font_size, augment, progress)
     return pca_l2(bits, min(int(d_model), bits.shape[1]))
-
-
-def load_matrix(path) -> np.ndarray:
-    """A published table (normalized_embeddings_weights.pt, .npy or
-    .safetensors) as float32 [V, D]; a .pt never runs pickled code."""
-    from mlx_grow.substrate.files import load_table_file
-
-    return load_table_file(path)

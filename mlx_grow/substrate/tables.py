@@ -49,7 +49,8 @@ class SubstrateArgs:
     font: Optional[str] = opt(None, "glyph: the font file; default Unifont")
     font_size: int = opt(32, "glyph: the font size in pixels")
     augment: str = opt("2-3", "glyph: the augmentation table, 2-3 | max")
-    tokenizer: Optional[str] = opt(None, "glyph: the tokenizer whose token strings are rendered")
+    tokenizer: Optional[str] = opt(None, "glyph: null, or the run's tokenizer again: the table always draws the token "
+                                         "strings of the config's top-level tokenizer")
 
     def __post_init__(self):
         for key in ("bits", "font_size"):
@@ -124,6 +125,15 @@ def build_table(args: SubstrateArgs, vocab_size: int, d_model: int, token_string
     return table
 
 
+def expand(table: np.ndarray, d_model: int, expansion: str) -> np.ndarray:
+    """A [V, w] table widened to d_model as the model reads it: each entry d/w times
+    (repeat) or the whole row d/w times (tile)."""
+    r = d_model // table.shape[1]
+    if r == 1:
+        return table
+    return np.repeat(table, r, axis=1) if expansion == "repeat" else np.tile(table, (1, r))
+
+
 def pad_columns(table: np.ndarray, d_model: int) -> np.ndarray:
     w = padded_width(table.shape[1], d_model)
     if w == table.shape[1]:
@@ -151,9 +161,24 @@ def fingerprint(args: SubstrateArgs, table) -> dict:
     }
 
 
-def same_interface(a, b, atol: float = 1e-5) -> bool:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=0))
+def describe_fingerprint(fp) -> str:
+    """A fingerprint in a few words: a substrate's (or its recipe alone)
+    `binary(bits=16, order=msb) [65536, 16] (sha256 1a2b3c4d5e6f…)`, a sha256 (a
+    tokenizer's) `1a2b3c4d5e6f…`, or `none recorded`."""
+    if isinstance(fp, dict):
+        recipe = ", ".join(f"{k}={v}" for k, v in fp.items() if k not in ("kind", "shape", "sha256"))
+        if "sha256" not in fp:
+            return f"{fp.get('kind')}({recipe})"
+        return f"{fp.get('kind')}({recipe}) {fp.get('shape')} (sha256 {str(fp.get('sha256'))[:12]}…)"
+    return f"{str(fp)[:12]}…" if fp else "none recorded"
+
+
+def fingerprint_diff(a, b) -> str:
+    """Where two substrate fingerprints differ, in words: `kind=binary vs kind=random`."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return "one has no table"
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k) and k != "sha256"]
+    return ", ".join(f"{k}={a.get(k)} vs {k}={b.get(k)}" for k in keys) or "the same recipe, another table"
 
 
 def save_table(path, args: SubstrateArgs, table: np.ndarray):
@@ -207,7 +232,7 @@ class Substrate(nn.Module):
         table = np.asarray(table, np.float32)
         check_table(table, vocab_size, d_model)
         if args.trainable and table.shape[1] < d_model:
-            table = self.expand_np(table)
+            table = expand(table, d_model, self.expansion)
         self.table = mx.array(table)
         if not args.trainable:
             self.freeze()
@@ -215,10 +240,6 @@ class Substrate(nn.Module):
     @property
     def factor(self) -> int:
         return self.d_model // self.table.shape[1]
-
-    def expand_np(self, table):
-        r = self.d_model // table.shape[1]
-        return np.repeat(table, r, axis=1) if self.expansion == "repeat" else np.tile(table, (1, r))
 
     def __call__(self, ids):
         x = self.table[ids]

@@ -24,7 +24,7 @@ from mlx_grow.config import RunConfig
 from mlx_grow.io.progress import StepProgress
 from mlx_grow.model import Model, flops_per_token, init_weights
 from mlx_grow.substrate.tables import build_table
-from mlx_grow.tokenizer import load_tokenizer
+from mlx_grow.tokenizer import check_vocab, load_tokenizer
 from mlx_grow.training import lora as L
 from mlx_grow.io.faults import armed, maybe_fail
 from mlx_grow.training.params import human
@@ -178,9 +178,7 @@ class Grower:
         # Saved models record what their documents start after: a prompt starts the same way
         # in mlx-grow, transformers and mlx-lm (the tokenizer's post-processor; data encoding never uses it).
         self.tok_out = self.tok.with_prompt_start(cfg.data.separator)
-        if self.tok.vocab_size != self.args.vocab_size:
-            raise UserError(f"tokenizer {cfg.tokenizer} has {self.tok.vocab_size} ids but model.vocab_size is "
-                            f"{self.args.vocab_size}: make them equal")
+        check_vocab(self.tok, self.args.vocab_size, f"tokenizer {cfg.tokenizer}", "make them equal", exact=True)
         self.source, self.source_model = self.open_source(from_dir)
         self.base = self.source["depth"] if self.source else 0
         if self.base or cfg.base:  # the plan grows depth - base blocks on top of the source's

@@ -4,28 +4,9 @@ over each data source, and `grow --dry-run`'s plan."""
 import os
 from pathlib import Path
 
-from mlx_grow.base import UserError
+from mlx_grow.base import UserError, size
+from mlx_grow.papers import PARAMS
 from mlx_grow.training.params import human, stage_active, totals
-
-# Figures as the papers print them, shown next to ours.
-PUBLISHED = {
-    "paper-9l-glyph": {"total": "247.6M", "monolithic trainable": "180.5M", "stage active": "105.0M"},
-    "paper-9l-16bit": {"stage active": "105.0M"},
-    "paper-16l-16bit": {"total": "269.7M", "tokens": "68.9B"},
-    "es-16l-glyph": {"total": "~335M"},
-    "es-16l-16bit": {"total": "~269M"},
-    "es-16l-64bit": {"total": "~272M"},
-    "es-16l-256bit": {"total": "~285M"},
-    "es-16l-1024bit": {"total": "~335M"},
-    "es-16l-unfrozen": {"total": "~335M"},
-    "es-16l-16float": {"total": "~269M"},
-    "es-16l-64float": {"total": "~272M"},
-    "es-16l-256float": {"total": "~285M"},
-    "es-16l-float": {"total": "~335M"},
-    "d4096-1layer": {"total (1 layer)": "1.3B", "per further layer": "+0.2B"},
-    "d4096-1layer-v1": {"total (1 layer)": "1.3B", "per further layer": "+0.2B"},
-}
-
 
 def describe(target: str) -> dict:
     p = Path(target)
@@ -50,14 +31,14 @@ def describe(target: str) -> dict:
     if cfg is not None:
         notes += stage_notes(cfg, t)
         notes += data_notes(cfg, None)[0]
-    for key, val in PUBLISHED.get(name, {}).items():
+    for key, val in PARAMS.get(name, {}).items():
         notes.append(f"published ({key}): {val}")
     return {"title": f"{name}: parameters", "columns": ["part", "count", "", "status"], "rows": rows,
             "notes": notes}
 
 
 def memory(target: str, batch=None, seq=None, stage=None, ranks: int = 1) -> dict:
-    """The memory planner's prediction for a config (see mlx_grow/memory.py)."""
+    """The memory planner's prediction for a config (see training/memory.py)."""
     from mlx_grow.config import load_config
     from mlx_grow.training.memory import report
 
@@ -182,7 +163,7 @@ def dry_run(cfg, out=None) -> list:
     """The plan of a grow run, computed from the config alone and writing nothing:
     stages, tokens, passes per source, FLOPs, predicted memory and, when an earlier
     run in `out` measured one, a time estimate."""
-    from mlx_grow.training.memory import gb, machine_memory, plan_config
+    from mlx_grow.training.memory import machine_memory, plan_config
     from mlx_grow.training.params import totals
     from mlx_grow.training.schedule import plan
 
@@ -196,8 +177,8 @@ def dry_run(cfg, out=None) -> list:
     worst = max(p["stages"], key=lambda r: r["peak"])
     have, source = machine_memory()
     label = "monolithic" if cfg.grow.monolithic else worst["stage"].label
-    lines.append(f"predicted peak memory: {gb(worst['peak'])} ({label}, batch {p['batch']} x seq {p['seq']}, "
-                 f"{p['dtype']}); this machine has {gb(have)} ({source})")
+    lines.append(f"predicted peak memory: {size(worst['peak'])} ({label}, batch {p['batch']} x seq {p['seq']}, "
+                 f"{p['dtype']}); this machine has {size(have)} ({source})")
     speed, where = measured_tok_s(out)
     if speed:
         hours = tokens / speed / 3600

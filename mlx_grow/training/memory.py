@@ -32,7 +32,7 @@ attention differently, so treat GPU figures as estimates.
 import os
 from dataclasses import dataclass
 
-from mlx_grow.base import UserError, brief
+from mlx_grow.base import UserError, brief, size
 from mlx_grow.training.params import human, stage_active, totals
 
 # [B, T, d] tensors each trainable block keeps for its backward pass
@@ -175,8 +175,8 @@ def fit_warning(cfg, ranks: int = 1) -> str | None:
     if worst["peak"] <= have:
         return None
     k = worst["stage"].index + 1
-    return (f"warning: stage {k} is predicted to need {gb(worst['peak'])} per rank at batch {p['batch']} x "
-            f"seq {p['seq']} ({p['dtype']}), but this machine has {gb(have)} ({source}); lower "
+    return (f"warning: stage {k} is predicted to need {size(worst['peak'])} per rank at batch {p['batch']} x "
+            f"seq {p['seq']} ({p['dtype']}), but this machine has {size(have)} ({source}); lower "
             "train.batch_size (raise train.grad_accum to keep the global batch) or add ranks")
 
 
@@ -248,18 +248,6 @@ def disk_check(cfg, stages, out, extra_per_model: int = 0):
                         "number of stages, or choose an --out with more space. Nothing was written")
 
 
-def size(n: float) -> str:
-    """Bytes in binary units: `512 MiB`, `2.10 GiB`, `250.00 TiB`."""
-    for unit, div in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
-
-
-def gb(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
 def report(cfg, batch=None, seq=None, stage: int | None = None, ranks: int = 1) -> dict:
     """Rows for `mlx-grow info --batch --seq --stage`: one column per plan."""
     p = plan_config(cfg, batch, seq, ranks)
@@ -269,13 +257,13 @@ def report(cfg, batch=None, seq=None, stage: int | None = None, ranks: int = 1) 
     chosen = [p["stages"][stage - 1]] if stage else p["stages"]
     cols = [(f"stage {r['stage'].index + 1}", r) for r in chosen] + [("monolithic", p["monolithic"])]
     keys = ["weights", "optimizer", "gradients", "activations", "logits", "prefix cache"]
-    rows = [[k] + [gb(r["parts"][k]) for _, r in cols] for k in keys]
+    rows = [[k] + [size(r["parts"][k]) for _, r in cols] for k in keys]
     rows.append(["active params"] + [human(r["active"]) for _, r in cols])
     rows.append(["peak moment"] + [r["peak_moment"] for _, r in cols])
-    rows.append(["predicted peak"] + [gb(r["peak"]) for _, r in cols])
+    rows.append(["predicted peak"] + [size(r["peak"]) for _, r in cols])
     have, source = machine_memory()
     rows.append(["fits this machine"] + ["yes" if r["peak"] <= have else "no" for _, r in cols])
     notes = [f"per rank at batch {p['batch']} x seq {p['seq']}, {p['dtype']}, {ranks} rank(s); "
-             f"this machine: {gb(have)} ({source})"]
+             f"this machine: {size(have)} ({source})"]
     return {"title": f"{cfg.name or 'config'}: predicted peak memory", "columns": ["", *[c for c, _ in cols]],
             "rows": rows, "notes": notes}

@@ -2,6 +2,7 @@
 
 from mlx.utils import tree_flatten
 
+from mlx_grow.base import human  # noqa: F401  (counts in words; read from here by the training modules)
 from mlx_grow.model import ModelArgs, block_param_count, norm_param_count
 from mlx_grow.substrate.codes import padded_width
 
@@ -48,10 +49,3 @@ def stage_active(args: ModelArgs, new_blocks: int, train_head: bool = True, extr
 def count_module(module, trainable_only: bool = False) -> int:
     params = module.trainable_parameters() if trainable_only else module.parameters()
     return sum(v.size for _, v in tree_flatten(params))
-
-
-def human(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)

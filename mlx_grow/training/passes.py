@@ -55,7 +55,7 @@ def _key(spec, instruction: bool) -> tuple:
 
 def planned_draws(cfg) -> dict:
     """{key: [spec, instruction, tokens drawn]} over the whole plan of `cfg`."""
-    from mlx_grow.data.stream import SourceSpec
+    from mlx_grow.data.config import SourceSpec
     from mlx_grow.training.schedule import plan
 
     d, t = cfg.data, cfg.train
@@ -86,7 +86,7 @@ def find_shard(spec, data_cfg, tok, instruction: bool = False):
     `tok`: the tokenizer, or a function that returns it (called only when needed)."""
     import json
 
-    from mlx_grow.data.stream import FORMAT, _slug, cache_root
+    from mlx_grow.data.shards import FORMAT, cache_root, slug
 
     root = cache_root(data_cfg.cache_dir)
     if not root.is_dir():
@@ -96,7 +96,7 @@ def find_shard(spec, data_cfg, tok, instruction: bool = False):
                 separator=data_cfg.separator, val_fraction=data_cfg.val_fraction)
     defaults = {"template": None, "split": "train", "token_budget": None}
     best = None
-    for meta_path in root.glob(f"{_slug(spec.source)}-*/meta.json"):
+    for meta_path in root.glob(f"{slug(spec.source)}-*/meta.json"):
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):

@@ -94,9 +94,6 @@ def plan(cfg: RunConfig, base: int | None = None) -> list:
     g = cfg.grow
     depth = cfg.depth
     base = cfg.base if base is None else base
-    if base and g.monolithic:
-        raise UserError("grow.monolithic trains every block from scratch, so it cannot start from an existing "
-                        "model (--from)")
     sizes = g.sizes(depth, base)
     offset = 1 if base and not g.from_as_first_stage else 0  # --from: the source is stage 1
     stages, built = [], base

@@ -19,7 +19,7 @@ from mlx_grow.checkpoint import (
     read_weights,
     weights_digest,
 )
-from mlx_grow.substrate.tables import build_table, fingerprint
+from mlx_grow.substrate.tables import build_table, describe_fingerprint, fingerprint
 from mlx_grow.tokenizer import load_tokenizer
 
 # ModelArgs fields that may differ between MODEL and the config: the depth is what grows, and
@@ -33,16 +33,6 @@ def source_depth(path) -> int:
     if not path.is_dir():
         raise UserError(f"--from {path}: no such model directory")
     return load_args(path).num_hidden_layers
-
-
-def describe(fp) -> str:
-    """A substrate fingerprint (or recipe) in a few words: `binary(bits=16, order=msb) [65536, 16] (sha256 1a2b3c4d5e6f…)`."""
-    if not isinstance(fp, dict):
-        return "(none recorded)"
-    recipe = ", ".join(f"{k}={v}" for k, v in fp.items() if k not in ("kind", "shape", "sha256"))
-    if "sha256" not in fp:  # a recipe alone
-        return f"{fp.get('kind')}({recipe})"
-    return f"{fp.get('kind')}({recipe}) {fp.get('shape')} (sha256 {str(fp.get('sha256'))[:12]}…)"
 
 
 def config_substrate(cfg, tok):
@@ -88,7 +78,7 @@ def check_source(path, cfg, tok):
     else:
         want = config_substrate(cfg, tok)
     if have != want:
-        raise UserError(f"--from {path} has substrate {describe(have)} but the config builds {describe(want)}: "
+        raise UserError(f"--from {path} has substrate {describe_fingerprint(have)} but the config builds {describe_fingerprint(want)}: "
                         "a model grows only on the substrate it was trained on; set model.substrate to its recipe "
                         "(or substrate.path to its table)")
     if not (path / "tokenizer.json").is_file():
@@ -99,9 +89,9 @@ def check_source(path, cfg, tok):
     theirs_tok = load_tokenizer(str(path)).with_prompt_start(None).fingerprint
     ours_tok = tok.with_prompt_start(None).fingerprint
     if theirs_tok != ours_tok:
-        raise UserError(f"--from {path} has tokenizer {theirs_tok[:12]}… but the config's tokenizer "
-                        f"{cfg.tokenizer} is {ours_tok[:12]}… (sha256 of tokenizer.json without its post-processor): "
-                        "grow with the tokenizer the model was trained with")
+        raise UserError(f"--from {path} has tokenizer {describe_fingerprint(theirs_tok)} but the config's tokenizer "
+                        f"{cfg.tokenizer} is {describe_fingerprint(ours_tok)} (sha256 of tokenizer.json without its "
+                        "post-processor): grow with the tokenizer the model was trained with")
     model = build_model(args, weights, path)
     record = {"path": str(path.resolve()), "depth": depth, "substrate": have, "tokenizer": theirs_tok,
               "weights_sha256": weights_digest(path, meta), "lineage": meta.get("lineage"),
