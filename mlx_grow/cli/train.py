@@ -104,7 +104,8 @@ def grow_cmd(
             say(f"--data replaces the per-stage mixtures (data.stages) of {cfg.name or config}: every stage reads "
                 + ", ".join(data))
         if phases is not None:
-            flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
+            flags["grow"]["lora"] = {"phases": phases}  # merged into the config's grow.lora
+        base = 0
         if from_ is not None:  # the stages add depth minus the source's blocks (RunConfig.base)
             from mlx_grow.api import model_dir
             from mlx_grow.training.source import source_depth
@@ -113,16 +114,15 @@ def grow_cmd(
             if path != from_:
                 say(f"using {path}")
             from_ = path
-            cfg.base = source_depth(from_)
+            base = source_depth(from_)
         listed = parse_stages(stages) or cfg.grow.stages
         if blocks_per_stage is not None and listed:  # the list would win without a word
             where = "--stages" if stages is not None else f"grow.stages of {config or 'tiny'}"
-            split = split_blocks(blocks_per_stage, (depth if depth is not None else cfg.depth) - cfg.base)
+            split = split_blocks(blocks_per_stage, (depth if depth is not None else cfg.depth) - base)
             raise UserError(f"--blocks-per-stage {blocks_per_stage} and {where} {listed} both set the blocks of "
                             "each stage, and the list would win: drop --blocks-per-stage, or list the stages you "
                             f"want with --stages (e.g. --stages {','.join(map(str, split))})")
-        cfg.override(**flags)
-        cfg.validate()
+        cfg = cfg.with_flags(base=base, **flags)
         if out is None:
             out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
     if dry_run:

@@ -183,9 +183,8 @@ class Grower:
                             f"{self.args.vocab_size}: make them equal")
         self.source, self.source_model = self.open_source(from_dir)
         self.base = self.source["depth"] if self.source else 0
-        if self.base or cfg.base:  # the plan grows depth - base blocks on top of the source's
-            cfg.base = self.base
-            cfg.validate()
+        if self.base != cfg.base:  # the plan grows depth - base blocks on top of the source's
+            self.cfg = cfg = cfg.with_flags(base=self.base)
         self.stages = plan(cfg)
         # The run's planned step where each stage starts (train.schedule global / constant).
         self.planned = np.cumsum([0] + [s.steps for s in self.stages]).tolist()
@@ -508,11 +507,10 @@ class Grower:
 def grow(config: RunConfig, out, resume: bool = False, seed: int | None = None, progress: bool = True,
          on_step=None, echo=print, restart: bool = False, from_dir=None, allow_large: bool = False):
     """Run a growth (or monolithic) schedule; return (final model directory, stage summary).
-    `seed` overrides train.seed; `on_step(global_step, model)` observes each step. A
+    `config` is not changed. `seed` overrides train.seed; `on_step(global_step, model)` observes each step. A
     resume whose every checkpoint is damaged stops unless `restart` (start over at step 0).
     `from_dir`: grow this model directory further (`--from`; training/source.py): its
     blocks stay frozen and the stages add model.num_hidden_layers minus its depth.
     `allow_large`: run a schedule past the plausibility bound (training/memory.py)."""
-    if seed is not None:
-        config.override(train={"seed": int(seed)})
+    config = config.with_flags(train={"seed": None if seed is None else int(seed)})  # a copy: never the caller's
     return Grower(config, out, resume, progress, on_step, echo, restart, from_dir, allow_large).run()

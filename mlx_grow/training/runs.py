@@ -318,7 +318,7 @@ def config_from_record(record: dict, where: str, base: int = 0):
     cfg.pop("depth", None)
     config = RunConfig.from_dict(cfg, where=where, base=base)
     if seed is not None and config.train.seed != seed:
-        config.override(train={"seed": seed})
+        config = config.with_flags(train={"seed": seed})
     return config
 
 
