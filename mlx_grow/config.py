@@ -24,10 +24,11 @@ from mlx_grow.base import (  # noqa: F401  need_* are imported from here too
     strict_from_dict,
 )
 from mlx_grow.data.stream import DataConfig
-from mlx_grow.model import BLOCK_INITS, ModelArgs
+from mlx_grow.model import ModelArgs
 
 SECTIONS = ("name", "description", "tokenizer", "model", "data", "grow", "train")
 DTYPES = ("float32", "bfloat16", "float16")
+BLOCK_INITS = ("random", "zero-out", "copy-top")  # how new blocks start (training/init.py: add_blocks)
 SCHEDULES = ("per_stage", "global", "constant")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
 
@@ -83,7 +84,7 @@ class TrainConfig:
     checkpoint_every: int = opt(500, "Steps between resumable checkpoints; 0: none")
     keep_checkpoints: int = opt(2, "Resumable checkpoints kept; older ones are deleted")
     log_every: int = opt(10, "Steps between progress log lines")
-    # Every random choice derives from it (training/grow.py: init_seed, block_seed, adapter_key, ...).
+    # Every random choice derives from it (training/init.py: init_seed, block_seed, adapter_key, ...).
     seed: int = opt(0, "Seed for the initialisation, the data order and the LoRA adapters")
     loss_chunk: int = opt(0, "Tokens per chunk of the cross-entropy; 0: about 128 MB of float32 logits a chunk")
 

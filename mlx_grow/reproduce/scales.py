@@ -184,7 +184,7 @@ EVAL_TASKS = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa")
 
 def estimate(s: Scale, jobs: list) -> dict:
     """Tokens, training FLOPs and the predicted peak memory of every run of a scale."""
-    from mlx_grow.model import flops_per_token
+    from mlx_grow.training.params import flops_per_token
     from mlx_grow.training.memory import plan_config
     from mlx_grow.training.schedule import plan
 

@@ -16,18 +16,24 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
 from mlx_grow.base import UserError
 from mlx_grow.checkpoint import read_meta, save_model
 from mlx_grow.config import RunConfig
 from mlx_grow.io.progress import StepProgress
-from mlx_grow.model import Model, flops_per_token, init_weights
-from mlx_grow.substrate.tables import build_table
+from mlx_grow.model import Model
 from mlx_grow.tokenizer import load_tokenizer
 from mlx_grow.training import lora as L
 from mlx_grow.io.faults import armed, maybe_fail
-from mlx_grow.training.params import human
+from mlx_grow.training.init import (
+    adapter_key,
+    add_blocks,
+    block_seed,
+    build_model,
+    restart_key,
+    substrate_table,
+)
+from mlx_grow.training.params import count_module, human, train_flops
 from mlx_grow.training.prefix_cache import PrefixCache
 from mlx_grow.training.runs import (
     Run,
@@ -50,27 +56,6 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
-
-
-# Every random choice of a run derives from train.seed through one of these.
-def init_seed(seed: int) -> int:
-    """Initial weights of the first stage's blocks and head."""
-    return seed
-
-
-def block_seed(seed: int, stage: int) -> int:
-    """Weights of the blocks added at the start of stage `stage` (0-based)."""
-    return seed * 1000 + stage
-
-
-def adapter_key(seed: int, stage: int):
-    """LoRA A matrices added at the start of a stage."""
-    return mx.random.key(seed * 7919 + stage)
-
-
-def restart_key(seed: int, global_step: int):
-    """LoRA A matrices of a restart inside a stage."""
-    return mx.random.key(seed * 31 + global_step)
 
 
 def set_trainable(model: Model, stage: Stage, substrate_trainable: bool) -> int:
@@ -99,37 +84,6 @@ def add_adapters(model: Model, stage: Stage, cfg: RunConfig, key) -> int:
     frozen = len(model.layers) if stage.lora_phase else len(model.layers) - stage.new
     lcfg = cfg.grow.lora
     return L.add_lora(model.layers[:frozen], stage.lora_rank, lcfg.scale, lcfg.targets, key)
-
-
-def substrate_table(args, tokenizer):
-    """The substrate table a fresh model starts from (its recipe, or substrate.path)."""
-    strings = tokenizer.token_strings() if args.substrate.kind == "glyph" and not args.substrate.path else None
-    return build_table(args.substrate, args.vocab_size, args.hidden_size, strings)
-
-
-def build_model(args, tokenizer, first_blocks: int, seed: int, table=None) -> Model:
-    """A fresh model with the first stage's blocks; the substrate from its recipe
-    (or `table`, built already by the input checks)."""
-    a = type(args).from_dict({**args.to_dict(), "num_hidden_layers": first_blocks})
-    if table is None:
-        table = substrate_table(a, tokenizer)
-    model = Model(a, substrate_table=table)
-    init_weights(model, init_seed(seed))
-    return model
-
-
-def trainable_count(model) -> int:
-    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-
-
-def train_flops(model, stage_first: int, head: bool, tokens: int, seq_len: int) -> float:
-    """Forward through everything, backward (2x) through the trainable blocks and head."""
-    a = model.args
-    n = len(model.layers)
-    fwd_blocks = flops_per_token(a, n, seq_len) - 2 * a.hidden_size * a.vocab_size
-    bwd = 2 * (flops_per_token(a, n - stage_first, seq_len) - 2 * a.hidden_size * a.vocab_size)
-    head_f = 2 * a.hidden_size * a.vocab_size
-    return tokens * (fwd_blocks + head_f + bwd + (2 * head_f if head or stage_first < n else 0))
 
 
 @dataclass
@@ -333,7 +287,7 @@ class Grower:
         if not resumed:
             pos.step, pos.plateau = 0, [math.inf, 0]
             if st.new and (st.index > 0 or self.base):  # a fresh model is built with stage 1's blocks
-                model.add_blocks(st.new, self.g.block_init, seed=block_seed(self.seed, st.grown))
+                add_blocks(model, st.new, self.g.block_init, seed=block_seed(self.seed, st.grown))
                 maybe_fail("grow", st.index + 1)
                 self.run_dir.log({"event": "grow", "global_step": pos.global_step, "stage": st.index + 1,
                                   "depth": len(model.layers), "tokens": pos.tokens})
@@ -352,7 +306,7 @@ class Grower:
             self.data = StageData(self.cfg, self.tok, st, self.seed, self.show_progress and self.rank == 0)
         if self.val_batches is None:
             self.val_batches = self.data.first.val_batches(self.t.val_batches)
-        self.active = trainable_count(model)
+        self.active = count_module(model, trainable_only=True)
         self.label = st.label if st.lora_phase else f"{st.label}/{len(self.stages)}"
         self.say(f"{self.label}: {len(model.layers)} blocks, training {human(self.active)} parameters"
                  + (f" (blocks {self.first + 1}-{len(model.layers)} + head)" if self.first else ""))
@@ -382,7 +336,8 @@ class Grower:
             pos.step, pos.global_step, self.last_loss = pos.step + 1, pos.global_step + 1, loss
             tokens = t.batch_size * t.seq_len
             pos.tokens += tokens
-            pos.flops += train_flops(self.model, self.first, st.train_head, tokens, t.seq_len)
+            pos.flops += train_flops(self.model.args, len(self.model.layers), self.first, st.train_head, tokens,
+                                     t.seq_len)
             self.bar.update(pos.global_step, f"{self.label} loss {loss:.3f}")
             if pos.step % t.log_every == 0 or pos.step == st.steps:
                 dt = time.perf_counter() - t0

@@ -128,7 +128,7 @@ def summary_table(summary: list):
 
 def plan_flops(cfg) -> float:
     """Training FLOPs of the plan: forward through every block, backward through the trained ones."""
-    from mlx_grow.model import flops_per_token
+    from mlx_grow.training.params import flops_per_token
     from mlx_grow.training.schedule import plan
 
     seq = cfg.train.seq_len
