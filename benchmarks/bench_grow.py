@@ -17,8 +17,8 @@ import numpy as np
 
 from mlx_grow.config import TrainConfig
 from mlx_grow.model import Model, ModelArgs
-from mlx_grow.training.grow import set_trainable
 from mlx_grow.training.init import init_weights
+from mlx_grow.training.loop import set_trainable
 from mlx_grow.training.params import block_param_count
 from mlx_grow.training.prefix_cache import PrefixCache
 from mlx_grow.training.schedule import Stage

@@ -301,8 +301,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The optimiser and the loop "
                                                                               "(see train)"})
     # Blocks of the model a run grows further (`grow --from`; 0: a fresh model). Not a
-    # config key: it comes from the source model (run.json's `from` on resume), and
-    # the plan grows model.num_hidden_layers - base new blocks on top of it.
+    # config key: training/plan.py sets it from the source model (run.json's `from` on
+    # resume), and the plan grows model.num_hidden_layers - base new blocks on top of it.
     base: int = 0
 
     def __post_init__(self):

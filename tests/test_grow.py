@@ -139,7 +139,7 @@ def test_monolithic_sees_the_same_tokens(corpus, tmp_path):
             pass
         return hook
 
-    from mlx_grow.training import grow as G
+    from mlx_grow.training import loop as G  # the loop reads each batch through split_xy
 
     original = G.split_xy
     for mode in ("grow", "mono"):
@@ -230,7 +230,7 @@ def test_cross_entropy_matches_reference():
 
 def recorded(cfg, out, **kw):
     """Run `cfg` and return every training batch it read, in order."""
-    from mlx_grow.training import grow as G
+    from mlx_grow.training import loop as G  # the loop reads each batch through split_xy
 
     batches, original = [], G.split_xy
     G.split_xy = lambda b: (batches.append(np.array(b)), original(b))[1]

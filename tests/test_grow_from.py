@@ -94,7 +94,7 @@ def test_grow_from_keeps_the_source_frozen_and_records_it(source, grown):
 
 def read_batches(cfg, out, **kw):
     """(every training batch a run read, in order; the lines it said)."""
-    from mlx_grow.training import grow as G
+    from mlx_grow.training import loop as G  # the loop reads each batch through split_xy
 
     seen, said, original = [], [], G.split_xy
     G.split_xy = lambda b: (seen.append(np.array(b)), original(b))[1]
