@@ -12,7 +12,7 @@ import mlx.core as mx
 
 from mlx_grow.checkpoint import save_model
 from mlx_grow.io.progress import StepProgress
-from mlx_grow.training import lora as L
+from mlx_grow.training import lora
 from mlx_grow.training.runs import Run
 from mlx_grow.training.stage_data import stream_record
 
@@ -104,7 +104,7 @@ class Checkpoints(TrainingCallback):
             return
         st = state.stage
         trainer = {"config": self.plan.record, "stage": st.index, "step": pos.step, "global_step": pos.global_step,
-                   "tokens": pos.tokens, "flops": pos.flops, "lora": L.lora_structure(state.model),
+                   "tokens": pos.tokens, "flops": pos.flops, "lora": lora.lora_structure(state.model),
                    "plateau": pos.plateau, "reads": pos.reads, "summary": pos.summary,
                    "lineage": lineage(self.plan, state, run=str(self.plan.out), stage=st.index + 1,
                                       step=pos.global_step)}

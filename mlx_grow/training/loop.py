@@ -14,7 +14,7 @@ import numpy as np
 
 from mlx_grow.io.faults import armed, maybe_fail
 from mlx_grow.model import Model
-from mlx_grow.training import lora as L
+from mlx_grow.training import lora
 from mlx_grow.training.init import adapter_key, add_blocks, block_seed, build_model, restart_key
 from mlx_grow.training.params import count_module, human, train_flops
 from mlx_grow.training.prefix_cache import PrefixCache
@@ -192,7 +192,7 @@ def new_stepper(plan, state: RunState, carry=None):
     state.use_cache = state.pcache is not None and state.first > 0
     lcfg = cfg.grow.lora
     state.segment = st.steps
-    if lcfg and lcfg.restarts and L.has_lora(state.model):
+    if lcfg and lcfg.restarts and lora.has_lora(state.model):
         state.segment = math.ceil(st.steps / (lcfg.restarts + 1))
     sched = {}
     if cfg.train.schedule != "per_stage":  # the LR follows the run's planned step: no re-warm here
@@ -252,7 +252,7 @@ def plateaued(plan, state: RunState, val: float) -> bool:
 def restart_lora(plan, state: RunState):
     """Merge the adapters, add fresh ones, reset their optimizer and (train.schedule
     per_stage) re-warm the LR."""
-    L.fuse_lora(state.model.layers)
+    lora.fuse_lora(state.model.layers)
     add_adapters(state.model, state.stage, plan.cfg, restart_key(plan.seed, state.pos.global_step))
     cast(state.model, plan.cfg.train.dtype)
     new_stepper(plan, state)
@@ -262,7 +262,7 @@ def exit_stage(plan, state: RunState, callbacks) -> float:
     """Merge the adapters, evaluate, and add the stage's row to the summary;
     returns the validation loss."""
     st, pos = state.stage, state.pos
-    L.fuse_lora(state.model.layers)
+    lora.fuse_lora(state.model.layers)
     extra = {"stage_end": True}
     if state.use_cache:
         extra.update(prefix_cache_hits=state.pcache.hits, prefix_cache_misses=state.pcache.misses)
@@ -288,8 +288,8 @@ def set_trainable(model: Model, stage: Stage, substrate_trainable: bool) -> int:
     subs = substrate_trainable or stage.train_substrate
     if subs:
         model.substrate.unfreeze()
-    L.unfreeze_adapters(model.layers[:first])
-    adapters_below = any(L.is_lora(m) for b in model.layers[:first] for _, m in b.named_modules())
+    lora.unfreeze_adapters(model.layers[:first])
+    adapters_below = any(lora.is_lora(m) for b in model.layers[:first] for _, m in b.named_modules())
     return 0 if subs or adapters_below else first
 
 
@@ -299,7 +299,7 @@ def add_adapters(model: Model, stage: Stage, cfg, key) -> int:
         return 0
     frozen = len(model.layers) if stage.lora_phase else len(model.layers) - stage.new
     lcfg = cfg.grow.lora
-    return L.add_lora(model.layers[:frozen], stage.lora_rank, lcfg.scale, lcfg.targets, key)
+    return lora.add_lora(model.layers[:frozen], stage.lora_rank, lcfg.scale, lcfg.targets, key)
 
 
 def cast(model: Model, dtype: str):
