@@ -50,7 +50,8 @@ def build(root: Path) -> int:
 
     import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     from mlx_grow.checkpoint import save_model
-    from mlx_grow.model import Model, ModelArgs, init_weights
+    from mlx_grow.model import Model, ModelArgs
+    from mlx_grow.training.init import init_weights
 
     model = Model(ModelArgs())
     init_weights(model, 0)

@@ -68,7 +68,8 @@ def main():
     import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     from mlx_grow.backend import loaded
     from mlx_grow.eval.scorer import Scorer
-    from mlx_grow.model import Model, ModelArgs, init_weights
+    from mlx_grow.model import Model, ModelArgs
+    from mlx_grow.training.init import init_weights
 
     margs = ModelArgs(vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers,
                       num_attention_heads=max(1, args.d_model // 64), max_position_embeddings=1024,

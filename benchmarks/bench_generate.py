@@ -31,7 +31,8 @@ SIZES = {  # name: (hidden, layers, heads)
 
 
 def our_model(d, layers, heads, seed=0, vocab=65536):
-    from mlx_grow.model import Model, ModelArgs, init_weights
+    from mlx_grow.model import Model, ModelArgs
+    from mlx_grow.training.init import init_weights
 
     args = ModelArgs(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
                      max_position_embeddings=1024, substrate={"kind": "binary", "bits": 16})

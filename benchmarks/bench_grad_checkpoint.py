@@ -12,7 +12,8 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_grow.config import TrainConfig
-from mlx_grow.model import Model, ModelArgs, init_weights
+from mlx_grow.model import Model, ModelArgs
+from mlx_grow.training.init import init_weights
 from mlx_grow.training.step import Stepper
 
 

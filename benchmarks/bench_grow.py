@@ -16,8 +16,10 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_grow.config import TrainConfig
-from mlx_grow.model import Model, ModelArgs, block_param_count, init_weights
-from mlx_grow.training.grow import set_trainable
+from mlx_grow.model import Model, ModelArgs
+from mlx_grow.training.init import init_weights
+from mlx_grow.training.loop import set_trainable
+from mlx_grow.training.params import block_param_count
 from mlx_grow.training.prefix_cache import PrefixCache
 from mlx_grow.training.schedule import Stage
 from mlx_grow.training.step import Stepper

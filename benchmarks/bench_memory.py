@@ -53,8 +53,9 @@ def measure_step(name: str) -> tuple:
 
     import mlx_grow  # noqa: F401  (before mlx.core: the fast CPU BLAS)
     from mlx_grow.config import TrainConfig
-    from mlx_grow.model import Model, ModelArgs, init_weights
-    from mlx_grow.training.grow import set_trainable
+    from mlx_grow.model import Model, ModelArgs
+    from mlx_grow.training.init import init_weights
+    from mlx_grow.training.loop import set_trainable
     from mlx_grow.training.memory import Shape, stage_peak
     from mlx_grow.training.schedule import Stage
     from mlx_grow.training.step import Stepper, split_xy

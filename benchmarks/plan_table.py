@@ -34,7 +34,7 @@ def main():
     print("|---|" + "---|" * (len(a.ranks) + 2))
     for name in a.configs:
         cfg = load_config(name)
-        cfg.override(train={"dtype": a.dtype})
+        cfg = cfg.with_flags(train={"dtype": a.dtype})
         cols, mono, moment = [], None, None
         for r in a.ranks:
             p = plan_config(cfg, a.batch, a.seq, ranks=r)

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -82,8 +83,7 @@ def array_plan(weights: dict) -> list:
 
 
 def model_weights(model: Model, table: bool = True) -> dict:
-    """The model's weights by name (evaluated), its args synced to its depth."""
-    model.args.num_hidden_layers = len(model.layers)
+    """The model's weights by name (evaluated)."""
     weights = {k: v for k, v in tree_flatten(model.parameters()) if table or k != TABLE}
     mx.eval(weights)
     return weights
@@ -149,7 +149,8 @@ class ModelDirWriter:
     def model(self, model: Model, tokenizer=None):
         """A Model (and its tokenizer) as a single model directory."""
         weights = model_weights(model)
-        self.single(model.args, weights, as_numpy(model.substrate.table), tokenizer)
+        args = replace(model.args, num_hidden_layers=len(model.layers))  # a grown model's depth
+        self.single(args, weights, as_numpy(model.substrate.table), tokenizer)
 
     def merged(self, experts, table, tokenizer, combiner: dict, adapter=None, tuned=None, substrate=None,
                copy_tokenizer_from=None):

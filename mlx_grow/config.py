@@ -4,10 +4,11 @@ validated once when the file is read (types, ranges, choices); an error names
 the key. Packaged configs are found by name (`tiny`, `paper-9l-glyph`, ...).
 
 Precedence (as mlx-lm's trainer): a command-line flag the user gave, then the
-YAML file, then the defaults here. `RunConfig.override` applies flags."""
+YAML file, then the defaults here. `RunConfig.with_flags` applies flags to a copy."""
 
+import copy
 import importlib.resources
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mlx_grow.base import (  # noqa: F401  need_* are imported from here too
@@ -23,10 +24,11 @@ from mlx_grow.base import (  # noqa: F401  need_* are imported from here too
     strict_from_dict,
 )
 from mlx_grow.data.config import DataConfig
-from mlx_grow.model import BLOCK_INITS, ModelArgs
+from mlx_grow.model import ModelArgs
 
 SECTIONS = ("name", "description", "tokenizer", "model", "data", "grow", "train")
 DTYPES = ("float32", "bfloat16", "float16")
+BLOCK_INITS = ("random", "zero-out", "copy-top")  # how new blocks start (training/init.py: add_blocks)
 SCHEDULES = ("per_stage", "global", "constant")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")
 
@@ -82,7 +84,7 @@ class TrainConfig:
     checkpoint_every: int = opt(500, "Steps between resumable checkpoints; 0: none")
     keep_checkpoints: int = opt(2, "Resumable checkpoints kept; older ones are deleted")
     log_every: int = opt(10, "Steps between progress log lines")
-    # Every random choice derives from it (training/grow.py: init_seed, block_seed, adapter_key, ...).
+    # Every random choice derives from it (training/init.py: init_seed, block_seed, adapter_key, ...).
     seed: int = opt(0, "Seed for the initialisation, the data order and the LoRA adapters")
     loss_chunk: int = opt(0, "Tokens per chunk of the cross-entropy; 0: about 128 MB of float32 logits a chunk")
 
@@ -298,10 +300,9 @@ class RunConfig:
     grow: GrowConfig = field(default_factory=GrowConfig, metadata={"help": "The growth schedule (see grow)"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The optimiser and the loop "
                                                                               "(see train)"})
-    path: str = ""  # the file it was read from; not a config key
     # Blocks of the model a run grows further (`grow --from`; 0: a fresh model). Not a
-    # config key: it comes from the source model (run.json's `from` on resume), and
-    # the plan grows model.num_hidden_layers - base new blocks on top of it.
+    # config key: training/plan.py sets it from the source model (run.json's `from` on
+    # resume), and the plan grows model.num_hidden_layers - base new blocks on top of it.
     base: int = 0
 
     def __post_init__(self):
@@ -385,21 +386,23 @@ class RunConfig:
              "train": asdict(self.train)}
         return d
 
-    def override(self, **sections) -> list:
-        """Apply the flags the user gave, e.g. `override(train={"lr": 1e-3, "seed": None})`
-        (None = not given), re-validate the whole config, and return the dotted keys
-        that changed."""
-        d, changed = self.to_dict(), []
+    def with_flags(self, *, base: int | None = None, **sections) -> "RunConfig":
+        """A new config: this one with the flags the user gave, e.g.
+        `with_flags(train={"lr": 1e-3, "seed": None})` (None = not given; a mapping
+        value is merged into the mapping it replaces), and `base` (RunConfig.base)
+        when given. The whole config is checked again; this one never changes."""
+        d, changed = self.to_dict(), False
         for section, flags in sections.items():
             for key, value in flags.items():
+                if isinstance(value, dict) and isinstance(d[section].get(key), dict):
+                    value = {**d[section][key], **value}
                 if value is not None and d[section].get(key) != value:
-                    d[section][key] = value
-                    changed.append(f"{section}.{key}")
+                    d[section][key], changed = value, True
+        base = self.base if base is None else base
         if changed:
-            new = RunConfig.from_dict(d, where="the command-line flags", base=self.base)
-            new.path = self.path
-            self.__dict__.update(new.__dict__)
-        return changed
+            return RunConfig.from_dict(d, where="the command-line flags", base=base)
+        new = copy.deepcopy(self)
+        return new if base == self.base else replace(new, base=base)  # checked again with the new base
 
 
 def config_sections() -> dict:
@@ -451,6 +454,4 @@ def load_config(name_or_path="tiny") -> RunConfig:
     if not d and d not in (0, False):  # not the defaults in silence: an empty file is a mistake, not a choice
         raise UserError(f"config {path} is empty: give its sections (model:, grow:, train:, ...), or use a "
                         "packaged config such as tiny")
-    cfg = RunConfig.from_dict(d, where=str(path))
-    cfg.path = str(path)
-    return cfg
+    return RunConfig.from_dict(d, where=str(path))

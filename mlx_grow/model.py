@@ -7,13 +7,10 @@ parameter counts do not decide between them. Module names follow mlx-lm's
 Starcoder2 port, so export (LayerNorm models) is a renaming.
 """
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map
 
 from mlx_grow.base import (
     UserError,
@@ -147,20 +144,11 @@ class Block(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-def checkpointed(block: nn.Module, h, mask):
-    """`block(h, mask)` whose activations are recomputed in the backward pass
-    (gradient checkpointing, as mlx-lm's trainer does it)."""
-    def run(params, h):
-        block.update(params)
-        return block(h, mask)
-
-    return mx.checkpoint(run)(block.trainable_parameters(), h)
-
-
 class Model(nn.Module):
     """Substrate -> blocks -> final norm -> LM head.
 
-    `layers` is a plain list so growth can append blocks.
+    `layers` is a plain list so growth can append blocks (training/init.py); the
+    depth is len(layers), and a saved config.json says so (checkpoint.py).
     """
 
     def __init__(self, args: ModelArgs, substrate_table=None):
@@ -171,113 +159,22 @@ class Model(nn.Module):
         self.norm = make_norm(args)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def hidden(self, inputs, mask=None, cache=None, start=0, h=None, frozen_below=0, checkpoint=False):
-        """Final hidden states before the LM head. `h` (with `start`) resumes from
-        the output of block `start - 1`, e.g. a cached frozen prefix. For training:
-        the backward pass stops at the input of block `frozen_below`, and with
-        `checkpoint` the blocks above it recompute their activations in the
-        backward pass instead of keeping them."""
-        if h is None:
-            h = self.substrate(inputs)
-            start = 0
+    def hidden(self, inputs, mask=None, cache=None, start: int = 0, end: int | None = None):
+        """The hidden states after blocks [start, end): `inputs` are token ids when
+        `start` is 0, else the hidden states entering block `start` (e.g. a cached
+        frozen prefix). Up to the top block (`end` None) the final norm follows."""
+        h = self.substrate(inputs) if start == 0 else inputs
+        end = len(self.layers) if end is None else end
         if cache is None:
             cache = [None] * len(self.layers)
         if mask is None:
-            mask = create_attention_mask(h, cache[0])
-        for i in range(start, len(self.layers)):
-            if i == frozen_below and i > 0:
-                h = mx.stop_gradient(h)
-            block = self.layers[i]
-            if checkpoint and i >= frozen_below and cache[i] is None:
-                h = checkpointed(block, h, mask)
-            else:
-                h = block(h, mask, cache[i])
-        return self.norm(h)
-
-    def prefix(self, inputs, end):
-        """Output of blocks [0, end) (the input of block `end`)."""
-        h = self.substrate(inputs)
-        mask = create_attention_mask(h, None)
-        for layer in self.layers[:end]:
-            h = layer(h, mask)
-        return h
+            mask = create_attention_mask(h, cache[start] if start < len(cache) else None)
+        for i in range(start, end):
+            h = self.layers[i](h, mask, cache[i])
+        return self.norm(h) if end == len(self.layers) else h
 
     def __call__(self, inputs, mask=None, cache=None):
         return self.lm_head(self.hidden(inputs, mask, cache))
 
     def make_cache(self):
         return [KVCache() for _ in self.layers]
-
-    def add_blocks(self, n: int, init: str = "random", seed: int = 0):
-        """Append `n` blocks. init: random | zero-out (the new block starts as the
-        identity: attention and MLP output projections zeroed) | copy-top."""
-        if init not in BLOCK_INITS:
-            raise UserError(f"unknown block init {brief(init)}: use {', '.join(BLOCK_INITS)}")
-        if init == "copy-top" and not self.layers:
-            raise UserError("copy-top needs an existing block to copy")
-        top = self.layers[-1] if self.layers else None
-        key = mx.random.key(seed)
-        for _ in range(n):
-            key, sub = mx.random.split(key)
-            block = Block(self.args)
-            if init == "copy-top":
-                block.update(tree_map(mx.array, top.parameters()))
-            else:
-                init_module(block, sub, n_layers=self.args.num_hidden_layers + n)
-                if init == "zero-out":
-                    for lin in (block.self_attn.o_proj, block.mlp.c_proj):
-                        lin.weight = mx.zeros_like(lin.weight)
-                        lin.bias = mx.zeros_like(lin.bias)
-            self.layers.append(block)
-        self.args.num_hidden_layers = len(self.layers)
-        mx.eval([b.parameters() for b in self.layers[-n:]])
-
-    @property
-    def n_layers(self):
-        return len(self.layers)
-
-
-def block_param_count(args: ModelArgs) -> int:
-    d, f = args.hidden_size, args.intermediate_size
-    attn = 4 * (d * d + d)
-    mlp = d * f + f + f * d + d
-    return attn + mlp + 2 * norm_param_count(args)
-
-
-def norm_param_count(args: ModelArgs) -> int:
-    """One norm: gain and bias (LayerNorm) or a gain only (RMSNorm)."""
-    return args.hidden_size * (1 if args.norm == "rmsnorm" else 2)
-
-
-def flops_per_token(args: ModelArgs, n_layers: int, seq_len: int) -> float:
-    """Forward FLOPs per token of the blocks and head (2 per multiply-add)."""
-    d = args.hidden_size
-    per_block = 2 * (block_param_count(args) - 2 * norm_param_count(args)) + 4 * seq_len * d  # matmuls + attention
-    return n_layers * per_block + 2 * d * args.vocab_size
-
-
-BLOCK_INITS = ("random", "zero-out", "copy-top")
-
-
-def init_module(module: nn.Module, key, n_layers: int, std: float = 0.02, skip=("substrate.",)):
-    """GPT-style init, deterministic from `key`: normal(0, std) weights, zero
-    biases, unit LayerNorm gains; residual output projections get
-    std / sqrt(2 n_layers)."""
-    updates = []
-    for name, p in tree_flatten(module.parameters()):
-        if name.startswith(skip):
-            continue
-        key, sub = mx.random.split(key)
-        if name.endswith(".bias"):
-            updates.append((name, mx.zeros_like(p)))
-        elif "layernorm" in name or name.startswith("norm."):
-            updates.append((name, mx.ones_like(p)))
-        else:
-            s = std / math.sqrt(2 * max(1, n_layers)) if name.endswith(("o_proj.weight", "c_proj.weight")) else std
-            updates.append((name, (s * mx.random.normal(p.shape, key=sub)).astype(p.dtype)))
-    module.load_weights(updates, strict=False)
-    mx.eval(module.parameters())
-
-
-def init_weights(model: Model, seed: int):
-    init_module(model, mx.random.key(seed), n_layers=model.args.num_hidden_layers)

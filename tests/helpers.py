@@ -107,7 +107,8 @@ def char_tokenizer(out, chars=None):
 
 def tiny(tok, seed=0, **kw):
     """A 2-block d-32 model over `tok` on an 8-bit id substrate."""
-    from mlx_grow.model import Model, init_weights
+    from mlx_grow.model import Model
+    from mlx_grow.training.init import init_weights
 
     m = Model(tiny_args(vocab_size=tok.vocab_size, substrate={"kind": "binary", "bits": 8}, **kw))
     init_weights(m, seed)

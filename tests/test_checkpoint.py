@@ -18,7 +18,8 @@ from mlx_grow.checkpoint import (
     write_model_dir,
 )
 from mlx_grow.io import sha256_file
-from mlx_grow.model import Model, init_weights
+from mlx_grow.model import Model
+from mlx_grow.training.init import init_weights
 from mlx_grow.substrate.tables import fingerprint
 
 

@@ -72,7 +72,7 @@ def test_monolithic_scalar_token_budget_needs_named_stages():
     twin = plan(RunConfig.from_dict({"model": model, "grow": {**grow, "stages": [2, 2]}, "train": train}))
     assert [(s.steps, s.segments) for s in twin] == [(32, [16, 16])]  # the grown twin's two stages
     cfg = load_config("paper-9l-16bit")  # a grown paper config takes --monolithic as it is
-    cfg.override(grow={"monolithic": True})
+    cfg = cfg.with_flags(grow={"monolithic": True})
     assert [s.segments for s in plan(cfg)] == [[91553] * 3]
 
 
@@ -101,7 +101,7 @@ def test_monolithic_keeps_the_final_lora_phase_as_a_last_segment():
 
     cfg = load_config("paper-16l-16bit")
     grown = plan(cfg)
-    cfg.override(grow={"monolithic": True})
+    cfg = cfg.with_flags(grow={"monolithic": True})
     (mono,) = plan(cfg)
     assert mono.segments == [s.steps for s in grown] and grown[-1].kind == "lora"  # 5 stages + the final phase
     assert mono.steps * 32 * 1024 == sum(s.steps for s in grown) * 32 * 1024 == 68_900_028_416
@@ -172,15 +172,21 @@ def test_depth_lives_in_one_place():
 
 
 def test_flags_override_only_what_was_given():
+    from mlx_grow.training.runs import config_diff
+
     cfg = load_config("tiny")
     assert cfg.train.lr == 2e-3 and cfg.train.seed == 0
-    changed = cfg.override(train={"lr": 1e-3, "seed": None, "batch_size": None}, model={"num_hidden_layers": 6})
-    assert changed == ["train.lr", "model.num_hidden_layers"]
-    assert cfg.train.lr == 1e-3 and cfg.train.batch_size == 8 and cfg.depth == 6
-    assert [s.depth for s in plan(cfg)] == [3, 6]
+    before = cfg.to_dict()
+    new = cfg.with_flags(train={"lr": 1e-3, "seed": None, "batch_size": None}, model={"num_hidden_layers": 6})
+    assert config_diff(before, new.to_dict()) == ["model.num_hidden_layers", "train.lr"]
+    assert new.train.lr == 1e-3 and new.train.batch_size == 8 and new.depth == 6
+    assert [s.depth for s in plan(new)] == [3, 6]
+    assert cfg.to_dict() == before  # a new config: the one given never changes
     with pytest.raises(UserError, match="train.batch_size must be a positive integer"):
-        cfg.override(train={"batch_size": 0})
-    assert cfg.train.batch_size == 8  # a refused override changes nothing
+        new.with_flags(train={"batch_size": 0})
+    assert new.train.batch_size == 8
+    same = new.with_flags(train={"lr": None})  # nothing given: an equal copy, not the same object
+    assert same is not new and same.to_dict() == new.to_dict() and same.train is not new.train
 
 
 def test_plan_holds_lora_phases_and_token_budgets():

@@ -20,7 +20,8 @@ from mlx_grow.eval.runner import (
     text_metrics,
 )
 from mlx_grow.eval.scorer import Scorer
-from mlx_grow.model import Model, ModelArgs, init_module
+from mlx_grow.model import Model, ModelArgs
+from mlx_grow.training.init import init_module
 from mlx_grow.tokenizer import Tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]

@@ -7,8 +7,9 @@ from helpers import tiny_args
 from mlx.utils import tree_flatten
 
 from mlx_grow.config import TrainConfig
-from mlx_grow.model import Model, init_weights
+from mlx_grow.model import Model
 from mlx_grow.training.grow import set_trainable
+from mlx_grow.training.init import init_weights
 from mlx_grow.training.schedule import Stage
 from mlx_grow.training.step import Stepper
 

@@ -139,7 +139,7 @@ def test_monolithic_sees_the_same_tokens(corpus, tmp_path):
             pass
         return hook
 
-    from mlx_grow.training import grow as G
+    from mlx_grow.training import loop as G  # the loop reads each batch through split_xy
 
     original = G.split_xy
     for mode in ("grow", "mono"):
@@ -230,7 +230,7 @@ def test_cross_entropy_matches_reference():
 
 def recorded(cfg, out, **kw):
     """Run `cfg` and return every training batch it read, in order."""
-    from mlx_grow.training import grow as G
+    from mlx_grow.training import loop as G  # the loop reads each batch through split_xy
 
     batches, original = [], G.split_xy
     G.split_xy = lambda b: (batches.append(np.array(b)), original(b))[1]
@@ -267,7 +267,7 @@ def test_each_stage_reads_on_where_the_last_stopped(noise, tmp_path):
     from mlx_grow.training.stage_data import StageData
 
     restart = config(noise, depth=4, grow={"steps_per_stage": [2, 3]})
-    restart.override(data={"stage_data": "restart"})  # the old behaviour: every stage from batch 0
+    restart = restart.with_flags(data={"stage_data": "restart"})  # the old behaviour: every stage from batch 0
     stage2 = plan(restart)[1]
     data = StageData(restart, load_tokenizer("bvv241-2-3"), stage2, 0, progress=False)
     assert np.array_equal(data.batch(0, {restart.data.mixture_key(1): 2}, 0, 1), seen[0])
@@ -281,7 +281,7 @@ def test_stage_mixtures_each_read_on(corpus, noise, tmp_path):
 
     def cfg(**grow):
         c = config(corpus, depth=3, grow={"blocks_per_stage": 1, "steps_per_stage": [2, 1, 2], **grow})
-        c.override(data={"stages": [[noise], [corpus], [noise]]})
+        c = c.with_flags(data={"stages": [[noise], [corpus], [noise]]})
         return c
 
     seen = recorded(cfg(), tmp_path / "grow")

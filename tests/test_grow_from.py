@@ -63,7 +63,7 @@ def test_plan_with_a_base_grows_on_top():
     assert [s.depth for s in plan(explicit)] == [12, 16]
     with pytest.raises(UserError, match=r"add up to 7 new blocks, but growing the 9-block model \(--from\) to "
                                         r"depth 13 adds 4"):
-        explicit.override(model={"num_hidden_layers": 13})
+        explicit = explicit.with_flags(model={"num_hidden_layers": 13})
     with pytest.raises(UserError, match="is not above the 4 blocks"):
         RunConfig(model={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2}, base=4)
     with pytest.raises(UserError, match="monolithic"):
@@ -94,7 +94,7 @@ def test_grow_from_keeps_the_source_frozen_and_records_it(source, grown):
 
 def read_batches(cfg, out, **kw):
     """(every training batch a run read, in order; the lines it said)."""
-    from mlx_grow.training import grow as G
+    from mlx_grow.training import loop as G  # the loop reads each batch through split_xy
 
     seen, said, original = [], [], G.split_xy
     G.split_xy = lambda b: (seen.append(np.array(b)), original(b))[1]
@@ -129,7 +129,7 @@ def test_grow_from_restarts_at_batch_0_with_a_warning_when_the_stream_differs(co
              ("seed", config(corpus, depth=3, train={"seed": 5}), None, "seed 0 (this run: 5)"))
     for name, cfg, data, why in cases:
         if data:
-            cfg.override(data=data)
+            cfg = cfg.with_flags(data=data)
         seen, said = read_batches(cfg, tmp_path / name, from_dir=source)
         stream = open_stream(cfg.data, tok, 16, 4, cfg.train.seed, progress=False)
         assert all(np.array_equal(b, stream.batch(k)) for k, b in enumerate(seen)), name

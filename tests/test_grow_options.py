@@ -15,8 +15,9 @@ from helpers import kjv_slice, tiny_args, tiny_run, train_steps, weights
 from mlx.utils import tree_flatten
 
 from mlx_grow.config import RunConfig
-from mlx_grow.model import Model, init_weights
+from mlx_grow.model import Model
 from mlx_grow.training.grow import grow
+from mlx_grow.training.init import init_weights
 
 
 @pytest.fixture(scope="module")

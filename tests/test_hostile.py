@@ -45,8 +45,9 @@ def build_world(root: Path):
     from mlx_grow.config import load_config
     from mlx_grow.convert.export import export_model
     from mlx_grow.merge.build import merge
-    from mlx_grow.model import Model, init_weights
+    from mlx_grow.model import Model
     from mlx_grow.training.grow import grow
+    from mlx_grow.training.init import init_weights
 
     tok = char_tokenizer(root / "tok")
     tok2 = char_tokenizer(root / "tok2", chars=string.ascii_letters + " .")

@@ -59,7 +59,8 @@ def test_eval_sum_matches():
 
 
 def test_model_gradients_equal_the_unchunked_loss():
-    from mlx_grow.model import Model, init_weights
+    from mlx_grow.model import Model
+    from mlx_grow.training.init import init_weights
     from mlx_grow.training.step import loss_fn
 
     model = Model(tiny_args())

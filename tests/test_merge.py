@@ -13,7 +13,8 @@ from mlx_grow.merge.build import merge
 from mlx_grow.merge.combine import MergedModel, make_combiner
 from mlx_grow.merge.store import load_merged
 from mlx_grow.merge.tune import tune_merged
-from mlx_grow.model import Model, init_weights
+from mlx_grow.model import Model
+from mlx_grow.training.init import init_weights
 
 IDS = [[5, 17, 40, 3, 9, 60, 22, 8], [7, 7, 30, 41, 2, 12, 50, 11]]
 

@@ -5,7 +5,8 @@ from helpers import tiny_args
 from mlx.utils import tree_flatten
 
 from mlx_grow.config import load_config, packaged_configs
-from mlx_grow.model import Model, ModelArgs, init_weights
+from mlx_grow.model import Model, ModelArgs
+from mlx_grow.training.init import add_blocks, init_weights
 from mlx_grow.training.params import count_module, stage_active, totals
 
 
@@ -27,6 +28,18 @@ def test_causality():
     la, lb = m(a), m(b)
     assert mx.allclose(la[:, :3], lb[:, :3], atol=1e-6).item()
     assert not mx.allclose(la[:, 3:], lb[:, 3:], atol=1e-3).item()
+
+
+def test_hidden_runs_any_span_of_blocks():
+    m = make(num_hidden_layers=3)
+    ids = mx.array([[3, 1, 4, 1, 5, 9]])
+    whole = m.hidden(ids)
+    for k in range(1, 3):  # the frozen prefix [0, k), then the rest from block k (and the final norm)
+        assert mx.array_equal(m.hidden(m.hidden(ids, end=k), start=k), whole).item()
+    h = m.substrate(ids)
+    for block in m.layers[:2]:
+        h = block(h, "causal")
+    assert mx.array_equal(m.hidden(ids, end=2), h).item()  # below the top: no final norm
 
 
 @pytest.mark.parametrize("traditional", [False, True])
@@ -144,11 +157,14 @@ def test_packaged_configs_load():
         assert grown[-1].depth == cfg.model.num_hidden_layers == sum(st.new for st in grown), name
 
 
-def test_growth_appends_and_keeps_blocks():
+def test_growth_appends_and_keeps_blocks(tmp_path):
+    from mlx_grow.checkpoint import load_args, save_model
+
     m = make()
     before = {k: np.array(v) for k, v in tree_flatten(m.parameters())}
-    m.add_blocks(2, "zero-out", seed=1)
-    assert len(m.layers) == 4 and m.args.num_hidden_layers == 4
+    add_blocks(m, 2, "zero-out", seed=1)
+    assert len(m.layers) == 4 and m.args.num_hidden_layers == 2  # the shared args are not changed
+    assert load_args(save_model(m, tmp_path / "m")).num_hidden_layers == 4  # the depth is derived when saving
     after = dict(tree_flatten(m.parameters()))
     for k, v in before.items():
         assert np.array_equal(v, np.array(after[k])), k
@@ -156,5 +172,5 @@ def test_growth_appends_and_keeps_blocks():
     m2 = make()
     ids = mx.array([[1, 2, 3, 4]])
     assert mx.allclose(m(ids), m2(ids), atol=1e-5).item()
-    m.add_blocks(1, "copy-top")
+    add_blocks(m, 1, "copy-top")
     assert mx.array_equal(m.layers[-1].mlp.c_fc.weight, m.layers[-2].mlp.c_fc.weight).item()

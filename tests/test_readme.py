@@ -11,7 +11,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_example_runs_in_a_fresh_interpreter(tmp_path):
     from mlx_grow.checkpoint import save_model
-    from mlx_grow.model import Model, ModelArgs, init_weights
+    from mlx_grow.model import Model, ModelArgs
+    from mlx_grow.training.init import init_weights
     from mlx_grow.tokenizer import load_tokenizer
 
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)

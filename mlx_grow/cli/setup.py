@@ -35,12 +35,9 @@ def info(
     of monolithic training."""
     from rich.table import Table
 
-    from mlx_grow.training.info import describe, memory
+    from mlx_grow.training.info import reports
 
-    reports = [describe(target)]
-    if any(v is not None for v in (batch, seq, stage, ranks)):
-        reports.append(memory(target, batch, seq, stage, ranks or 1))
-    for report in reports:
+    for report in reports(target, batch, seq, stage, ranks):
         table = Table(title=report["title"], show_lines=False)
         for col in report["columns"]:
             table.add_column(col, justify="right" if col not in ("part", "stage", "") else "left")

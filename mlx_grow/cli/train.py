@@ -65,79 +65,66 @@ def grow_cmd(
     allow_large: bool = typer.Option(False, "--allow-large", help="Run a schedule past the plausibility bound "
                                      "(depth x stages over 10,000, e.g. --depth 100000 one block a stage; every "
                                      "stage writes a whole model). The disk-space check still applies"),
+    report_to: Optional[List[str]] = typer.Option(None, "--report-to", help="Also write the train and validation "
+                                                  "metrics to tensorboard (OUT/tensorboard) or wandb (repeatable; "
+                                                  "needs that package); metrics.jsonl is always written"),
 ):
     """Grow a model layer-wise (or train it monolithically); prints the final model dir last
     (on stdout; progress, messages and the summary go to stderr).
     Flags override only what you give: flag, then the config file, then the defaults."""
-    from mlx_grow.config import load_config
-    from mlx_grow.training.grow import CheckpointWriteError, TrainingDiverged, grow
-    from mlx_grow.training.runs import Run, read_run_config
+    from mlx_grow.training.grow import CheckpointWriteError, Grower, TrainingDiverged
+    from mlx_grow.training.plan import resolve_run
+    from mlx_grow.training.runs import Run
 
+    phases = parse_lora_phases(lora_phase)
     flags = {
         "model": {"num_hidden_layers": depth},
         "grow": {"blocks_per_stage": blocks_per_stage, "stages": parse_stages(stages), "monolithic": monolithic,
                  "steps_per_stage": steps_per_stage, "tokens_per_stage": tokens_per_stage,
                  "block_init": block_init, "train_head": None if freeze_head is None else not freeze_head,
-                 "prefix_cache": prefix_cache, "from_as_first_stage": True if from_as_first_stage else None},
+                 "prefix_cache": prefix_cache, "from_as_first_stage": True if from_as_first_stage else None,
+                 "lora": None if phases is None else {"phases": phases}},
         "train": {"lr": lr, "schedule": schedule, "batch_size": batch_size, "seq_len": seq_len, "seed": seed},
         "data": {"sources": list(data) if data else None, "max_passes": allow_repeat},
     }
-    phases = parse_lora_phases(lora_phase)
     if resume is not None:
         given = [f"--{k}" for k, v in (("config", config), ("out", out)) if v is not None]
-        given += [f"{section}.{key}" for section, kv in flags.items() for key, v in kv.items() if v is not None]
+        given += [f"{section}.{key}" for section, kv in flags.items() for key, v in kv.items()
+                  if v is not None and key != "lora"]
         given += ["--lora-phase"] if phases is not None else []
         given += ["--from"] if from_ is not None else []
         if given:
             raise UserError(f"--resume continues {resume} with the config it was started with; these flags would "
                             f"change it: {', '.join(given)}. Resume without them, or start a new run with --out")
-        cfg, out = read_run_config(resume), resume
+        out = resume
     else:
         if restart:
             raise UserError("--restart goes with --resume RUN (it starts a damaged run over from step 0)")
         if from_as_first_stage and from_ is None:
             raise UserError("--from-as-first-stage goes with --from MODEL (it gives the first new stage the "
                             "config's stage-1 rules)")
-        cfg = load_config(config or "tiny")
-        if data and cfg.data.stages:  # --data is the whole mixture, in every stage
-            flags["data"]["stages"] = []
-            say(f"--data replaces the per-stage mixtures (data.stages) of {cfg.name or config}: every stage reads "
-                + ", ".join(data))
-        if phases is not None:
-            flags["grow"]["lora"] = {**(cfg.to_dict()["grow"].get("lora") or {}), "phases": phases}
-        if from_ is not None:  # the stages add depth minus the source's blocks (RunConfig.base)
+        if from_ is not None:
             from mlx_grow.api import model_dir
-            from mlx_grow.training.source import source_depth
 
             path = model_dir(from_)  # a grow run: its final/ model, as generate takes it
             if path != from_:
                 say(f"using {path}")
             from_ = path
-            cfg.base = source_depth(from_)
-        listed = parse_stages(stages) or cfg.grow.stages
-        if blocks_per_stage is not None and listed:  # the list would win without a word
-            where = "--stages" if stages is not None else f"grow.stages of {config or 'tiny'}"
-            split = split_blocks(blocks_per_stage, (depth if depth is not None else cfg.depth) - cfg.base)
-            raise UserError(f"--blocks-per-stage {blocks_per_stage} and {where} {listed} both set the blocks of "
-                            "each stage, and the list would win: drop --blocks-per-stage, or list the stages you "
-                            f"want with --stages (e.g. --stages {','.join(map(str, split))})")
-        cfg.override(**flags)
-        cfg.validate()
-        if out is None:
-            out = Path("runs") / f"{cfg.name or 'run'}-{'mono' if cfg.grow.monolithic else 'grow'}-s{cfg.train.seed}"
-    if dry_run:
-        from mlx_grow.training.info import dry_run as plan_of
-
-        for line in plan_of(cfg, out):
-            console.print(line, highlight=False, soft_wrap=True)
-        return
     try:
-        final, summary = grow(cfg, out, resume=resume is not None, progress=progress, echo=say, restart=restart,
-                              from_dir=from_, allow_large=allow_large)
+        plan = resolve_run(config, out, flags=flags, resume=resume is not None, from_dir=from_, restart=restart,
+                           allow_large=allow_large, check=not dry_run, echo=say)
+        if dry_run:
+            from mlx_grow.training.info import dry_run as plan_of
+
+            for line in plan_of(plan):
+                console.print(line, highlight=False, soft_wrap=True)
+            return
+        out = plan.out
+        final, summary = Grower(plan, progress, echo=say, report_to=report_to).run()
     except (TrainingDiverged, CheckpointWriteError) as e:  # NaN loss; disk full while saving
         fail(str(e), code=FAILED)
     except KeyboardInterrupt:
-        if not (Path(out) / "run.json").is_file():  # stopped while the inputs were checked: no run to resume
+        if out is None or not (Path(out) / "run.json").is_file():  # stopped while the inputs were checked
             fail("interrupted before the run started (nothing to resume); run the same command again to start it",
                  INTERRUPTED)
         ckpts = Run(out).checkpoints()
@@ -164,11 +151,6 @@ def parse_lora_phases(texts):
                             f"(a LoRA phase of 50 steps after stage 1); got {brief(text)}")
         phases.append({"after_stage": int(k), "steps": int(n)})
     return phases
-
-
-def split_blocks(n: int, total: int) -> list:
-    """`total` blocks in stages of `n` (the last one smaller when they do not divide)."""
-    return [n] * (total // n) + ([total % n] if total % n else [])
 
 
 def parse_stages(text: Optional[str]):

@@ -288,7 +288,7 @@ def data_passes(jobs, allow_repeat=None) -> tuple:
     memo, worst, over = {}, {}, None
     for _, key, _, _, cfg in jobs:
         if allow_repeat is not None:
-            cfg.override(data={"max_passes": float(allow_repeat)})
+            cfg = cfg.with_flags(data={"max_passes": float(allow_repeat)})
         rows = passes.table(cfg, None, memo)
         for r in rows:
             if r.label not in worst or r.passes > worst[r.label][0].passes:
@@ -322,6 +322,8 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     glyph = glyph_available(font)
     subs = substrate_labels(substrates) if substrates else None
     jobs = experiments(s, data, experts, glyph, font, subs)
+    if allow_repeat is not None:  # every run may read a source up to N times
+        jobs = [(*job[:4], job[4].with_flags(data={"max_passes": float(allow_repeat)})) for job in jobs]
     est = estimate(s, jobs)
     echo(f"reproduce --scale {s.name}: {est['runs']} training runs + a tuned merge, {si(est['tokens'])} "
          f"tokens, {si(est['flops'])}FLOPs of training, predicted peak memory "

@@ -184,19 +184,19 @@ EVAL_TASKS = ("mmlu", "arc_easy", "arc_challenge", "commonsense_qa")
 
 def estimate(s: Scale, jobs: list) -> dict:
     """Tokens, training FLOPs and the predicted peak memory of every run of a scale."""
-    from mlx_grow.model import flops_per_token
-    from mlx_grow.training.memory import plan_config
-    from mlx_grow.training.schedule import plan
+    from mlx_grow.training.params import flops_per_token
+    from mlx_grow.training.plan import resolve_run
 
     tokens, flops, peak = 0, 0.0, 0
     per_step = s.batch * s.seq
     for _, _, _, _, cfg in jobs:
-        for st in plan(cfg):
+        run = resolve_run(cfg, check=False)
+        for st in run.stages:
             t = st.steps * per_step
             fwd = flops_per_token(cfg.model, st.depth, s.seq)
             trained = flops_per_token(cfg.model, st.depth - st.first_trainable, s.seq)
             tokens, flops = tokens + t, flops + t * (fwd + 2 * trained)
-        p = plan_config(cfg)
+        p = run.memory
         peak = max([peak, p["monolithic"]["peak"]] + [r["peak"] for r in p["stages"]])
     tune = 2 * s.tune_steps * per_step  # the merged model runs both experts
     return {"runs": len(jobs), "tokens": tokens + tune, "flops": flops, "peak_bytes": peak,

@@ -1,3 +1,5 @@
-"""Training and growth: the compiled step (`step`), growth schedules (`schedule`),
-the grow loop (`grow`), LoRA (`lora`), run directories and checkpoints (`runs`),
-the frozen-prefix cache, the memory planner, parameter counts and `info`."""
+"""Training and growth: the run plan (`plan`), the loop (`loop`) and its
+callbacks (`callbacks`) behind `grow`, the compiled step (`step`), the stage
+plan (`schedule`), init and seeds (`init`), LoRA (`lora`), run directories and
+checkpoints (`runs`), the frozen-prefix cache, the memory planner, parameter
+counts and FLOPs (`params`) and `info`."""

@@ -8,17 +8,35 @@ from mlx_grow.base import UserError, size
 from mlx_grow.papers import PARAMS
 from mlx_grow.training.params import human, stage_active, totals
 
-def describe(target: str) -> dict:
+def is_model_dir(target) -> bool:
     p = Path(target)
-    if p.is_dir() and (p / "config.json").exists():
+    return p.is_dir() and (p / "config.json").exists()
+
+
+def reports(target: str, batch=None, seq=None, stage=None, ranks=None) -> list:
+    """What `mlx-grow info TARGET` prints: the parameter counts (describe) and, with
+    --batch, --seq, --stage or --ranks, the predicted memory; a config's plan is
+    resolved once for both."""
+    from mlx_grow.training.plan import resolve_run
+
+    memory_too = any(v is not None for v in (batch, seq, stage, ranks))
+    if not is_model_dir(target):
+        target = resolve_run(target, check=False)
+    return [describe(target)] + ([memory(target, batch, seq, stage, ranks or 1)] if memory_too else [])
+
+
+def describe(target) -> dict:
+    """Parameter counts of a model directory, or of a config (a path, a packaged
+    name or its resolved RunPlan) with its stage plan."""
+    from mlx_grow.training.plan import RunPlan, resolve_run
+
+    if not isinstance(target, RunPlan) and is_model_dir(target):
         from mlx_grow.checkpoint import load_args
 
-        args, name, cfg = load_args(p), p.name, None
+        args, name, plan = load_args(target), Path(target).name, None
     else:
-        from mlx_grow.config import load_config
-
-        cfg = load_config(target)
-        args, name = cfg.model, cfg.name
+        plan = target if isinstance(target, RunPlan) else resolve_run(target, check=False)
+        args, name = plan.cfg.model, plan.cfg.name
     t = totals(args)
     rows = [[part, f"{n:,}", human(n), "frozen" if part == "substrate" and t["frozen"] else "trainable"]
             for part, n in t["parts"].items()]
@@ -28,38 +46,40 @@ def describe(target: str) -> dict:
              + (f", {args.substrate.bits} bits" if args.substrate.kind in ("binary", "gf2", "random") else "")
              + (f", {args.substrate.bits} PCA components of a {args.substrate.code_bits or args.substrate.bits}-bit "
                 "random code" if args.substrate.kind == "float" else "")]
-    if cfg is not None:
-        notes += stage_notes(cfg, t)
-        notes += data_notes(cfg, None)[0]
+    if plan is not None:
+        notes += stage_notes(plan.cfg, t, plan.stages)
+        notes += data_notes(plan.cfg, None, stages=plan.stages)[0]
     for key, val in PARAMS.get(name, {}).items():
         notes.append(f"published ({key}): {val}")
     return {"title": f"{name}: parameters", "columns": ["part", "count", "", "status"], "rows": rows,
             "notes": notes}
 
 
-def memory(target: str, batch=None, seq=None, stage=None, ranks: int = 1) -> dict:
-    """The memory planner's prediction for a config (see training/memory.py)."""
-    from mlx_grow.config import load_config
+def memory(target, batch=None, seq=None, stage=None, ranks: int = 1) -> dict:
+    """The memory planner's prediction (training/memory.py) for a config (a path, a
+    packaged name or its resolved RunPlan) and its stage plan."""
     from mlx_grow.training.memory import report
+    from mlx_grow.training.plan import RunPlan, resolve_run
 
-    p = Path(target)
-    if p.is_dir() and (p / "config.json").exists():
+    if not isinstance(target, RunPlan) and is_model_dir(target):
         raise UserError(f"{target} is a model directory; memory prediction needs a run config "
                          "(a YAML path or a packaged name such as paper-9l-glyph)")
     for name, v in (("--batch", batch), ("--seq", seq), ("--stage", stage), ("--ranks", ranks)):
         if v is not None and v < 1:
             raise UserError(f"{name} must be at least 1, got {v}")
-    return report(load_config(target), batch, seq, stage, ranks)
+    plan = target if isinstance(target, RunPlan) else resolve_run(target, check=False)
+    return report(plan.cfg, batch, seq, stage, ranks, plan.stages)
 
 
-def stage_notes(cfg, t: dict) -> list:
-    """One line per stage of the plan: blocks, active parameters, steps and tokens."""
+def stage_notes(cfg, t: dict, stages=None) -> list:
+    """One line per stage of the plan (`stages`, default schedule.plan(cfg)): blocks,
+    active parameters, steps and tokens."""
     from mlx_grow.training.schedule import plan
 
     args = cfg.model
     per_step = cfg.train.batch_size * cfg.train.seq_len
     out = []
-    stages = plan(cfg)
+    stages = plan(cfg) if stages is None else stages
     for st in stages:
         if st.train_all and cfg.grow.monolithic:
             out.append(f"monolithic: trains {human(t['trainable'])} ({t['trainable']:,}) at once, "
@@ -107,14 +127,13 @@ def summary_table(summary: list):
     return table
 
 
-def plan_flops(cfg) -> float:
+def plan_flops(cfg, stages) -> float:
     """Training FLOPs of the plan: forward through every block, backward through the trained ones."""
-    from mlx_grow.model import flops_per_token
-    from mlx_grow.training.schedule import plan
+    from mlx_grow.training.params import flops_per_token
 
     seq = cfg.train.seq_len
     total = 0.0
-    for st in plan(cfg):
+    for st in stages:
         tokens = st.steps * cfg.train.batch_size * seq
         total += tokens * (flops_per_token(cfg.model, st.depth, seq)
                            + 2 * flops_per_token(cfg.model, max(st.depth - st.first_trainable, 1), seq))
@@ -134,7 +153,7 @@ def measured_tok_s(out) -> tuple:
     return (statistics.median(speeds), str(out)) if speeds else (None, None)
 
 
-def data_notes(cfg, tok, network: bool = False) -> tuple:
+def data_notes(cfg, tok, network: bool = False, stages=None) -> tuple:
     """(lines, passes rows): where each hf: source is read from, and the passes per
     source (training/passes.py). network=False never touches the network (a dry run:
     the Hub counts as unreachable only when HF_HUB_OFFLINE is set)."""
@@ -155,31 +174,30 @@ def data_notes(cfg, tok, network: bool = False) -> tuple:
     elif any(not d for d in local.values()):
         notes.append(f"data: {sum(not d for d in local.values())} hf: source(s) stream from the Hub (none is "
                      f"downloaded under {corpora.data_root()})")
-    rows = passes.table(cfg, tok)
+    rows = passes.table(cfg, tok, stages=stages)
     return notes + passes.lines(rows, cfg.data.max_passes), rows
 
 
-def dry_run(cfg, out=None) -> list:
-    """The plan of a grow run, computed from the config alone and writing nothing:
-    stages, tokens, passes per source, FLOPs, predicted memory and, when an earlier
-    run in `out` measured one, a time estimate."""
-    from mlx_grow.training.memory import machine_memory, plan_config
-    from mlx_grow.training.params import totals
-    from mlx_grow.training.schedule import plan
+def dry_run(plan) -> list:
+    """The plan of a grow run (a RunPlan resolved without its checks), writing
+    nothing: stages, tokens, passes per source, FLOPs, predicted memory and, when an
+    earlier run in its folder measured one, a time estimate."""
+    from mlx_grow.training import passes
+    from mlx_grow.training.memory import machine_memory
 
-    t = totals(cfg.model)
+    cfg, stages = plan.cfg, plan.stages
     lines = [f"{cfg.name or 'run'}: the plan ({'monolithic' if cfg.grow.monolithic else 'grown'}; dry run, "
              "nothing is written)"]
-    lines += stage_notes(cfg, t)
-    tokens = sum(s.steps for s in plan(cfg)) * cfg.train.batch_size * cfg.train.seq_len
-    lines.append(f"training FLOPs: {plan_flops(cfg):.3g}")
-    p = plan_config(cfg)
+    lines += stage_notes(cfg, totals(cfg.model), stages)
+    tokens = sum(s.steps for s in stages) * cfg.train.batch_size * cfg.train.seq_len
+    lines.append(f"training FLOPs: {plan_flops(cfg, stages):.3g}")
+    p = plan.memory
     worst = max(p["stages"], key=lambda r: r["peak"])
     have, source = machine_memory()
     label = "monolithic" if cfg.grow.monolithic else worst["stage"].label
     lines.append(f"predicted peak memory: {size(worst['peak'])} ({label}, batch {p['batch']} x seq {p['seq']}, "
                  f"{p['dtype']}); this machine has {size(have)} ({source})")
-    speed, where = measured_tok_s(out)
+    speed, where = measured_tok_s(plan.out)
     if speed:
         hours = tokens / speed / 3600
         lines.append(f"time: about {hours:,.1f} h at the {speed:,.0f} tokens/s measured in {where}")
@@ -189,9 +207,7 @@ def dry_run(cfg, out=None) -> list:
     if worst["peak"] > have:
         lines.append("grow would refuse: it does not fit this machine (lower train.batch_size, raise "
                      "train.grad_accum, or add ranks)")
-    notes, rows = data_notes(cfg, None)
-    from mlx_grow.training import passes
-
+    notes, rows = data_notes(cfg, None, stages=stages)
     try:
         passes.check(cfg, rows)
     except UserError as e:

@@ -128,9 +128,10 @@ def stage_peak(args, stage, shape: Shape, dtype: str = "float32", lora_params: i
             "peak": sum(resident.values()) + moments[worst]}
 
 
-def plan_config(cfg, batch: int | None = None, seq: int | None = None, ranks: int = 1) -> dict:
-    """Predictions for every stage of `cfg` and for monolithic training of the
-    same depth: {"stages": [...], "monolithic": {...}, "batch", "seq", "dtype"}."""
+def plan_config(cfg, batch: int | None = None, seq: int | None = None, ranks: int = 1, stages=None) -> dict:
+    """Predictions for every stage of `cfg` (its stage plan `stages`, default
+    schedule.plan(cfg)) and for monolithic training of the same depth:
+    {"stages": [...], "monolithic": {...}, "batch", "seq", "dtype"}."""
     from mlx_grow.training.schedule import Stage, plan
 
     t, g = cfg.train, cfg.grow
@@ -139,7 +140,7 @@ def plan_config(cfg, batch: int | None = None, seq: int | None = None, ranks: in
         raise UserError(f"batch {batch} must divide by ranks x grad_accum = {ranks * t.grad_accum}")
     shape = Shape(batch // (ranks * t.grad_accum), seq, batch // ranks)
     out = []
-    for st in plan(cfg):
+    for st in plan(cfg) if stages is None else stages:
         cache = 0
         if g.prefix_cache and st.depth > st.new and not st.train_all:
             rows = st.steps * batch // ranks + t.val_batches * batch
@@ -167,9 +168,10 @@ def machine_memory() -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "total RAM"
 
 
-def fit_warning(cfg, ranks: int = 1) -> str | None:
-    """A warning when the largest stage is predicted not to fit this machine."""
-    p = plan_config(cfg, ranks=ranks)
+def fit_warning(cfg, ranks: int = 1, p: dict | None = None) -> str | None:
+    """A warning when the largest stage is predicted not to fit this machine
+    (`p`: plan_config's prediction, when made already)."""
+    p = p or plan_config(cfg, ranks=ranks)
     worst = max(p["stages"], key=lambda r: r["peak"])
     have, source = machine_memory()
     if worst["peak"] <= have:
@@ -180,10 +182,10 @@ def fit_warning(cfg, ranks: int = 1) -> str | None:
             "train.batch_size (raise train.grad_accum to keep the global batch) or add ranks")
 
 
-def fit_check(cfg, ranks: int = 1):
+def fit_check(cfg, ranks: int = 1, p: dict | None = None):
     """Refuse, before anything is written, a run whose largest stage is predicted
     not to fit this machine."""
-    if warning := fit_warning(cfg, ranks):
+    if warning := fit_warning(cfg, ranks, p):
         raise UserError(f"{warning.removeprefix('warning: ')}; or lower the depth (model.num_hidden_layers, "
                          "--depth). Nothing was written")
 
@@ -248,9 +250,9 @@ def disk_check(cfg, stages, out, extra_per_model: int = 0):
                         "number of stages, or choose an --out with more space. Nothing was written")
 
 
-def report(cfg, batch=None, seq=None, stage: int | None = None, ranks: int = 1) -> dict:
+def report(cfg, batch=None, seq=None, stage: int | None = None, ranks: int = 1, stages=None) -> dict:
     """Rows for `mlx-grow info --batch --seq --stage`: one column per plan."""
-    p = plan_config(cfg, batch, seq, ranks)
+    p = plan_config(cfg, batch, seq, ranks, stages)
     n = len(p["stages"])
     if stage is not None and not 1 <= stage <= n:
         raise UserError(f"--stage {stage} is out of range: this schedule has stages 1-{n}")

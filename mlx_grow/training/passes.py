@@ -53,8 +53,9 @@ def _key(spec, instruction: bool) -> tuple:
     return instruction, spec.source, spec.field, spec.template, spec.split, spec.tokens
 
 
-def planned_draws(cfg) -> dict:
-    """{key: [spec, instruction, tokens drawn]} over the whole plan of `cfg`."""
+def planned_draws(cfg, stages=None) -> dict:
+    """{key: [spec, instruction, tokens drawn]} over the whole plan of `cfg` (its
+    stages, default schedule.plan(cfg))."""
     from mlx_grow.data.config import SourceSpec
     from mlx_grow.training.schedule import plan
 
@@ -62,7 +63,7 @@ def planned_draws(cfg) -> dict:
     per_step = t.batch_size * t.seq_len
     out = {}
     inst_tokens = 0.0
-    for st in plan(cfg):
+    for st in plan(cfg) if stages is None else stages:
         # a monolithic stage walks the grown stages' mixtures in order; a LoRA phase reads its stage's
         segments = list(enumerate(st.segments)) if st.segments else [(st.grown, st.steps)]
         for k, steps in segments:
@@ -161,10 +162,11 @@ def holding(spec, data_cfg, tok, instruction: bool = False) -> tuple:
     return round(total * (1 - vf)), how
 
 
-def table(cfg, tok=None, memo=None) -> list:
+def table(cfg, tok=None, memo=None, stages=None) -> list:
     """SourcePasses for every source `cfg` reads, in the order the plan first reads them.
     Without `tok`, the config's tokenizer is loaded when a holding needs it (writing nothing).
-    `memo`: a dict that keeps holdings between calls (configs that share sources)."""
+    `memo`: a dict that keeps holdings between calls (configs that share sources);
+    `stages`: the stage plan, when made already."""
     if tok is None:
         from functools import lru_cache
 
@@ -173,7 +175,7 @@ def table(cfg, tok=None, memo=None) -> list:
         tok = lru_cache(maxsize=1)(lambda: load_tokenizer(cfg.tokenizer, save_cache=False))
     rows = []
     inst = []
-    for spec, instruction, drawn in planned_draws(cfg).values():
+    for spec, instruction, drawn in planned_draws(cfg, stages).values():
         k = (_key(spec, instruction), cfg.tokenizer, cfg.data.cache_dir, cfg.data.separator, cfg.data.val_fraction)
         if memo is not None and k in memo:
             held, how = memo[k]

@@ -22,7 +22,7 @@ class PrefixCache:
         keys = [(r.tobytes(), start, self.version) for r in x_np]
         missing = [i for i, k in enumerate(keys) if k not in self.store]
         if missing:
-            h = model.prefix(mx.array(x_np[missing]), start)
+            h = model.hidden(mx.array(x_np[missing]), end=start)
             mx.eval(h)
             for j, i in enumerate(missing):
                 if self.used + h[j].nbytes <= self.max_bytes:

@@ -64,24 +64,14 @@ class Run:
     def stage_dir(self, k: int) -> Path:
         return self.root / f"stage-{k + 1:02d}"
 
-    def check(self, config: dict, fingerprints: dict, resume: bool) -> bool:
+    def check(self, config: dict, fingerprints: dict, resume: bool, old: dict | None = None):
         """Check, writing nothing, that this run may start (a new or empty folder) or
-        resume (same config and tokenizer); True when run.json exists."""
+        resume (`old`, its run.json as read: the same config, tokenizer and source)."""
         f = self.root / "run.json"
         record = {"config": config, **fingerprints}
-        if not f.exists() and not resume and (self.root.exists() or self.root.is_symlink()):
-            if not self.root.is_dir():
-                raise FileExistsError(f"--out {self.root} exists and is not a folder; choose another --out")
-            if any(self.root.iterdir()):
-                raise FileExistsError(f"--out {self.root} is a folder with other files in it, not a run; choose a "
-                                      "new or empty folder")
-        if f.exists():
-            old = read_run_json(f, "restore it, or start a new run with --out")
-            if not resume:
-                raise FileExistsError(
-                    f"{self.root} already holds a run; continue it with --resume {self.root} "
-                    "or choose another --out"
-                )
+        if resume:
+            if old is None:
+                raise FileNotFoundError(f"nothing to resume: {f} does not exist")
             if old.get("from") != record.get("from"):
                 raise UserError(f"cannot resume {self.root}: it grows a different model than this run would "
                                 f"(run.json `from` {(old.get('from') or {}).get('path')} vs "
@@ -99,24 +89,26 @@ class Run:
                     f"cannot resume {self.root}: it was started with a different config "
                     f"(sections differ: {', '.join(diff)}); resume with the same config and flags"
                 )
-            return True
-        if resume:
-            raise FileNotFoundError(f"nothing to resume: {f} does not exist")
-        return False
-
-    def init(self, config: dict, fingerprints: dict, resume: bool, barrier=None):
-        """Create or check run.json. A resume with another config/tokenizer is refused.
-        `barrier` (data-parallel runs) holds rank 0's write until every rank has checked."""
-        if self.check(config, fingerprints, resume):
             return
-        f = self.root / "run.json"
-        record = {"config": config, **fingerprints}
+        if f.exists():
+            raise FileExistsError(f"{self.root} already holds a run; continue it with --resume {self.root} "
+                                  "or choose another --out")
+        if self.root.exists() or self.root.is_symlink():
+            if not self.root.is_dir():
+                raise FileExistsError(f"--out {self.root} exists and is not a folder; choose another --out")
+            if any(self.root.iterdir()):
+                raise FileExistsError(f"--out {self.root} is a folder with other files in it, not a run; choose a "
+                                      "new or empty folder")
+
+    def init(self, config: dict, fingerprints: dict, barrier=None):
+        """Write run.json of a new run (Run.check has passed). `barrier` (data-parallel
+        runs) holds rank 0's write until every rank has checked."""
         if barrier is not None:
             barrier()
         if self.writer:
             self.root.mkdir(parents=True, exist_ok=True)
-            with atomic_path(f) as tmp:
-                tmp.write_text(json.dumps(record, indent=2))
+            with atomic_path(self.root / "run.json") as tmp:
+                tmp.write_text(json.dumps({"config": config, **fingerprints}, indent=2))
 
     def log(self, record: dict):
         if not self.writer:
@@ -244,6 +236,15 @@ RUN_OUTPUTS = r"run\.json|metrics\.jsonl|loss\.png|final|stage-\d{2,}"
 CHECKPOINT_OUTPUTS = r"step-\d{6,}"
 
 
+def finished(root: Path):
+    """(final dir, stage summary) when the run in `root` has finished, else None."""
+    final = Path(root) / "final"
+    if not (final / META).is_file():
+        return None
+    summary = (read_meta(final).get("lineage") or {}).get("summary") or []
+    return final, summary if isinstance(summary, list) else []
+
+
 def remove_stale_temp(root: Path):
     """Temp copies left by a killed writer are never read; clean them up. Only the
     exact names mlx-grow makes are touched: a user's `.notes.tmp-1` stays."""
@@ -318,7 +319,7 @@ def config_from_record(record: dict, where: str, base: int = 0):
     cfg.pop("depth", None)
     config = RunConfig.from_dict(cfg, where=where, base=base)
     if seed is not None and config.train.seed != seed:
-        config.override(train={"seed": seed})
+        config = config.with_flags(train={"seed": seed})
     return config
 
 

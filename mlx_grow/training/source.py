@@ -27,12 +27,19 @@ from mlx_grow.tokenizer import load_tokenizer
 SUBSTRATE_FIELDS = ("expansion", "trainable")
 
 
-def source_depth(path) -> int:
-    """The number of blocks of the model at `path` (its config.json)."""
+def source_args(path):
+    """The ModelArgs of the model at `path` (its config.json): its depth is the run's base."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"--from {path}: no such model directory")
-    return load_args(path).num_hidden_layers
+    return load_args(path)
+
+
+def check_depth(path, depth: int, want: int):
+    """The run's depth `want` is above the `depth` blocks of MODEL at `path`."""
+    if want <= depth:
+        raise UserError(f"--from {path} has {depth} blocks, and the depth {want} (model.num_hidden_layers, "
+                        f"or --depth) is not above it: give a depth above {depth}")
 
 
 def config_substrate(cfg, tok):
@@ -42,20 +49,19 @@ def config_substrate(cfg, tok):
     return fingerprint(a.substrate, build_table(a.substrate, a.vocab_size, a.hidden_size, strings))
 
 
-def check_source(path, cfg, tok):
+def check_source(path, cfg, tok, args=None):
     """(record, model): MODEL at `path` checked against the config `cfg` and its
     tokenizer `tok` (every file against its checksum, the depth, the architecture,
     the substrate, the tokenizer), and loaded. Each refusal names both sides.
-    The record goes into run.json (`from`) and every saved model's lineage."""
+    The record goes into run.json (`from`) and every saved model's lineage.
+    `args`: its config.json, when read already (source_args)."""
     path = Path(path)
-    depth = source_depth(path)
-    if cfg.depth <= depth:
-        raise UserError(f"--from {path} has {depth} blocks, and the depth {cfg.depth} (model.num_hidden_layers, "
-                        f"or --depth) is not above it: give a depth above {depth}")
+    args = args or source_args(path)
+    depth = args.num_hidden_layers
+    check_depth(path, depth, cfg.depth)
     meta = open_model_dir(path, what="--from model")
     if "experts" in meta:
         raise UserError(f"--from {path} is a merged model (experts); growing needs a single model directory")
-    args = load_args(path)
     ours, theirs = cfg.model.to_dict(), args.to_dict()
     diffs = [f"{k} is {brief(theirs.get(k))} in {path} but {brief(ours[k])} in the config"
              for k in ours if k not in ("num_hidden_layers", "substrate") and ours[k] != theirs.get(k)]

@@ -1,5 +1,6 @@
-"""The training step: loss, a compiled functional step rebuilt whenever the
-trainable set changes, LR schedules, optimizer state I/O and evaluation."""
+"""The training step: the forward pass a step differentiates (frozen prefix,
+gradient checkpointing), the loss, a compiled functional step rebuilt whenever
+the trainable set changes, LR schedules, optimizer state I/O and evaluation."""
 
 import math
 from functools import partial
@@ -12,6 +13,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mlx_grow.base import UserError
 from mlx_grow.config import TrainConfig
+from mlx_grow.mlx_lm_parts import create_attention_mask
 from mlx_grow.training.loss import head_cross_entropy, head_nll_sum
 
 
@@ -48,15 +50,35 @@ def head_loss(model, h, targets, chunk: int = 0):
     return head_cross_entropy(h, model.lm_head.weight, targets, chunk or None, head_grad=head_grad)
 
 
-def loss_fn(model, inputs, targets, chunk: int = 0, checkpoint: bool = False):
+def checkpointed(block: nn.Module, h, mask):
+    """`block(h, mask)` whose activations are recomputed in the backward pass
+    (gradient checkpointing, as mlx-lm's trainer does it)."""
+    def run(params, h):
+        block.update(params)
+        return block(h, mask)
+
+    return mx.checkpoint(run)(block.trainable_parameters(), h)
+
+
+def train_hidden(model, inputs, start: int = 0, checkpoint: bool = False):
+    """Final hidden states for a training step: `inputs` are token ids (`start` 0)
+    or the hidden states entering block `start` (the frozen prefix's output). With
+    `checkpoint` the blocks from `start` up recompute their activations in the
+    backward pass instead of keeping them."""
+    if not checkpoint:
+        return model.hidden(inputs, start=start)
+    h = model.substrate(inputs) if start == 0 else inputs
+    mask = create_attention_mask(h, None)
+    for block in model.layers[start:]:
+        h = checkpointed(block, h, mask)
+    return model.norm(h)
+
+
+def loss_fn(model, inputs, targets, start: int = 0, chunk: int = 0, checkpoint: bool = False):
+    """Mean token cross-entropy of a step (`inputs` and `start` as in train_hidden)."""
     if not hasattr(model, "hidden"):  # any other model, e.g. a merge being tuned: its combined scores
         return cross_entropy(model(inputs).astype(mx.float32), targets)
-    return head_loss(model, model.hidden(inputs, checkpoint=checkpoint), targets, chunk)
-
-
-def loss_from_prefix(model, h, targets, start=0, chunk: int = 0, checkpoint: bool = False):
-    h = model.hidden(None, start=start, h=h, frozen_below=start, checkpoint=checkpoint)
-    return head_loss(model, h, targets, chunk)
+    return head_loss(model, train_hidden(model, inputs, start, checkpoint), targets, chunk)
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int, scale: float = 1.0):
@@ -142,17 +164,14 @@ class Stepper:
         # cache, x already is their output.
         frozen = self.frozen_below if self.prefix_start is None else 0
         start = self.prefix_start if self.prefix_start is not None else frozen
-        opts = dict(chunk=cfg.loss_chunk, checkpoint=cfg.grad_checkpoint)
-        if start:
-            grad_fn = nn.value_and_grad(model, partial(loss_from_prefix, start=start, **opts))
-        else:
-            grad_fn = nn.value_and_grad(model, partial(loss_fn, **opts))
+        grad_fn = nn.value_and_grad(model, partial(loss_fn, start=start, chunk=cfg.loss_chunk,
+                                                   checkpoint=cfg.grad_checkpoint))
         group = self.group
         state = [model.state, opt.state]
 
         def grads_of(x, y):
             if frozen:
-                x = mx.stop_gradient(model.prefix(x, frozen))
+                x = mx.stop_gradient(model.hidden(x, end=frozen))
             loss, grads = grad_fn(model, x, y)
             if group is not None and group.size() > 1:
                 grads = nn.utils.average_gradients(grads, group=group)
@@ -230,7 +249,7 @@ def evaluate(model, batches, prefix=None, group=None) -> float:
         y = mx.array(b[:, 1:])
         if prefix is not None:
             cache, start = prefix
-            h = model.hidden(None, start=start, h=cache(model, np.asarray(b[:, :-1]), start))
+            h = model.hidden(cache(model, np.asarray(b[:, :-1]), start), start=start)
         elif hasattr(model, "hidden"):
             h = model.hidden(mx.array(b[:, :-1]))
         else:  # any other model, e.g. a merge: its combined scores
