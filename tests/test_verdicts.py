@@ -44,3 +44,23 @@ def test_rivals(diffs, outcome):
     got = v.rivals("grown", "monolithic", diffs, b_loss=4.0, unigram=5.0)
     assert got.outcome == outcome, got
     assert "tolerance 0.100" in got.reason
+
+
+def test_the_interval_widens_with_few_seeds():
+    assert v.t95(2) == pytest.approx(12.706) and v.t95(3) == pytest.approx(4.303)
+    assert v.t95(14) == pytest.approx(2.179)  # between rows: the smaller degrees of freedom (wider)
+    assert v.t95(1000) == 1.96 and v.t95(1) == math.inf
+    # 2 seeds, -0.25 and -0.15: 2 standard errors (0.1) would say "lower"; the t interval (0.635) does not
+    got = v.better("grown", "monolithic", [-0.25, -0.15])
+    assert got.outcome == v.INCONCLUSIVE and "t = 12.71" in got.reason
+    # 2 seeds that agree closely are enough
+    assert v.better("grown", "monolithic", [-0.30, -0.31]).outcome == v.SUPPORTS
+    assert v.rivals("grown", "monolithic", [0.01, 0.012], b_loss=4.0, unigram=5.0).outcome == v.SUPPORTS
+
+
+def test_each_seed_against_its_own_unigram_table():
+    assert v.clear_of_unigram("mono", [4.0, 4.3], unigram=[4.2, 4.5]) is None
+    out = v.clear_of_unigram("mono", [4.0, 4.3], unigram=[4.2, 4.35])
+    assert out.outcome == v.NOT_TESTABLE and "4.300" in out.reason and "4.350" in out.reason
+    with pytest.raises(ValueError):
+        v.clear_of_unigram("mono", [4.0, 4.3], unigram=[4.2])
