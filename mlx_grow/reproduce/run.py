@@ -174,7 +174,8 @@ def train_run(job, root: Path, progress: bool, echo) -> dict:
            "run": f"runs/{key}", "val_loss": summary[-1]["val_loss"], "tokens": tokens,
            "flops": c["flops"][-1] if c["flops"] else None, "wall_s": wall, "tok_s": tokens / wall,
            "active_params": max(s["active_params"] for s in summary), "stages": summary, "curve": c,
-           "depth": cfg.depth, "substrate": cfg.model.substrate.kind, "load": [load0, load()]}
+           "depth": cfg.depth, "substrate": cfg.model.substrate.kind, "load": [load0, load()], "commit": commit(),
+           "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_json(rec_path, rec)
     echo(f"  {key}: validation loss {rec['val_loss']:.4f} after {tokens:,} tokens, {wall:.0f} s")
     return read_record(root, job)

@@ -83,12 +83,12 @@ PART_TITLES = {1: "Substrates", 2: "Grown vs monolithic", 3: "One layer at a tim
 DEVICES = {
     "cpu": {"label": "x86-64 CPU, 2 cores, MKL (the development VM)", "flops": 21e9, "how": "measured",
             "note": "the committed tiny run: training FLOPs over the runs' wall time, at load 3-4"},
-    "metal": {"label": "Apple silicon GPU (Metal)", "flops": 4e12, "how": "assumed",
-              "note": "an M-series Max at about a third of its bfloat16 peak; a base M-series chip is about a "
-                      "quarter of that"},
-    "cuda": {"label": "NVIDIA H100 (mlx[cuda])", "flops": 150e12, "how": "assumed",
-             "note": "15 % of the H100's dense bfloat16 peak (989 TFLOP/s); not measured: no GPU was lent to "
-                     "this work"},
+    "metal": {"label": "Apple silicon GPU (Metal)", "flops": 5e12, "how": "assumed",
+              "note": "an M-series Max at about a quarter of its half-precision peak; a base M-series chip is "
+                      "about a quarter of that"},
+    "cuda": {"label": "NVIDIA H100 (mlx[cuda])", "flops": 60e12, "how": "assumed",
+             "note": "6 % of the H100's dense bfloat16 peak (989 TFLOP/s), for a young backend at these small "
+                     "matrices; not measured: no GPU was lent to this work"},
 }
 
 
