@@ -210,9 +210,9 @@ def test_reproduce_names_the_paper_corpora_and_refuses_the_builtin_corpus_at_sma
         assert r.exit_code == 0 and "data: hf:HuggingFaceFW/fineweb-edu:sample-10BT: draws" in out, out
         assert "hf:wikimedia/wikipedia:20231101.ru" in out and "refused" not in out
     r = runner.invoke(app, ["reproduce", "--scale", "small", "--data", "builtin:default", "--dry-run"])
-    assert r.exit_code == 0 and "refused (a run would stop here): run layer-phases: builtin:default would be read" \
-        in " ".join(r.output.split())
+    assert r.exit_code == 0 and re.search(r"refused \(a run would stop here\): run layer-s0: builtin:default would be "
+                                          r"read [\d.]+ times", " ".join(r.output.split())), r.output
     r = runner.invoke(app, ["reproduce", "--scale", "small", "--data", "builtin:default", "-o", str(tmp_path / "r")])
-    assert r.exit_code == 2 and "--allow-repeat 18" in r.output and not (tmp_path / "r").exists()
+    assert r.exit_code == 2 and re.search(r"--allow-repeat \d\d", r.output) and not (tmp_path / "r").exists()
     r = runner.invoke(app, ["reproduce", "--dry-run"])
     assert r.exit_code == 0 and "data: builtin:default: draws" in r.output and "refused" not in r.output

@@ -179,7 +179,10 @@ def plot(run_dir: Path = typer.Argument(..., help="A grow run directory")):
 @app.command("reproduce")
 @guarded
 def reproduce_cmd(
-    scale: str = typer.Option("tiny", help="tiny (a 2-core CPU, under an hour) | small | paper"),
+    scale: str = typer.Option("tiny", help="tiny (a 2-core CPU, under 2 hours) | small | paper"),
+    parts: Optional[List[str]] = typer.Option(None, "--parts", help="Parts to run, comma-separated or repeated: "
+                                              "substrates, grown, one-layer, composition, depth, or all (default "
+                                              "all); finished runs of other parts are reused"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the runs and results "
                                        "(default reproduce-SCALE); a killed run continues where it stopped"),
     data: Optional[List[str]] = typer.Option(None, "--data", help="Data for parts 1-3 (repeatable; default: "
@@ -213,7 +216,7 @@ def reproduce_cmd(
     try:
         res = reproduce(scale, out, data, expert, task, report, font, dry_run, progress, say,
                         command="mlx-grow " + " ".join(map(shlex.quote, argv)) if argv[:1] == ["reproduce"] else None,
-                        substrates=substrate, allow_repeat=allow_repeat)
+                        substrates=substrate, allow_repeat=allow_repeat, parts=parts)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to continue: the finished runs are kept, and the run that "
              "was cut off resumes from its last checkpoint (or starts over in its folder)", INTERRUPTED)

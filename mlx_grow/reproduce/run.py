@@ -1,13 +1,17 @@
 """`mlx-grow reproduce`: the papers' claims, re-run at a chosen scale.
 
 Every training run is an ordinary `grow` run under OUT/runs/KEY; its record
-(final validation loss, tokens, FLOPs, wall time, loss curve) is kept in
+(final validation loss, tokens, FLOPs, wall time, load, loss curve) is kept in
 OUT/records/KEY.json once it finishes, so a killed reproduction picks up at the
 first unfinished run (and that run resumes from its own checkpoint, or starts
-over in its folder). The report is rebuilt from the records at the end."""
+over in its folder). `--parts` runs some parts only; a later invocation with
+other parts reuses every finished run. The count baselines, the merges of part 4
+and the benchmarks of part 5 are records too. The report is rebuilt from the
+records at the end, with the verdicts of the written rules (verdicts.py)."""
 
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -19,11 +23,20 @@ from mlx_grow.io.atomic import REPORT_MARKER, atomic_path, replaceable
 from mlx_grow.io.read import NUMBER, read_json
 from mlx_grow.reproduce.report import owner_line
 from mlx_grow.reproduce.scales import (
+    DEVICES,
     EVAL_TASKS,
     EXPERT_DATA,
+    PARTS,
+    SCALE_DATA,
     SCALE_EXPERTS,
+    TRAINED,
+    UNION,
+    checkpoint_steps,
+    device_class,
     estimate,
     experiments,
+    fmt_hours,
+    get_parts,
     get_scale,
     source_name,
     substrate_labels,
@@ -39,7 +52,8 @@ CURVE = {"tokens": [NUMBER], "flops": [(NUMBER, NONE)], "val_loss": [NUMBER],
 RECORD = {"part": int, "key": str, "label": str, "seed": int, "final": str, "run": str, "val_loss": NUMBER,
           "tokens": int, "flops": (NUMBER, NONE), "wall_s": NUMBER, "tok_s": NUMBER, "active_params": int,
           "stages": [{"val_loss": NUMBER}], "curve": CURVE, "depth": int, "substrate": str}
-COMPOSITION = {"sources": [str], "tune_steps": int, "tune_s": NUMBER, "rows": {"*": {"*": NUMBER}}}
+BASELINE = {"unigram": NUMBER, "bigram": NUMBER, "train_tokens": int, "val_tokens": int, "wall_s": NUMBER}
+COMPOSITION = {"seed": int, "sources": [str], "tune_steps": int, "wall_s": NUMBER, "rows": {"*": {"*": NUMBER}}}
 DEPTH = {"run": str, "limit": (int, NONE), "chance": {"*": (NUMBER, NONE)}, "items": {"*": int},
          "by_depth": {"*": {"*": {"acc": NUMBER}}}, "wall_s": NUMBER}
 
@@ -59,8 +73,16 @@ def glyph_available(font=None) -> bool:
         return False
 
 
-def open_out(out: Path, settings: dict):
-    """A new folder, or one this command started with the same settings."""
+def load() -> list:
+    """The 1-, 5- and 15-minute load averages (other work on the machine slows the runs)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return []
+
+
+def open_out(out: Path, settings: dict) -> dict:
+    """A new folder, or one this command started with the same settings; returns its reproduce.json."""
     mark = out / MARK
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder: choose a new --out")
@@ -73,9 +95,11 @@ def open_out(out: Path, settings: dict):
                              if old.get("settings", {}).get(k) != settings.get(k))
             raise UserError(f"{out} holds a reproduction with other settings ({', '.join(changed)} differ); "
                             "continue it with its own settings, or choose a new --out")
-        return
+        return old
     out.mkdir(parents=True, exist_ok=True)
-    write_json(mark, {"settings": settings})
+    rec = {"settings": settings}
+    write_json(mark, rec)
+    return rec
 
 
 def check_report(md: Path, out: Path):
@@ -114,7 +138,7 @@ def check_sources(sources):
     """Every data source of the runs exists (read later, run by run)."""
     from mlx_grow.data.corpora import check_source
 
-    for s in dict.fromkeys(sources):
+    for s in dict.fromkeys(source_name(x) for x in sources):
         check_source(s)
 
 
@@ -139,7 +163,7 @@ def train_run(job, root: Path, progress: bool, echo) -> dict:
     if rec_path.is_file():
         return read_record(root, job)
     run_dir = root / "runs" / key
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), load()
     final, summary = grow(cfg, run_dir, resume=(run_dir / "run.json").is_file(), progress=progress,
                           echo=lambda *a, **k: None)
     wall = time.perf_counter() - t0
@@ -150,7 +174,8 @@ def train_run(job, root: Path, progress: bool, echo) -> dict:
            "run": f"runs/{key}", "val_loss": summary[-1]["val_loss"], "tokens": tokens,
            "flops": c["flops"][-1] if c["flops"] else None, "wall_s": wall, "tok_s": tokens / wall,
            "active_params": max(s["active_params"] for s in summary), "stages": summary, "curve": c,
-           "depth": cfg.depth, "substrate": cfg.model.substrate.kind}
+           "depth": cfg.depth, "substrate": cfg.model.substrate.kind, "load": [load0, load()], "commit": commit(),
+           "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_json(rec_path, rec)
     echo(f"  {key}: validation loss {rec['val_loss']:.4f} after {tokens:,} tokens, {wall:.0f} s")
     return read_record(root, job)
@@ -190,26 +215,105 @@ def bytes_per_token(cfg) -> float:
     return n_bytes / len(ys)
 
 
-def composition(s, root: Path, expert_recs: list, sources, progress: bool, echo) -> dict:
-    """Part 4: each expert, the training-free combiners and a tuned merge, scored per domain."""
-    from mlx_grow.merge import compare, merge
+# --- the count baselines ---
 
-    path = root / "records" / "composition.json"
+
+def baseline(root: Path, name: str, cfg, steps: int, seed: int) -> dict:
+    """The unigram and interpolated-bigram tables fitted on the batches 0..steps-1 a run
+    with `cfg`'s data and `seed` reads, scored on its validation batches; kept in
+    OUT/records/baseline-NAME.json."""
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.eval.baselines import CountBaselines
+    from mlx_grow.tokenizer import load_tokenizer
+
+    path = root / "records" / f"baseline-{name}.json"
+    if path.is_file():
+        return read_json(path, dict, fix=REBUILT, shape=BASELINE)
+    t0 = time.perf_counter()
+    t = cfg.train
+    stream = open_stream(cfg.data, load_tokenizer(cfg.tokenizer), t.seq_len, t.batch_size, seed, progress=False)
+    val = stream.val_batches(t.val_batches)
+    fit = CountBaselines([stream.batch(i) for i in range(steps)], cfg.model.vocab_size)
+    rec = {**fit.losses(val), "train_tokens": fit.tokens, "val_tokens": int(sum(np.asarray(b)[:, 1:].size for b in val)),
+           "wall_s": time.perf_counter() - t0}
+    write_json(path, rec)
+    return rec
+
+
+def run_steps(cfg) -> int:
+    from mlx_grow.reproduce.scales import run_plan
+
+    return sum(st.steps for st in run_plan(cfg).stages)
+
+
+def baselines(root: Path, jobs, echo) -> dict:
+    """{part: {seed: {source or 'data': table}}}: the tables each part's runs are compared with.
+    Parts 1-3: fitted on the batches its runs read (the same for every variant of a seed);
+    part 4: each expert's domain on that expert's batches."""
+    out = {}
+    for part, key, label, seed, cfg in jobs:
+        if part == 4 and label == UNION:
+            continue
+        src = "data" if part != 4 else source_name(cfg.data.sources[0])
+        slot = out.setdefault(str(part), {}).setdefault(str(seed), {})
+        if src in slot:
+            continue
+        name = f"p{part}-s{seed}" + (f"-{key.split('-s')[0]}" if part == 4 else "")
+        slot[src] = baseline(root, name, cfg, run_steps(cfg), seed)
+    return out
+
+
+# --- part 4 ---
+
+
+def composition(s, root: Path, recs: list, sources, seed: int, progress: bool, echo) -> dict:
+    """Part 4 for one seed: each expert, the training-free combiners, the union-trained
+    control, the merge tuned on the union (experts' blocks, norms and heads) and each
+    expert alone tuned the same way for the same steps, scored on each domain."""
+    from mlx_grow.checkpoint import load_model
+    from mlx_grow.data.stream import open_stream
+    from mlx_grow.merge import merge
+    from mlx_grow.merge.combine import MergedModel, make_combiner
+    from mlx_grow.merge.store import load_merged
+    from mlx_grow.merge.tune import VARIANTS, tune_merged
+    from mlx_grow.tokenizer import load_tokenizer
+    from mlx_grow.training.step import evaluate
+
+    path = root / "records" / f"composition-s{seed}.json"
     if path.is_file():
         return check_composition(read_json(path, dict, fix=REBUILT, shape=COMPOSITION), path)
-    dirs = [r["final"] for r in expert_recs]
-    tuned = root / "runs" / "merged-tuned"
     t0 = time.perf_counter()
+    experts = [r for r in recs if r["label"] != UNION]
+    union = next(r for r in recs if r["label"] == UNION)
+    dirs = [r["final"] for r in experts]
+    tune = {"part": "all", "steps": s.tune_steps, "lr": s.lr / 2, "batch_size": s.batch, "seq_len": s.seq,
+            "seed": seed}
+    tuned = root / "runs" / f"merged-tuned-s{seed}"
     if not (tuned / "mlx_grow.json").is_file():
-        merge(dirs, tuned, combiner="mean-logits", overwrite=tuned.exists(), progress=progress, echo=echo,
-              tune={"part": "all", "steps": s.tune_steps, "lr": s.lr / 2, "batch_size": s.batch, "seq_len": s.seq,
-                    "data": list(sources)})
-    tune_s = time.perf_counter() - t0
-    table = compare(dirs, list(sources), merged=[tuned], seq_len=s.seq, batches=s.val_batches, batch_size=s.batch)
-    names = list(table)
-    rename = {names[0]: "expert 1", names[1]: "expert 2", f"merged:{tuned.name}": "mean-logits + tune (all)"}
-    rec = {"sources": [source_name(x) for x in sources], "tune_steps": s.tune_steps, "tune_s": tune_s,
-           "rows": {rename.get(k, k): v for k, v in table.items()}}
+        merge(dirs, tuned, combiner="mean-logits", overwrite=tuned.exists(), progress=progress,
+              echo=lambda *a, **k: None, tune={**tune, "data": list(sources)})
+    tok = load_tokenizer(dirs[0])
+    names = [source_name(x) for x in sources]
+    vals = {n: open_stream({"sources": [x]}, tok, s.seq, s.batch, 0, progress=False).val_batches(s.val_batches)
+            for n, x in zip(names, sources)}
+
+    def score(model):
+        row = {n: evaluate(model, b) for n, b in vals.items()}
+        row["union"] = float(np.mean(list(row.values())))
+        return row
+
+    models = [load_model(d) for d in dirs]
+    rows = {f"expert {k + 1}": score(m) for k, m in enumerate(models)}
+    for name, kw in VARIANTS.items():
+        rows[name] = score(MergedModel(models, make_combiner(len(models), **kw)))
+    rows[UNION] = score(load_model(union["final"]))
+    rows["mean-logits + tune (all)"] = score(load_merged(tuned)[0])
+    for k, d in enumerate(dirs):  # each expert alone, tuned with the same recipe, steps and batches
+        one = MergedModel([load_model(d)], make_combiner(1))
+        tune_merged(one, tok, list(sources), progress=False, echo=lambda *a, **k: None, **tune)
+        rows[f"expert {k + 1} + tune (all)"] = score(one)
+    rec = {"seed": seed, "sources": names, "tune_steps": s.tune_steps, "wall_s": time.perf_counter() - t0,
+           "rows": rows}
     write_json(path, rec)
     return check_composition(rec, path)
 
@@ -225,6 +329,25 @@ def check_composition(rec: dict, path) -> dict:
     return rec
 
 
+def experts_clear(recs, base) -> list:
+    """Why part 4's merges cannot test anything: every expert run that did not end CLEAR
+    nats below its own domain's unigram table (empty: all did)."""
+    from mlx_grow.reproduce.verdicts import CLEAR
+
+    out = []
+    for r in recs:
+        if r["label"] == UNION:
+            continue
+        b = base[str(r["seed"])][r["label"].split(": ", 1)[1]]
+        if r["val_loss"] > b["unigram"] - CLEAR:
+            out.append(f"{r['key']} ended at {r['val_loss']:.3f}, not {CLEAR:.2f} below its domain's unigram table "
+                       f"({b['unigram']:.3f})")
+    return out
+
+
+# --- part 5 ---
+
+
 def check_depth(rec: dict, path) -> dict:
     """Depths that are block counts, each scored on the same tasks."""
     by = rec["by_depth"]
@@ -234,12 +357,13 @@ def check_depth(rec: dict, path) -> dict:
     return rec
 
 
-def depth_scores(s, root: Path, run_dir: str, tasks, echo) -> dict:
-    """Part 5: the log-likelihood benchmarks on every stage of one grown run."""
-    from mlx_grow.eval.tasks import load_task
+def depth_scores(s, root: Path, run_dir: str, tasks, echo, protocol: str = "loglik") -> dict:
+    """Part 5: the benchmarks on every stage of one grown run, under one protocol
+    (loglik: the highest log-likelihood choice; paper: the papers' generative protocol)."""
     from mlx_grow.eval.runner import run_eval
+    from mlx_grow.eval.tasks import load_task
 
-    path = root / "records" / "depth.json"
+    path = root / "records" / f"depth-{protocol}.json"
     if path.is_file():
         return check_depth(read_json(path, dict, fix=REBUILT, shape=DEPTH), path)
     try:
@@ -251,21 +375,25 @@ def depth_scores(s, root: Path, run_dir: str, tasks, echo) -> dict:
               for t in loaded}
     t0 = time.perf_counter()
     stages = sorted(str(d) for d in Path(run_dir).glob("stage-[0-9]*") if (d / "config.json").is_file())
-    rep = run_eval(stages, tasks, protocol="loglik", limit=s.eval_limit)  # final/ is the last stage again
+    rep = run_eval(stages, tasks, protocol=protocol, limit=s.eval_limit)  # final/ is the last stage again
     depth = {m["name"]: m["depth"] for m in rep["models"] if not m.get("final")}
-    rows = {}
+    rows, n = {}, {t.name: len(t.items) for t in loaded}
     for r in rep["results"]:
         if r["model"] in depth:
-            rows.setdefault(depth[r["model"]], {})[r["task"]] = r["metrics"]
-    rec = {"run": run_dir, "limit": s.eval_limit, "chance": chance, "items": {t.name: len(t.items) for t in loaded},
+            m = dict(r["metrics"])
+            if "acc" not in m and "score" in m:  # the generative protocol: a score in percent
+                m["acc"] = m["score"] / 100
+            if "acc_stderr" not in m:  # the binomial standard error over the items
+                m["acc_stderr"] = math.sqrt(max(m["acc"] * (1 - m["acc"]), 0) / max(n.get(r["task"], 1), 1))
+            rows.setdefault(depth[r["model"]], {})[r["task"]] = m
+    rec = {"run": run_dir, "protocol": protocol, "limit": s.eval_limit, "chance": chance,
+           "items": {t.name: len(t.items) for t in loaded},
            "by_depth": {str(d): rows[d] for d in sorted(rows)}, "wall_s": time.perf_counter() - t0}
     write_json(path, rec)
     return check_depth(rec, path)
 
 
 def machine() -> dict:
-    import os
-
     import mlx.core as mx
 
     from mlx_grow.backend import loaded
@@ -279,17 +407,33 @@ def machine() -> dict:
     return info
 
 
-def data_passes(jobs, allow_repeat=None) -> tuple:
+def commit() -> str | None:
+    """The git commit of the mlx_grow source, when it runs from a checkout."""
+    import subprocess
+
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", str(here.parent)],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def data_passes(jobs, tok=None) -> tuple:
     """(lines, refusal or None): per source, the most any run draws from it against what
     it holds (training/passes.py), and the first run that reads a source more than its
-    data.max_passes (or `allow_repeat`) times."""
+    data.max_passes (raised by --allow-repeat) times. `tok`: the tokenizer (or a function that
+    gives it) where the runs' own is not built yet."""
     from mlx_grow.training import passes
 
     memo, worst, over = {}, {}, None
     for _, key, _, _, cfg in jobs:
-        if allow_repeat is not None:
-            cfg = cfg.with_flags(data={"max_passes": float(allow_repeat)})
-        rows = passes.table(cfg, None, memo)
+        rows = passes.table(cfg, tok, memo)
         for r in rows:
             if r.label not in worst or r.passes > worst[r.label][0].passes:
                 worst[r.label] = (r, key)
@@ -305,15 +449,83 @@ def data_passes(jobs, allow_repeat=None) -> tuple:
     return lines, None
 
 
+def tokenizer_sources(s, data, experts) -> list:
+    """Every corpus of the reproduction (parts 1-3 and both experts): one tokenizer serves every part."""
+    return [*(data or SCALE_DATA.get(s.name) or ["builtin:default"]), *experts]
+
+
+class PendingTokenizer:
+    """The reproduction's tokenizer before OUT holds it, for the passes check of a dry run
+    or of a new reproduction: trained in a temporary folder when first needed, on the
+    local corpora only (a dry run reads nothing from the Hub; streamed sources need no
+    tokenizer for that check). When every corpus is local it is the tokenizer itself,
+    and ensure_tokenizer moves it into OUT instead of training it again."""
+
+    def __init__(self, s, sources):
+        self.s, self.sources = s, list(sources)
+        self.local = [x for x in self.sources if not source_name(x).startswith("hf:")]
+        self.dir, self.rec = None, None
+
+    @property
+    def complete(self) -> bool:
+        return self.dir is not None and len(self.local) == len(self.sources)
+
+    def __call__(self):
+        import tempfile
+
+        from mlx_grow.reproduce import vocab
+        from mlx_grow.tokenizer import load_tokenizer
+
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="mlx-grow-tok-")) / "tokenizer"
+            self.rec = vocab.build(self.local, self.s.vocab, self.dir, echo=lambda *a: None)
+        return load_tokenizer(str(self.dir), save_cache=False)
+
+
+def ensure_tokenizer(s, out: Path, state: dict, sources, echo, pending: PendingTokenizer | None = None) -> dict | None:
+    """The reproduction's tokenizer in OUT/tokenizer: built once (recorded with its
+    fingerprint in reproduce.json) and checked against that record when reused."""
+    import shutil
+
+    from mlx_grow.reproduce import vocab
+
+    if s.tokenizer != TRAINED:
+        return None
+    path = out / vocab.TOKENIZER_DIR
+    rec = state.get("tokenizer")
+    if rec is not None:
+        fp = vocab.fingerprint_of(path) if (path / "tokenizer.json").is_file() else None
+        if fp != rec.get("fingerprint"):
+            raise UserError(f"{path} is not the tokenizer this reproduction built (its fingerprint differs from "
+                            f"{out / MARK}); the finished runs were trained with that one: restore it, or choose a "
+                            "new --out")
+        return rec
+    if pending is not None and pending.complete:
+        if path.exists():
+            shutil.rmtree(path)
+        shutil.copytree(pending.dir, path)
+        rec = dict(pending.rec)
+        echo(f"tokenizer: {rec['vocab_size']:,}-piece BPE trained on {rec['characters'] / 1e6:.1f}M characters of the "
+             f"training split in {rec['build_s']:.1f} s")
+    else:
+        rec = vocab.build(sources, s.vocab, path, echo=echo)
+    rec["path"] = vocab.TOKENIZER_DIR
+    state["tokenizer"] = rec
+    write_json(out / MARK, state)
+    return rec
+
+
 def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, report=None, font=None,
-              dry_run=False, progress=True, echo=print, command=None, substrates=None, allow_repeat=None) -> dict:
-    """Run every part at `scale`; write OUT/results.json and the report (default
-    OUT/reproduction.md, its plots in a folder beside it). Returns the results.
+              dry_run=False, progress=True, echo=print, command=None, substrates=None, allow_repeat=None,
+              parts=None) -> dict:
+    """Run `parts` (default all) at `scale`; write OUT/results.json and the report
+    (default OUT/reproduction.md, its plots in a folder beside it). Returns the results.
     Before anything is written, every run's passes over its sources are checked
     (`allow_repeat` raises the limit, as grow --allow-repeat)."""
     from mlx_grow.reproduce.report import si, write_report
 
     s = get_scale(scale)
+    part_ids = get_parts(parts)
     experts = tuple(experts or SCALE_EXPERTS.get(s.name) or EXPERT_DATA)
     if len(experts) != 2:
         raise UserError(f"--expert is given twice, once for each of part 4's two corpora (e.g. --expert a.txt "
@@ -321,16 +533,31 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     tasks = tuple(tasks or EVAL_TASKS)
     glyph = glyph_available(font)
     subs = substrate_labels(substrates) if substrates else None
-    jobs = experiments(s, data, experts, glyph, font, subs)
+    out = Path(out or f"reproduce-{s.name}")
+    tok_sources = tokenizer_sources(s, data, experts)
+    trained = s.tokenizer == TRAINED
+    tok_path = (out / "tokenizer") if trained else None
+    device = device_class()
+    state = {}
+    if (out / MARK).is_file():
+        state = read_json(out / MARK, dict, fix="restore it, or choose a new --out", shape={"settings": dict})
+    ckpt = state.get("checkpoint_every")
+    if not (isinstance(ckpt, int) and ckpt >= 0):
+        ckpt = checkpoint_steps(s, device)
+    jobs = experiments(s, data, experts, glyph, font, subs, part_ids, tok_path, ckpt)
     if allow_repeat is not None:  # every run may read a source up to N times
         jobs = [(*job[:4], job[4].with_flags(data={"max_passes": float(allow_repeat)})) for job in jobs]
-    est = estimate(s, jobs)
-    echo(f"reproduce --scale {s.name}: {est['runs']} training runs + a tuned merge, {si(est['tokens'])} "
-         f"tokens, {si(est['flops'])}FLOPs of training, predicted peak memory "
-         f"{est['peak_bytes'] / 2**30:.2f} GiB (one run at a time); needs {est['hardware']}")
-    if not glyph:
+    est = estimate(s, jobs, device)
+    names = ", ".join(n for n, p in PARTS.items() if p in part_ids)
+    echo(f"reproduce --scale {s.name} ({names}): {est['runs']} training runs, {si(est['tokens'])} tokens, "
+         f"{si(est['flops'])}FLOPs of training, predicted peak memory {est['peak_bytes'] / 2**30:.2f} GiB (one run "
+         f"at a time); about {fmt_hours(est['hours'])} on {DEVICES[device]['label']} ({DEVICES[device]['how']} "
+         f"{DEVICES[device]['flops'] / 1e12:g} TFLOP/s); needs {est['hardware']}")
+    if not glyph and 1 in part_ids:
         echo("no font for the glyph substrate (apt-get install fonts-unifont, or --font FILE): part 1 runs without it")
-    lines, refusal = data_passes(jobs, allow_repeat)
+    have_tok = trained and (tok_path / "tokenizer.json").is_file() and state.get("tokenizer")
+    pending = PendingTokenizer(s, tok_sources) if trained and not have_tok else None
+    lines, refusal = data_passes(jobs, pending) if jobs else ([], None)
     if dry_run:
         for line in lines:
             echo(line)
@@ -342,21 +569,36 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     from mlx_grow.data import corpora
 
     hub = [x.source for *_, cfg in jobs for x in cfg.data.mixture(0) if x.source.startswith("hf:")]
-    if missing := corpora.offline_sources(hub):  # streamed from the Hub: say what to download when it cannot be
+    if trained:
+        hub += [source_name(x) for x in tok_sources if source_name(x).startswith("hf:")]
+    if missing := corpora.offline_sources(list(dict.fromkeys(hub))):
         raise UserError(corpora.offline_message(missing))
-    out = Path(out or f"reproduce-{s.name}")
-    settings = {"scale": s.to_dict(), "data": list(data or []), "experts": list(experts), "tasks": list(tasks),
-                "glyph": glyph, "substrates": subs}
+    settings = {"scale": s.to_dict(), "data": list(data or []), "experts": [source_name(x) for x in experts],
+                "tasks": list(tasks), "glyph": glyph, "substrates": subs}
     # Every check before the first write: a refused input never blocks the corrected rerun.
     md_path = Path(report) if report else out / "reproduction.md"
     check_report(md_path, out)
     check_sources([*(data or []), *experts])
-    open_out(out, settings)
+    state = open_out(out, settings)
+    if state.get("checkpoint_every") != ckpt:
+        state["checkpoint_every"] = ckpt
+        write_json(out / MARK, state)
     t0 = time.perf_counter()
-    recs = []
+    tok_rec = ensure_tokenizer(s, out, state, tok_sources, echo, pending)
+    recs, done_flops, done_s = [], 0.0, 0.0
     for i, job in enumerate(jobs):
-        echo(f"[{i + 1}/{len(jobs)}] part {job[0]}: {job[2]}" + (f" (seed {job[3]})" if job[0] == 2 else ""))
-        recs.append(train_run(job, out, progress, echo))
+        left = est["flops"] - done_flops
+        rate = done_flops / done_s if done_s > 60 else DEVICES[device]["flops"]
+        echo(f"[{i + 1}/{len(jobs)}] part {job[0]}: {job[2]} (seed {job[3]}); about {fmt_hours(left / rate / 3600)} "
+             "of training left")
+        rec = train_run(job, out, progress, echo)
+        recs.append(rec)
+        if rec.get("flops"):
+            done_flops, done_s = done_flops + rec["flops"], done_s + rec["wall_s"]
+    echo("baselines: unigram and bigram tables on the runs' batches")
+    tb = time.perf_counter()
+    base = baselines(out, jobs, echo)
+    base_s = time.perf_counter() - tb
     bpt = {}
     for job, rec in zip(jobs, recs):
         if job[0] == 1:
@@ -365,19 +607,46 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
                 bpt[key] = bytes_per_token(job[4])
             rec["bits_per_byte"] = rec["val_loss"] / math.log(2) / bpt[key]
             rec["bytes_per_token"] = bpt[key]
-    echo("part 4: merging the experts")
-    comp = composition(s, out, [r for r in recs if r["part"] == 4], experts, progress, echo)
-    echo("part 5: benchmarks on every grown stage")
-    grown0 = next(r for r in recs if r["key"] == "grown-s0")
-    depth = depth_scores(s, out, grown0["run"], tasks, echo)
+    comp, skipped = [], None
+    if 4 in part_ids:
+        p4 = [r for r in recs if r["part"] == 4]
+        why = experts_clear(p4, base["4"])
+        if why:
+            skipped = "the merges were not run: " + "; ".join(why)
+            echo(f"part 4: {skipped}")
+        else:
+            echo("part 4: merging the experts")
+            for seed in range(s.seeds):
+                comp.append(composition(s, out, [r for r in p4 if r["seed"] == seed], experts, seed, progress, echo))
+    depth = {}
+    if 5 in part_ids:
+        if not s.benchmarks:
+            depth = {"not_testable": (
+                "at this scale a model of a few million parameters trained on well under a million tokens of the "
+                "Bible and Shakespeare answers MMLU, ARC and CommonsenseQA at chance (the previous tiny run: every "
+                "depth within 2 standard errors of chance under the log-likelihood protocol), and the papers' "
+                "generative protocol needs a model that writes the answer letter; part 5 runs at small and paper")}
+        else:
+            grown0 = out / "runs" / "grown-s0"
+            if not (out / "records" / "grown-s0.json").is_file():
+                depth = {"skipped": "it scores the stages of part 2's seed-0 grown run: run --parts grown first"}
+            else:
+                echo("part 5: benchmarks on every grown stage, both protocols")
+                depth = {p: depth_scores(s, out, str(grown0), tasks, echo, p) for p in ("loglik", "paper")}
     before = read_json(out / "results.json", dict, fix=REBUILT, shape={"wall_s": NUMBER}) \
         if (out / "results.json").is_file() else {}
     if not isinstance(before.get("invocations", 1), int):
         raise UserError(f"{out / 'results.json'} is damaged (its invocations entry is not a count); {REBUILT}")
-    results = {"scale": s.to_dict(), "estimate": est, "machine": machine(), "runs": recs, "composition": comp,
-               "depth": depth, "wall_s": before.get("wall_s", 0) + time.perf_counter() - t0,
+    from mlx_grow.reproduce.scales import head_share
+
+    results = {"scale": s.to_dict(), "parts": part_ids, "estimate": est, "machine": machine(), "commit": commit(),
+               "tokenizer": tok_rec, "shape": head_share(s), "checkpoint_every": ckpt, "runs": recs,
+               "baselines": base, "composition": comp, "composition_skipped": skipped, "depth": depth,
+               "wall_s": before.get("wall_s", 0) + time.perf_counter() - t0,
                "invocations": before.get("invocations", 1 if before else 0) + 1,
-               "work_s": sum(r["wall_s"] for r in recs) + comp.get("tune_s", 0) + depth.get("wall_s", 0),
+               "work_s": sum(r["wall_s"] for r in recs) + sum(c["wall_s"] for c in comp) + base_s
+               + sum(v.get("wall_s", 0) for v in depth.values() if isinstance(v, dict)),
+               "load_end": load(),
                "command": command or f"mlx-grow reproduce --scale {s.name}",
                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_json(out / "results.json", results)
