@@ -11,3 +11,26 @@ def _cache_dir(tmp_path_factory):
     if "MLX_GROW_CACHE" not in os.environ:
         os.environ["MLX_GROW_CACHE"] = str(tmp_path_factory.mktemp("mlx-grow-cache"))
     yield
+
+
+# `--file-times`: each test file's total time (setup + call + teardown), slowest first;
+# CI prints it so that growth of the suite shows (docs/testing.md keeps a measured table).
+_FILE_TIMES: dict = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--file-times", action="store_true", help="print each test file's total time")
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::")[0]
+    _FILE_TIMES[path] = _FILE_TIMES.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not config.getoption("--file-times") or not _FILE_TIMES:
+        return
+    terminalreporter.section("time per test file")
+    for path, t in sorted(_FILE_TIMES.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{t:8.1f} s  {path}")
+    terminalreporter.write_line(f"{sum(_FILE_TIMES.values()):8.1f} s  in all")

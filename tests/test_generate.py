@@ -188,7 +188,8 @@ def test_one_vocabulary_rule_padding_rows_load_and_are_never_sampled(tok, tmp_pa
     from mlx_grow.api import load
     from mlx_grow.checkpoint import save_model
     from mlx_grow.eval.scorer import Scorer
-    from mlx_grow.model import Model, init_weights
+    from mlx_grow.model import Model
+    from mlx_grow.training.init import init_weights
     from mlx_grow.tokenizer import check_vocab
 
     n = tok.vocab_size

@@ -152,6 +152,8 @@ def test_abs_variant_is_64_px():
     assert np.array_equal(bits[1], author_bits("ab", f64, 64, easy=(7, 3, 0.03)))
 
 
+# renders the whole glyph table twice (~9 s): in the slow set
+@pytest.mark.slow
 @needs_unifont
 def test_table_rows_unit_norm_and_builds_bit_identical():
     strings = [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0x430, 0x450)]

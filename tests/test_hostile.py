@@ -938,7 +938,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+# cases that train the reproduction's tokenizer and fit its baselines (~10 s each): in the slow set
+SLOW = {"reproduce-report-trainable-only"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.id in SLOW else c for c in CASES],
+                         ids=[c.id for c in CASES])
 def test_hostile(case, world, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

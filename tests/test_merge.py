@@ -228,6 +228,8 @@ def test_cli_merge(tok, tmp_path):
     assert nothing_written(tmp_path, "m2")
 
 
+# trains two experts and tunes a merge (~20 s on 2 cores): in the slow set
+@pytest.mark.slow
 def test_two_domain_experts_merge_beats_the_worse(tmp_path):
     """Grow one expert on KJV and one on Shakespeare; the merge's validation loss
     on the union of both domains is below the worse expert's."""

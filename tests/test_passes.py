@@ -86,6 +86,8 @@ def test_a_local_source_is_estimated_a_streamed_one_holds_its_budget_or_is_unbou
     assert "unbounded" in unbounded.line() and "(an estimate)" in est.line()
 
 
+# prepares the built-in corpus (~12 s): in the slow set
+@pytest.mark.slow
 def test_grow_refuses_more_passes_than_allowed_naming_the_source_and_both_ways_out(tmp_path):
     from mlx_grow.training.grow import grow
 
@@ -203,6 +205,8 @@ def test_data_flag_replaces_the_stage_mixtures_and_is_checked(tmp_path):
     assert re.search(r"grow would refuse: builtin:default would be read 1[23],[0-9]{3} times", out), out
 
 
+# trains the reproduction's tokenizer (~10 s): in the slow set
+@pytest.mark.slow
 def test_reproduce_names_the_paper_corpora_and_refuses_the_builtin_corpus_at_small_scale(tmp_path):
     for scale in ("small", "paper"):
         r = runner.invoke(app, ["reproduce", "--scale", scale, "--dry-run", "-o", str(tmp_path / scale)])

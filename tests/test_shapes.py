@@ -224,14 +224,14 @@ def test_every_reader_ends_in_a_value_or_one_line(world, target):
 def test_reproduction_records_end_in_one_line(world):
     """reproduce.json and a record, as the first thing a reproduction reads (nothing trains)."""
     @SETTINGS
-    @given(st.data(), st.sampled_from(["rep/reproduce.json", "rep/records/sub-16bit.json"]))
+    @given(st.data(), st.sampled_from(["rep/reproduce.json", "rep/records/sub-16bit-s0.json"]))
     def run(data, file):
         with tempfile.TemporaryDirectory() as d:  # a valid reproduction folder, to edit
             w = Path(d)
-            reproduction(records={"sub-16bit": {}})(w)  # a valid record of the first run
+            reproduction(records={"sub-16bit-s0": {}})(w)  # a valid record of the first run
             valid = (w / file).read_bytes()
         content = data.draw(hostile_json(valid))
-        command_ends_cleanly(world, R, file, content, reproduction(records={"sub-16bit": {}}), no_training)
+        command_ends_cleanly(world, R, file, content, reproduction(records={"sub-16bit-s0": {}}), no_training)
 
     run()
 

@@ -36,7 +36,8 @@ def plot_run(run_dir, out=None) -> Path:
         ax.set_xlabel(label)
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run with no logged rows yet has none
+            ax.legend()
     fig.suptitle(f"{run_dir.name}: loss (dashed: growth events)")
     fig.tight_layout()
     out = Path(out) if out else run_dir / "loss.png"
