@@ -13,6 +13,26 @@ def _cache_dir(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """The hostile-input world (tests/hostile_world.py), built once a session; tests copy it
+    before they change anything."""
+    from hostile_world import build_world
+
+    root = tmp_path_factory.mktemp("hostile") / "world"
+    root.mkdir()
+    build_world(root)
+    return root
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """A test's own empty cache folder, and no local data folder."""
+    monkeypatch.setenv("MLX_GROW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLX_GROW_DATA", raising=False)
+    return tmp_path / "cache"
+
+
 # `--file-times`: each test file's total time (setup + call + teardown), slowest first;
 # CI prints it so that growth of the suite shows (docs/testing.md keeps a measured table).
 _FILE_TIMES: dict = {}

@@ -23,6 +23,28 @@ def kjv_slice(path, docs: int = 120):
     return path
 
 
+def kjv_docs(n: int, start: int = 0) -> list:
+    """KJV chapters start .. start+n of the built-in corpus, as documents."""
+    import itertools
+
+    from mlx_grow.data import corpora
+
+    return list(itertools.islice(corpora.documents("builtin:kjv"), start, start + n))
+
+
+def two_stage_yaml(tmp_path, name: str, **train):
+    """A 2-block run config (1 + 1 blocks, 3 steps a stage) over 40 KJV chapters, written
+    to tmp_path/NAME.yaml; `train` overrides train keys."""
+    import yaml
+
+    corpus = kjv_slice(tmp_path / "kjv.txt", docs=40)
+    run = tiny_run(corpus, name, **train)
+    run["grow"] = {"stages": [1, 1], "steps_per_stage": 3}
+    run["model"]["num_hidden_layers"] = 2
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(run))
+    return tmp_path / f"{name}.yaml"
+
+
 def tiny_run(corpus, name: str, **train) -> dict:
     """A 4-block, 2-stage run config on bvv241-2-3 that trains in seconds."""
     t = {"batch_size": 4, "seq_len": 16, "lr": 3e-3, "warmup_steps": 2, "val_batches": 1, "log_every": 1}

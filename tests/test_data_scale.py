@@ -4,7 +4,6 @@ budget, the offline message, and `data prepare` in parallel pieces that resume
 after a kill."""
 
 import gzip
-import itertools
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import kjv_docs
 
 from mlx_grow.base import UserError
 from mlx_grow.data import corpora, encode
@@ -26,15 +26,8 @@ def tok():
     return load_tokenizer("bvv241-2-3")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_GROW_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLX_GROW_DATA", raising=False)
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
 
-
-def kjv(n, start=0):
-    return list(itertools.islice(corpora.documents("builtin:kjv"), start, start + n))
 
 
 def shard_files(shard) -> dict:
@@ -68,7 +61,7 @@ def fineweb_like(root, docs):
 def test_nested_parquet_jsonl_gz_and_arrow_shards_are_read_directly_by_row_group(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    docs = kjv(30)
+    docs = kjv_docs(30)
     fineweb_like(tmp_path / "fw", docs)
     files = [p.relative_to(tmp_path / "fw").as_posix() for p in corpora.folder_files(tmp_path / "fw")]
     assert files == ["arrow/data-00000-of-00002.arrow", "arrow/data-00001-of-00002.arrow",
@@ -147,7 +140,7 @@ def hub(monkeypatch):
     import datasets
 
     rows = [{"question": f"Question {i}: " + t[:200], "answer": {"value": f"answer {i}"}, "id": i}
-            for i, t in enumerate(kjv(400))]
+            for i, t in enumerate(kjv_docs(400))]
     fake = FakeHub(rows)
     monkeypatch.setattr(datasets, "load_dataset", fake)
     monkeypatch.setattr(corpora, "hub_unreachable", lambda: None)  # as online; the Hub's answer is simulated
@@ -217,7 +210,7 @@ def test_a_downloaded_copy_of_a_hub_dataset_is_read_offline(tok, monkeypatch, tm
             path: sample/10BT/*
         ---
         """))
-    pq.write_table(pa.table({"text": kjv(12), "url": ["u"] * 12}), root / "sample" / "10BT" / "000_00000.parquet")
+    pq.write_table(pa.table({"text": kjv_docs(12), "url": ["u"] * 12}), root / "sample" / "10BT" / "000_00000.parquet")
     (shard,) = prepare(["hf:HuggingFaceFW/fineweb-edu:sample-10BT"], tok, progress=False, val_fraction=0.1)
     assert sum(shard.meta["documents"].values()) == 12 and shard.meta["documents"]["val"] == 1
 
@@ -228,7 +221,7 @@ def test_a_downloaded_copy_of_a_hub_dataset_is_read_offline(tok, monkeypatch, tm
 @pytest.fixture
 def corpus(tmp_path):
     path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in kjv(120, start=200)))
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in kjv_docs(120, start=200)))
     return path
 
 
@@ -245,7 +238,7 @@ def test_parallel_preparation_writes_the_same_shard_as_sequential(tok, corpus, t
     assert one.path.name == two.path.name and one.meta == two.meta
     assert shard_files(one) == shard_files(two)
     # whole documents by hash: the validation documents are the smallest hashes
-    docs = kjv(120, start=200)
+    docs = kjv_docs(120, start=200)
     by_hash = sorted(docs, key=lambda d: encode.hashes([d])[0])[: one.meta["documents"]["val"]]
     assert sorted(tok.decode(d[:-1]) for d in doc_texts(two, "val")) == sorted(by_hash)
     assert not list((tmp_path / "par").glob(".*.parts"))  # the work folder is gone
@@ -271,7 +264,7 @@ def test_a_killed_preparation_resumes_from_its_finished_parts(tok, corpus, tmp_p
     monkeypatch.setattr(encode, "encode_piece", lambda docs, *a: (encoded.append(len(docs)), real(docs, *a))[1])
     said = []
     (resumed,) = prepare([str(corpus)], tok, out_dir=tmp_path / "out", progress=False, workers=1, echo=said.append)
-    pieces = sum(1 for _ in encode.pieces(kjv(120, start=200), 20_000))
+    pieces = sum(1 for _ in encode.pieces(kjv_docs(120, start=200), 20_000))
     assert len(encoded) == pieces - 3 and any("3 finished part(s) reused" in s for s in said)
     assert not work.exists()
     monkeypatch.setattr(encode, "encode_piece", real)
@@ -285,7 +278,7 @@ def test_data_prepare_cli_takes_workers_template_split_and_budget(tmp_path):
     from mlx_grow.cli import app
 
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps({"q": f"Question {i}?", "a": t[:300]}) + "\n" for i, t in enumerate(kjv(50))))
+    qa.write_text("".join(json.dumps({"q": f"Question {i}?", "a": t[:300]}) + "\n" for i, t in enumerate(kjv_docs(50))))
     r = CliRunner().invoke(app, ["data", "prepare", str(qa), "--template", "{q}\n{a}", "--tokens", "2000",
                                  "--workers", "1", "--out", str(tmp_path / "s")])
     assert r.exit_code == 0, r.output

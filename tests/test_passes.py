@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from helpers import kjv_docs
 from typer.testing import CliRunner
 
 from mlx_grow.base import UserError
@@ -20,17 +21,8 @@ runner = CliRunner()
 PAPER = sorted(n for n in packaged_configs() if n != "tiny")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_GROW_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLX_GROW_DATA", raising=False)
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # conftest.py
 
-
-def docs(n, start=0):
-    import itertools
-
-    return list(itertools.islice(corpora.documents("builtin:kjv"), start, start + n))
 
 
 def jsonl(path, texts):
@@ -49,7 +41,7 @@ def config(data, grow, **train) -> RunConfig:
 
 
 def test_guard_counts_draws_over_stage_mixtures_monolithic_segments_lora_phases_and_instruction_files(tmp_path):
-    a, b = jsonl(tmp_path / "a.jsonl", docs(20)), jsonl(tmp_path / "b.jsonl", docs(40, start=20))
+    a, b = jsonl(tmp_path / "a.jsonl", kjv_docs(20)), jsonl(tmp_path / "b.jsonl", kjv_docs(40, start=20))
     held = {s.meta["source"]: s.meta["tokens"]["train"] for s in prepare([a, b], "bvv241-2-3", progress=False)}
     mix = {"stages": [[{"source": a, "weight": 1}, {"source": b, "weight": 3}], [a]]}
     lora = {"rank": 2, "targets": ["q_proj"], "final_phase_steps": 5}
@@ -63,7 +55,7 @@ def test_guard_counts_draws_over_stage_mixtures_monolithic_segments_lora_phases_
     # instruction files share instruction_ratio of every step by their size, as the stream draws them
     qa = [tmp_path / "q1.jsonl", tmp_path / "q2.jsonl"]
     for n, f in zip((30, 90), qa):
-        rows = [{"question": f"q{i}?", "answer": t[:100]} for i, t in enumerate(docs(n))]
+        rows = [{"question": f"q{i}?", "answer": t[:100]} for i, t in enumerate(kjv_docs(n))]
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rows = passes.table(config({"sources": [a], "instruction_files": [str(f) for f in qa], "instruction_ratio": 0.25},
                                {"stages": [2], "steps_per_stage": 100}))
@@ -75,7 +67,7 @@ def test_guard_counts_draws_over_stage_mixtures_monolithic_segments_lora_phases_
 
 
 def test_a_local_source_is_estimated_a_streamed_one_holds_its_budget_or_is_unbounded(tmp_path):
-    big = jsonl(tmp_path / "big.jsonl", docs(600))  # more than the sample: estimated
+    big = jsonl(tmp_path / "big.jsonl", kjv_docs(600))  # more than the sample: estimated
     rows = passes.table(config({"sources": [big, {"source": "hf:org/a", "tokens": 1000}, "hf:org/b"]},
                                {"stages": [2], "steps_per_stage": 10}))
     est, budget, unbounded = rows
@@ -91,7 +83,7 @@ def test_a_local_source_is_estimated_a_streamed_one_holds_its_budget_or_is_unbou
 def test_grow_refuses_more_passes_than_allowed_naming_the_source_and_both_ways_out(tmp_path):
     from mlx_grow.training.grow import grow
 
-    small = jsonl(tmp_path / "small.jsonl", [t[:600] for t in docs(4, start=300)])
+    small = jsonl(tmp_path / "small.jsonl", [t[:600] for t in kjv_docs(4, start=300)])
     cfg = config({"sources": [small]}, {"stages": [1, 1], "steps_per_stage": 40})
     (shard,) = prepare([small], "bvv241-2-3", progress=False)
     p = 80 * 64 / shard.meta["tokens"]["train"]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import kjv_slice, tiny_run
+from helpers import two_stage_yaml
 from typer.testing import CliRunner
 
 from mlx_grow.cli import app
@@ -43,14 +43,7 @@ class Reads:
 
 @pytest.fixture
 def config(tmp_path):
-    import yaml
-
-    corpus = kjv_slice(tmp_path / "kjv.txt", docs=40)
-    run = tiny_run(corpus, "counted", eval_every=0, checkpoint_every=3)
-    run["grow"] = {"stages": [1, 1], "steps_per_stage": 3}
-    run["model"]["num_hidden_layers"] = 2
-    (tmp_path / "counted.yaml").write_text(yaml.safe_dump(run))
-    return tmp_path / "counted.yaml"
+    return two_stage_yaml(tmp_path, "counted", eval_every=0, checkpoint_every=3)
 
 
 def test_grow_reads_its_config_once_and_plans_once(config, tmp_path, monkeypatch):

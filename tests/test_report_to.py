@@ -7,8 +7,7 @@ import sys
 import types
 
 import pytest
-import yaml
-from helpers import kjv_slice, tiny_run
+from helpers import two_stage_yaml
 from typer.testing import CliRunner
 
 from mlx_grow.cli import app
@@ -46,13 +45,7 @@ class Wandb(types.ModuleType):
 
 @pytest.fixture
 def config(tmp_path):
-    corpus = kjv_slice(tmp_path / "kjv.txt", docs=40)
-    run = tiny_run(corpus, "reported", eval_every=2, checkpoint_every=0)
-    run["grow"] = {"stages": [1, 1], "steps_per_stage": 3}
-    run["model"]["num_hidden_layers"] = 2
-    run["train"]["log_every"] = 1
-    (tmp_path / "reported.yaml").write_text(yaml.safe_dump(run))
-    return tmp_path / "reported.yaml"
+    return two_stage_yaml(tmp_path, "reported", eval_every=2, checkpoint_every=0, log_every=1)
 
 
 def metrics(out):

@@ -46,8 +46,6 @@ def smoke(tmp_path_factory):
     return d, res, lines
 
 
-# the reproduction at micro shapes, every part (~40 s with its fixture): in the slow set
-@pytest.mark.slow
 def test_every_part_is_measured_from_real_runs(smoke):
     d, res, lines = smoke
     runs = res["runs"]
@@ -112,7 +110,7 @@ def test_report_has_every_table_plot_baseline_and_verdict(smoke):
     assert res["machine"]["cpus"] and "Machine:" in md
 
 
-# reuses the micro reproduction (~40 s when run alone): in the slow set
+# runs the micro reproduction again and in other folders (~7 s): in the slow set
 @pytest.mark.slow
 def test_rerun_reuses_finished_runs_and_refuses_other_folders(smoke, tmp_path):
     d, res, _ = smoke

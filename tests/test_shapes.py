@@ -4,7 +4,7 @@ aliases and duplicate keys, truncation and bytes that are not UTF-8. Each comman
 that reads the file ends in success or in one `error:` line (exit 1 or 2), never a
 traceback; each reader used without the command raises UserError or OSError only.
 
-The world is test_hostile's (models, a merge, exports, a finished grow run, a
+The world is tests/hostile_world.py's (models, a merge, exports, a finished grow run, a
 corpus); each example runs in a fresh copy of the folder it touches."""
 
 import json
@@ -19,7 +19,7 @@ import yaml
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from test_hostile import alias_bomb, build_world, reproduction  # noqa: E402
+from hostile_world import alias_bomb, reproduction  # noqa: E402
 
 # Per reader: under 30 s for the whole file on a 2-core CPU, the same examples every run.
 # MLX_GROW_SHAPES=500 searches longer, with fresh examples each time.
@@ -110,10 +110,10 @@ def hostile_yaml(draw, valid: str):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, world):
+    """The hostile world (conftest.py) with a prepared shard folder and two JSONL files."""
     root = tmp_path_factory.mktemp("shapes") / "world"
-    root.mkdir()
-    build_world(root)
+    shutil.copytree(world, root, symlinks=True)
     from typer.testing import CliRunner
 
     from mlx_grow.cli import app
