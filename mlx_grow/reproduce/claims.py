@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from mlx_grow.reproduce import verdicts as V
+from mlx_grow.reproduce import verdicts
 from mlx_grow.reproduce.scales import GROWN_VARIANTS, LAYER_VARIANTS, UNION
 
 
@@ -33,8 +33,8 @@ def gate(name: str, arm: dict, base: dict, part: int, loss=lambda r: r["val_loss
     """Rule 1 on one arm: None when every seed ended CLEAR below its own unigram table."""
     seeds = sorted(arm)
     if not seeds:
-        return V.Verdict(V.NOT_TESTABLE, f"{name} did not run")
-    return V.clear_of_unigram(name, [loss(arm[s]) for s in seeds], [unigram(base, part, s) for s in seeds])
+        return verdicts.Verdict(verdicts.NOT_TESTABLE, f"{name} did not run")
+    return verdicts.clear_of_unigram(name, [loss(arm[s]) for s in seeds], [unigram(base, part, s) for s in seeds])
 
 
 def _row(part, claim, ours, verdict):
@@ -49,7 +49,7 @@ def rivals_row(part, claim, a_name, a, b_name, b, base, gates=()):
             return _row(part, claim, _means(a_name, a, b_name, b), g)
     seeds, d = paired(a, b)
     uni = mean(unigram(base, part, s) for s in seeds)
-    v = V.rivals(a_name, b_name, d, mean(b[s]["val_loss"] for s in seeds), uni)
+    v = verdicts.rivals(a_name, b_name, d, mean(b[s]["val_loss"] for s in seeds), uni)
     return _row(part, claim, _means(a_name, a, b_name, b), v)
 
 
@@ -62,7 +62,7 @@ def better_row(part, claim, a_name, a, b_name, b, base, gates=(), fa=None, fb=No
         if g is not None:
             return _row(part, claim, _means(a_name, a, b_name, b, fa, fb), g)
     _, d = paired(a, b, fa, fb)
-    return _row(part, claim, _means(a_name, a, b_name, b, fa, fb), V.better(a_name, b_name, d))
+    return _row(part, claim, _means(a_name, a, b_name, b, fa, fb), verdicts.better(a_name, b_name, d))
 
 
 def _means(a_name, a, b_name, b, fa=None, fb=None) -> str:
@@ -87,7 +87,7 @@ def part1(runs, base) -> list:
             f"A frozen {label} substrate learns as well as a learned input table (the papers' frozen substrates)")
         if not train:
             rows.append(_row(1, claim, "the trainable table did not run (--substrate)",
-                             V.Verdict(V.NOT_TESTABLE, "no reference arm: the trainable table did not run")))
+                             verdicts.Verdict(verdicts.NOT_TESTABLE, "no reference arm: the trainable table did not run")))
             continue
         rows.append(rivals_row(1, claim, label, by_seed(runs, 1, label), "trainable embeddings", train, base))
     return rows
@@ -139,7 +139,7 @@ def part4(runs, base, comp: list, skipped) -> list:
     claim2 = "The merge improves with further training, beyond the experts tuned on the union for the same steps"
     claim3 = "(control) The training-free merge against one model trained on the union with the experts' tokens"
     if skipped or not comp:
-        why = V.Verdict(V.NOT_TESTABLE, skipped or "part 4 did not run")
+        why = verdicts.Verdict(verdicts.NOT_TESTABLE, skipped or "part 4 did not run")
         return [_row(4, c, "–", why) for c in (claim1, claim2, claim3)]
     rows = {c["seed"]: c["rows"] for c in comp}
     seeds = sorted(rows)
@@ -156,29 +156,29 @@ def part4(runs, base, comp: list, skipped) -> list:
             (claim2, "mean-logits + tune", arm("mean-logits + tune (all)"), "the better expert + tune", best_tuned),
             (claim3, "mean-logits", arm("mean-logits"), UNION, arm(UNION))):
         _, d = paired(a, b)
-        out.append(_row(4, claim, _means(a_name, a, b_name, b) + " on the union", V.better(a_name, b_name, d)))
+        out.append(_row(4, claim, _means(a_name, a, b_name, b) + " on the union", verdicts.better(a_name, b_name, d)))
     return out
 
 
 def part5(depth: dict) -> list:
     claim = "Benchmark scores rise with depth, not monotonically (abs-bvv 1→6: MMLU 18.1→21.6 %, generative protocol)"
     if depth.get("not_testable"):
-        return [_row(5, claim, "not run", V.Verdict(V.NOT_TESTABLE, depth["not_testable"]))]
+        return [_row(5, claim, "not run", verdicts.Verdict(verdicts.NOT_TESTABLE, depth["not_testable"]))]
     rec = depth.get("paper") or depth.get("loglik")
     if not rec or not rec.get("by_depth"):
-        return [_row(5, claim, "not run", V.Verdict(V.NOT_TESTABLE, depth.get("skipped") or "part 5 did not run"))]
+        return [_row(5, claim, "not run", verdicts.Verdict(verdicts.NOT_TESTABLE, depth.get("skipped") or "part 5 did not run"))]
     ds = sorted(int(d) for d in rec["by_depth"])
     tasks = list(rec["by_depth"][str(ds[0])])
     last = rec["by_depth"][str(ds[-1])]
     above = [t for t in tasks if last[t]["acc"] > (rec["chance"].get(t) or 1) + 2 * last[t].get("acc_stderr", 0)]
     if not above:
         return [_row(5, claim, f"at depth {ds[-1]} no task is 2 standard errors above chance",
-                     V.Verdict(V.NOT_TESTABLE, "every task is at chance at the full depth"))]
+                     verdicts.Verdict(verdicts.NOT_TESTABLE, "every task is at chance at the full depth"))]
     first = rec["by_depth"][str(ds[0])]
     d = [first[t]["acc"] - last[t]["acc"] for t in above]
     # tasks play the part of seeds here: "the accuracy at the first depth is lower than at the last"
-    v = V.better(f"accuracy at depth {ds[0]}", f"accuracy at depth {ds[-1]}", d) if len(d) > 1 else V.Verdict(
-        V.INCONCLUSIVE, "one task above chance gives no spread to judge by")
+    v = verdicts.better(f"accuracy at depth {ds[0]}", f"accuracy at depth {ds[-1]}", d) if len(d) > 1 else verdicts.Verdict(
+        verdicts.INCONCLUSIVE, "one task above chance gives no spread to judge by")
     return [_row(5, claim, f"{len(above)} of {len(tasks)} tasks above chance at depth {ds[-1]}", v)]
 
 

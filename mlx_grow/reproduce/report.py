@@ -232,10 +232,14 @@ def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
         f"sequences ({s['batch'] * s['seq']:,} tokens a step), {s['dtype']}. Tokenizer: {tok_line}.",
     ]
     if shape:
+        from mlx_grow.reproduce.scales import SCALES, head_share
+
+        paper = head_share(SCALES["paper"])  # the papers' shape: d 1,024, 65,536 ids, 3 + 3 + 3 blocks
         L += [f"- **Economics:** the head is {shape['head_share']:.0%} of the monolithic model's trainable "
-              f"parameters (frozen substrate; the papers' shape d 1,024 × 65,536 ids: 37 %); grown/monolithic "
-              f"active parameters {shape['active_ratio']:.2f} and training FLOPs {shape['flop_ratio']:.2f} (the "
-              "papers: 0.58 and 0.63)."]
+              f"parameters (frozen substrate; the papers' shape d 1,024 × 65,536 ids: {paper['head_share']:.0%}); "
+              f"grown/monolithic active parameters {shape['active_ratio']:.2f} and training FLOPs "
+              f"{shape['flop_ratio']:.2f} (the papers' shape: {paper['active_ratio']:.2f} and "
+              f"{paper['flop_ratio']:.2f})."]
     L += [f"- **Schedule:** AdamW, peak lr {s['lr']}, one warm-up of {s['warmup']} steps and one cosine decay to "
           f"10 % over each whole run (`train.schedule: global`), the same in every run of a part, so a grown "
           f"run and its monolithic twin get the same LR at every step and read the same batches in the same order. "
