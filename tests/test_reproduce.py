@@ -107,6 +107,7 @@ def test_report_has_every_table_plot_baseline_and_verdict(smoke):
     # micro models learn little: the grown-vs-monolithic claim is not testable, and says why
     assert re.search(r"rivals the monolithic one.*verdict: \*\*not testable at this scale\*\*.*unigram table", md)
     assert "| the papers report |" in md and "Economics:" in md and "What depends on the tokenizer" in md
+    assert md.count("**Level:**") == 3  # parts 1-3 say where their arms end against the baselines
     assert res["machine"]["cpus"] and "Machine:" in md
 
 
@@ -305,3 +306,17 @@ def test_composition_and_every_substrate_at_micro_scale(tmp_path):
     md = (tmp_path / "out" / "reproduction.md").read_text()
     assert "(reproduction/composition.png)" in md and md.count("| *unigram table") == 2
     assert {r["label"] for r in res["runs"] if r["part"] == 1} == set(SUBSTRATES)
+
+
+def test_level_line_places_the_arms_between_the_baselines():
+    from mlx_grow.reproduce.report import _level
+
+    base = {"2": {"0": {"data": {"unigram": 6.0, "bigram": 5.0}}, "1": {"data": {"unigram": 6.2, "bigram": 5.2}}}}
+    arm = lambda *xs: [{"val_loss": x} for x in xs]  # noqa: E731
+    none = _level({"a": arm(5.5, 5.7), "b": arm(5.9, 5.9)}, base, 2)[1]
+    assert "0.20 to 0.50 nats below the unigram table (6.100" in none and "none ends below" in none
+    some = _level({"a": arm(4.9, 5.0), "b": arm(5.9, 5.9)}, base, 2)[1]
+    assert "a ends below the interpolated bigram table (5.100), the others do not" in some
+    every = _level({"a": arm(4.9, 5.0), "b": arm(4.0, 4.2)}, base, 2)[1]
+    assert "every arm ends below the interpolated bigram table" in every
+    assert _level({"a": arm(5.0)}, {}, 2) == []  # no baselines: no line

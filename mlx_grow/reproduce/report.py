@@ -171,6 +171,28 @@ def _part_wall(runs, part, extra=0.0) -> tuple:
     return sum(r["wall_s"] for r in rs) + extra, (float(np.mean(loads)) if loads else math.nan)
 
 
+def _level(groups: dict, base: dict, part: int) -> list:
+    """Where a part's arms end against its count baselines (means over seeds), in words:
+    a reader sees at once what level of model the verdicts compare."""
+    b = _base_lines(base, part)
+    means = {label: float(np.mean([r["val_loss"] for r in rs])) for label, rs in groups.items() if rs}
+    if not means or "unigram" not in b or "bigram" not in b:
+        return []
+    gains = [b["unigram"] - m for m in means.values()]
+    below = [label for label, m in means.items() if m < b["bigram"]]
+    text = (f"**Level:** the arms end {min(gains):.2f} to {max(gains):.2f} nats below the unigram table "
+            f"({b['unigram']:.3f}, means over seeds); ")
+    if not below:
+        text += (f"none ends below the interpolated bigram table ({b['bigram']:.3f}): every model here has learned "
+                 "less than a count bigram, so the verdicts compare models at that level, not at the papers'.")
+    elif len(below) == len(means):
+        text += f"every arm ends below the interpolated bigram table ({b['bigram']:.3f})."
+    else:
+        text += (f"{', '.join(below)} end{'s' if len(below) == 1 else ''} below the interpolated bigram table "
+                 f"({b['bigram']:.3f}), the others do not.")
+    return ["", text]
+
+
 def _verdict_lines(claims, part) -> list:
     out = []
     for c in claims:
@@ -278,6 +300,7 @@ def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
         elif s["hidden"] < GLYPH_FULL:
             L += ["", f"† The glyph recipe's PCA keeps min(d_model, 1,024) components; at d_model {s['hidden']} it "
                   "keeps the first {0}, so this row is not the papers' full glyph table.".format(s["hidden"])]
+        L += _level({lb: [r for r in p1 if r["label"] == lb] for lb in labels}, base, 1)
         plot_curves({lb: [r for r in p1 if r["label"] == lb] for lb in labels}, figs / "substrates.png",
                     "validation loss by input substrate", axes=("tokens",), lines=_base_lines(base, 1))
         L += ["", f"![substrates]({rel(figs / 'substrates.png')})", ""] + _verdict_lines(claims, 1)
@@ -299,6 +322,7 @@ def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
         rows += _base_rows(base, 2, 7)
         L += _table(["variant", "final val loss", "after stage 1", "tokens/s", "active params (max a stage)",
                      "wall (s)", "training FLOPs"], rows)
+        L += _level(groups, base, 2)
         grows = groups.get(GROWN_VARIANTS[0], [{}])[0].get("curve", {}).get("grows", [])
         plot_curves(groups, figs / "grown_vs_monolithic.png",
                     "9 blocks: grown 3+3+3 vs monolithic (dashed: growth events)", grows=grows,
@@ -336,6 +360,7 @@ def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
         rows += _base_rows(base, 3, 5)
         L += _table(["variant", "final val loss", "val loss after each stage (mean)", "tokens",
                      "active params (max)"], rows)
+        L += _level({v: [r for r in p3 if r["label"] == v] for v in LAYER_VARIANTS}, base, 3)
         plot_curves({v: [r for r in p3 if r["label"] == v] for v in LAYER_VARIANTS if any(r["label"] == v for r in p3)},
                     figs / "one_layer.png", "one block a stage", grows=p3[0]["curve"]["grows"],
                     lines=_base_lines(base, 3))
