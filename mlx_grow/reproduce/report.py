@@ -171,6 +171,15 @@ def _part_wall(runs, part, extra=0.0) -> tuple:
     return sum(r["wall_s"] for r in rs) + extra, (float(np.mean(loads)) if loads else math.nan)
 
 
+def _commits(res: dict) -> str:
+    """The commits the runs trained on (each record names its own) and the one that wrote the report."""
+    runs = sorted({r.get("commit") or "unknown" for r in res.get("runs", [])})
+    report = res.get("commit") or "unknown"
+    if not runs or runs == [report]:
+        return f"commit {report}"
+    return f"runs trained at commit {', '.join(runs)}; this report written at commit {report}"
+
+
 def _level(groups: dict, base: dict, part: int) -> list:
     """Where a part's arms end against its count baselines (means over seeds), in words:
     a reader sees at once what level of model the verdicts compare."""
@@ -245,7 +254,7 @@ def _write(res: dict, figs: Path, name: str, first_line: str | None) -> str:
         "verdict from the written rules below, never by hand. Nothing was tuned toward the papers' results.", "",
         "```bash", res["command"], "```", "",
         f"- **Machine:** {m['platform']}, {m['cpus']} CPUs, {m.get('memory_gb', '?')} GiB, MLX {m['mlx']} on "
-        f"{m['device']} (BLAS: {m['blas']}), Python {m['python']}; commit {res.get('commit') or 'unknown'}.",
+        f"{m['device']} (BLAS: {m['blas']}), Python {m['python']}; {_commits(res)}.",
         f"- **Wall time:** {res['wall_s'] / 60:.1f} min in all ({res.get('invocations', 1)} invocation"
         f"{'s' if res.get('invocations', 1) > 1 else ''}; a later one reuses the finished runs and rewrites the "
         f"report); the runs, merges and evaluations themselves: {wall_parts}. Load average (5 min) during the "

@@ -586,11 +586,18 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     t0 = time.perf_counter()
     tok_rec = ensure_tokenizer(s, out, state, tok_sources, echo, pending)
     recs, done_flops, done_s = [], 0.0, 0.0
+    skipped_flops = 0.0  # finished runs, read back: not left to train, not a measure of speed
     for i, job in enumerate(jobs):
-        left = est["flops"] - done_flops
+        head = f"[{i + 1}/{len(jobs)}] part {job[0]}: {job[2]} (seed {job[3]})"
+        if (out / "records" / f"{job[1]}.json").is_file():
+            rec = train_run(job, out, progress, echo)
+            echo(f"{head}: finished earlier, its record reused")
+            recs.append(rec)
+            skipped_flops += rec.get("flops") or 0.0
+            continue
+        left = est["flops"] - done_flops - skipped_flops
         rate = done_flops / done_s if done_s > 60 else DEVICES[device]["flops"]
-        echo(f"[{i + 1}/{len(jobs)}] part {job[0]}: {job[2]} (seed {job[3]}); about {fmt_hours(left / rate / 3600)} "
-             "of training left")
+        echo(f"{head}; about {fmt_hours(max(left, 0.0) / rate / 3600)} of training left")
         rec = train_run(job, out, progress, echo)
         recs.append(rec)
         if rec.get("flops"):
