@@ -103,6 +103,8 @@ def reference(corpus, tmp_path_factory):
     return cfg, one_rank(cfg, tmp / "ref").parent
 
 
+# two processes over the ring backend and a reference run (~17 s): in the slow set
+@pytest.mark.slow
 def test_two_ranks_match_one_and_resume_on_one(ring, reference, tmp_path):
     cfg, ref = reference
     p = launch(2, "-m", "mlx_grow.cli", "grow", "--config", str(cfg), "--out", str(tmp_path / "dp"), "--no-progress")

@@ -90,10 +90,11 @@ def temps(run) -> list:
 # --- kill -9, resume ---
 
 
+# a kill mid-stage in the default set; the other two places (~6 s each) in the slow set
 @pytest.mark.parametrize("fault, kept", [
     ("kill@step:7", [2, 4, 6]),  # mid-stage, after the growth event
-    ("kill@checkpoint:8", [2, 4, 6]),  # halfway through writing step-000008
-    ("kill@grow:2", [2, 4, 6]),  # blocks added, stage 2 not started
+    pytest.param("kill@checkpoint:8", [2, 4, 6], marks=pytest.mark.slow),  # halfway through writing step-000008
+    pytest.param("kill@grow:2", [2, 4, 6], marks=pytest.mark.slow),  # blocks added, stage 2 not started
 ])
 def test_kill_then_resume_equals_uninterrupted(fault, kept, cfg_path, reference, tmp_path):
     run = tmp_path / "run"

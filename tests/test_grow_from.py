@@ -228,6 +228,8 @@ def test_grow_from_refuses_another_architecture_substrate_or_tokenizer(corpus, s
     assert not out.exists()  # nothing written by any refusal
 
 
+# three runs (~8 s): in the slow set
+@pytest.mark.slow
 def test_grow_from_resumes_before_and_after_a_checkpoint(corpus, source, grown, tmp_path):
     class Stop(Exception):
         pass

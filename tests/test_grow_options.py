@@ -226,6 +226,8 @@ def test_per_stage_schedule_rewarms_every_stage(corpus, tmp_path):
     assert [lrs[g] for g in (1, 5, 8, 12)] == [0.0] * 4  # each stage and phase starts its warm-up again
 
 
+# ~9 s each: in the slow set (test_grow.py keeps a bit-identical resume across growth in the default set)
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["global", "constant"])
 def test_resume_is_bit_identical_with_a_run_schedule(corpus, tmp_path, schedule):
     cfg = lambda: config(corpus, grow=PHASED, warmup_steps=3, schedule=schedule, checkpoint_every=4,

@@ -824,8 +824,10 @@ CASES = [
 ]
 
 
-# cases that train the reproduction's tokenizer and fit its baselines (~10 s each): in the slow set
-SLOW = {"reproduce-report-trainable-only"}
+# cases that train the reproduction's tokenizer (~2 s each; trainable-only also fits its baselines,
+# ~10 s): in the slow set, but for three that stay in the default set
+SLOW = {"reproduce-report-trainable-only", "reproduce-report-over-readme", "reproduce-report-figures-folder-is-users",
+        "reproduce-report-is-a-folder", "reproduce-record-a-list", "reproduce-record-damaged"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.id in SLOW else c for c in CASES],

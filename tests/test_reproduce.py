@@ -46,6 +46,8 @@ def smoke(tmp_path_factory):
     return d, res, lines
 
 
+# the micro reproduction (~16 s for the fixture its tests share): in the slow set
+@pytest.mark.slow
 def test_every_part_is_measured_from_real_runs(smoke):
     d, res, lines = smoke
     runs = res["runs"]
@@ -87,6 +89,7 @@ def test_every_part_is_measured_from_real_runs(smoke):
     assert (d / "out" / "tokenizer" / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow
 def test_report_has_every_table_plot_baseline_and_verdict(smoke):
     d, res, _ = smoke
     md = (d / "out" / "reproduction.md").read_text()

@@ -221,6 +221,8 @@ def test_every_reader_ends_in_a_value_or_one_line(world, target):
     run()
 
 
+# trains the reproduction's tokenizer for every example (~9 s): in the slow set
+@pytest.mark.slow
 def test_reproduction_records_end_in_one_line(world):
     """reproduce.json and a record, as the first thing a reproduction reads (nothing trains)."""
     @SETTINGS
