@@ -82,7 +82,8 @@ PART_TITLES = {1: "Substrates", 2: "Grown vs monolithic", 3: "One layer at a tim
 # measurement. Once a reproduction has finished runs, their own rate replaces the class's.
 DEVICES = {
     "cpu": {"label": "x86-64 CPU, 2 cores, MKL (the development VM)", "flops": 21e9, "how": "measured",
-            "note": "the committed tiny run: training FLOPs over the runs' wall time, at load 3-4"},
+            "note": "the committed tiny run (docs/reproduction.md, 2026-12-07): 62.6 TFLOPs of training in 49.7 min of "
+                    "training runs = 21.0 GFLOP/s (20-23 per part) at load 1.3-2.6"},
     "metal": {"label": "Apple silicon GPU (Metal)", "flops": 5e12, "how": "assumed",
               "note": "an M-series Max at about a quarter of its half-precision peak; a base M-series chip is "
                       "about a quarter of that"},
