@@ -248,7 +248,7 @@ def test_report_rule_own_report_only(tmp_path, monkeypatch):
     """The report and its figures folder: written when new, rewritten by the same reproduction,
     refused when a user (or another reproduction) owns them; never written into."""
     from mlx_grow.reproduce import report as R
-    from mlx_grow.reproduce.run import check_report
+    from mlx_grow.reproduce.records import check_report
 
     monkeypatch.setattr(R, "plot_curves", lambda *a, **k: None)
     out, md = tmp_path / "out", tmp_path / "notes.md"
@@ -271,7 +271,7 @@ def test_report_rule_own_report_only(tmp_path, monkeypatch):
 
 
 def test_records_keep_paths_inside_the_reproduction(tmp_path):
-    from mlx_grow.reproduce.run import read_record
+    from mlx_grow.reproduce.records import read_record
 
     job = (1, "sub-16bit-s0", "16-bit id", 0, None)
     rec = {"part": 1, "key": "sub-16bit-s0", "label": "16-bit id", "seed": 0, "final": "runs/sub-16bit-s0/final",

@@ -18,16 +18,26 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_grow.base import UserError, brief
-from mlx_grow.io.atomic import REPORT_MARKER, atomic_path, replaceable
+from mlx_grow.base import UserError
 from mlx_grow.io.read import NUMBER, read_json
-from mlx_grow.reproduce.report import owner_line
+from mlx_grow.reproduce.records import (
+    BASELINE,
+    COMPOSITION,
+    DEPTH,
+    MARK,
+    REBUILT,
+    check_composition,
+    check_depth,
+    check_report,
+    open_out,
+    read_record,
+    write_json,
+)
 from mlx_grow.reproduce.scales import (
     DEVICES,
     EVAL_TASKS,
     EXPERT_DATA,
     PARTS,
-    SCALE_DATA,
     SCALE_EXPERTS,
     TRAINED,
     UNION,
@@ -41,27 +51,7 @@ from mlx_grow.reproduce.scales import (
     source_name,
     substrate_labels,
 )
-
-MARK = "reproduce.json"
-REBUILT = "delete it and run again: it is rebuilt from the finished runs"
-
-# What each record file holds (io.read.shaped); the report reads nothing else.
-NONE = type(None)
-CURVE = {"tokens": [NUMBER], "flops": [(NUMBER, NONE)], "val_loss": [NUMBER],
-         "grows": [{"depth": int, "tokens": (NUMBER, NONE), "flops": (NUMBER, NONE)}], "peak_mem_mb": NUMBER}
-RECORD = {"part": int, "key": str, "label": str, "seed": int, "final": str, "run": str, "val_loss": NUMBER,
-          "tokens": int, "flops": (NUMBER, NONE), "wall_s": NUMBER, "tok_s": NUMBER, "active_params": int,
-          "stages": [{"val_loss": NUMBER}], "curve": CURVE, "depth": int, "substrate": str}
-BASELINE = {"unigram": NUMBER, "bigram": NUMBER, "train_tokens": int, "val_tokens": int, "wall_s": NUMBER}
-COMPOSITION = {"seed": int, "sources": [str], "tune_steps": int, "wall_s": NUMBER, "rows": {"*": {"*": NUMBER}}}
-DEPTH = {"run": str, "limit": (int, NONE), "chance": {"*": (NUMBER, NONE)}, "items": {"*": int},
-         "by_depth": {"*": {"*": {"acc": NUMBER}}}, "wall_s": NUMBER}
-
-
-def write_json(path: Path, obj):
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
-
+from mlx_grow.reproduce.vocab import PendingTokenizer, ensure_tokenizer, tokenizer_sources
 
 def glyph_available(font=None) -> bool:
     from mlx_grow.substrate.glyph import find_font
@@ -79,59 +69,6 @@ def load() -> list:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return []
-
-
-def open_out(out: Path, settings: dict) -> dict:
-    """A new folder, or one this command started with the same settings; returns its reproduce.json."""
-    mark = out / MARK
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: choose a new --out")
-    if out.exists() and any(out.iterdir()):
-        if not mark.is_file():
-            raise UserError(f"{out} exists and is not a reproduction folder (no {MARK}); choose a new --out")
-        old = read_json(mark, dict, fix="restore it, or choose a new --out", shape={"settings": dict})
-        if old.get("settings") != settings:
-            changed = sorted(k for k in set(old.get("settings", {})) | set(settings)
-                             if old.get("settings", {}).get(k) != settings.get(k))
-            raise UserError(f"{out} holds a reproduction with other settings ({', '.join(changed)} differ); "
-                            "continue it with its own settings, or choose a new --out")
-        return old
-    out.mkdir(parents=True, exist_ok=True)
-    rec = {"settings": settings}
-    write_json(mark, rec)
-    return rec
-
-
-def check_report(md: Path, out: Path):
-    """The report and its figures folder (the report's name without .md, beside it) by
-    the rule of every output, before any run starts: new paths are written; existing
-    ones only when they are this reproduction's own report (its first line says so,
-    the folder's mlx_grow_report.json lists every file in it). Anything else, a
-    user's README.md or figs/ folder, is refused and never written into."""
-    figs = md.parent / md.stem
-    if md.is_dir():
-        raise UserError(f"--report {md} is a folder; give the report's file name, e.g. {md / 'reproduction.md'}")
-    if md.exists() or md.is_symlink():
-        ours = False
-        if md.is_file() and not md.is_symlink():  # never open a FIFO or follow a link
-            try:
-                with md.open(encoding="utf-8") as f:
-                    ours = f.readline(1000).strip() == owner_line(out.resolve())
-            except (OSError, UnicodeDecodeError):
-                pass
-        if not ours:
-            raise UserError(f"--report {md} exists and is not this reproduction's report (mlx-grow did not write "
-                            "it, or wrote it for another reproduction); choose another --report, or move it")
-    if figs.exists() or figs.is_symlink():
-        try:
-            replaceable(figs, marker=REPORT_MARKER)
-            ours = read_json(figs / REPORT_MARKER).get("reproduction") == str(out.resolve())
-        except (FileExistsError, UserError, OSError):
-            ours = False
-        if not ours:
-            raise UserError(f"{figs}, the folder the report's figures go in (the report's name without .md), exists "
-                            "and is not this reproduction's (mlx-grow did not write it, wrote it for another "
-                            "reproduction, or it holds other files); choose another --report, or move it")
 
 
 def check_sources(sources):
@@ -179,26 +116,6 @@ def train_run(job, root: Path, progress: bool, echo) -> dict:
     write_json(rec_path, rec)
     echo(f"  {key}: validation loss {rec['val_loss']:.4f} after {tokens:,} tokens, {wall:.0f} s")
     return read_record(root, job)
-
-
-def read_record(root: Path, job) -> dict:
-    """OUT/records/KEY.json, checked: the shape the report reads, the job it is of, and
-    its paths, which must be this job's run folder inside OUT (a record never points a
-    merge or a benchmark at a model elsewhere); they come back as paths under `root`."""
-    part, key, label = job[:3]
-    f = root / "records" / f"{key}.json"
-    fix = "delete it and run again: its finished run is reused"
-    rec = read_json(f, dict, fix=fix, shape=RECORD)
-    if (rec["part"], rec["key"], rec["label"]) != (part, key, label):
-        raise UserError(f"{f} is damaged (it is the record of {brief(rec['key'])}, not of {key}); {fix}")
-    for field, rel in (("run", f"runs/{key}"), ("final", f"runs/{key}/final")):
-        want = (root / rel).resolve()
-        v = rec[field]  # relative to OUT; older records: the same folder as the command named it
-        if (root / v).resolve() != want and Path(v).resolve() != want:
-            raise UserError(f"{f} is damaged: its `{field}` {brief(v)} is not {rel} inside {root} (a record names "
-                            f"only its own run folder); {fix}")
-        rec[field] = str(root / rel)
-    return rec
 
 
 def bytes_per_token(cfg) -> float:
@@ -318,17 +235,6 @@ def composition(s, root: Path, recs: list, sources, seed: int, progress: bool, e
     return check_composition(rec, path)
 
 
-def check_composition(rec: dict, path) -> dict:
-    """The rows the report reads: both experts and mean-logits, each scored on every source and the union."""
-    cols = [*rec["sources"], "union"]
-    rows = rec["rows"]
-    if len(rec["sources"]) != 2 or not {"expert 1", "expert 2", "mean-logits"} <= set(rows) or any(
-            set(r) != set(cols) for r in rows.values()):
-        raise UserError(f"{path} is damaged (its rows are not the experts' and merges' scores on "
-                        f"{', '.join(cols)}); {REBUILT}")
-    return rec
-
-
 def experts_clear(recs, base) -> list:
     """Why part 4's merges cannot test anything: every expert run that did not end CLEAR
     nats below its own domain's unigram table (empty: all did)."""
@@ -346,15 +252,6 @@ def experts_clear(recs, base) -> list:
 
 
 # --- part 5 ---
-
-
-def check_depth(rec: dict, path) -> dict:
-    """Depths that are block counts, each scored on the same tasks."""
-    by = rec["by_depth"]
-    tasks = {frozenset(v) for v in by.values()}
-    if not by or not all(d.isascii() and d.isdigit() for d in by) or len(tasks) != 1 or not next(iter(tasks)):
-        raise UserError(f"{path} is damaged (its scores are not one set of tasks per depth); {REBUILT}")
-    return rec
 
 
 def depth_scores(s, root: Path, run_dir: str, tasks, echo, protocol: str = "loglik") -> dict:
@@ -447,72 +344,6 @@ def data_passes(jobs, tok=None) -> tuple:
     except UserError as e:
         return lines, f"run {over[1]}: {e}"
     return lines, None
-
-
-def tokenizer_sources(s, data, experts) -> list:
-    """Every corpus of the reproduction (parts 1-3 and both experts): one tokenizer serves every part."""
-    return [*(data or SCALE_DATA.get(s.name) or ["builtin:default"]), *experts]
-
-
-class PendingTokenizer:
-    """The reproduction's tokenizer before OUT holds it, for the passes check of a dry run
-    or of a new reproduction: trained in a temporary folder when first needed, on the
-    local corpora only (a dry run reads nothing from the Hub; streamed sources need no
-    tokenizer for that check). When every corpus is local it is the tokenizer itself,
-    and ensure_tokenizer moves it into OUT instead of training it again."""
-
-    def __init__(self, s, sources):
-        self.s, self.sources = s, list(sources)
-        self.local = [x for x in self.sources if not source_name(x).startswith("hf:")]
-        self.dir, self.rec = None, None
-
-    @property
-    def complete(self) -> bool:
-        return self.dir is not None and len(self.local) == len(self.sources)
-
-    def __call__(self):
-        import tempfile
-
-        from mlx_grow.reproduce import vocab
-        from mlx_grow.tokenizer import load_tokenizer
-
-        if self.dir is None:
-            self.dir = Path(tempfile.mkdtemp(prefix="mlx-grow-tok-")) / "tokenizer"
-            self.rec = vocab.build(self.local, self.s.vocab, self.dir, echo=lambda *a: None)
-        return load_tokenizer(str(self.dir), save_cache=False)
-
-
-def ensure_tokenizer(s, out: Path, state: dict, sources, echo, pending: PendingTokenizer | None = None) -> dict | None:
-    """The reproduction's tokenizer in OUT/tokenizer: built once (recorded with its
-    fingerprint in reproduce.json) and checked against that record when reused."""
-    import shutil
-
-    from mlx_grow.reproduce import vocab
-
-    if s.tokenizer != TRAINED:
-        return None
-    path = out / vocab.TOKENIZER_DIR
-    rec = state.get("tokenizer")
-    if rec is not None:
-        fp = vocab.fingerprint_of(path) if (path / "tokenizer.json").is_file() else None
-        if fp != rec.get("fingerprint"):
-            raise UserError(f"{path} is not the tokenizer this reproduction built (its fingerprint differs from "
-                            f"{out / MARK}); the finished runs were trained with that one: restore it, or choose a "
-                            "new --out")
-        return rec
-    if pending is not None and pending.complete:
-        if path.exists():
-            shutil.rmtree(path)
-        shutil.copytree(pending.dir, path)
-        rec = dict(pending.rec)
-        echo(f"tokenizer: {rec['vocab_size']:,}-piece BPE trained on {rec['characters'] / 1e6:.1f}M characters of the "
-             f"training split in {rec['build_s']:.1f} s")
-    else:
-        rec = vocab.build(sources, s.vocab, path, echo=echo)
-    rec["path"] = vocab.TOKENIZER_DIR
-    state["tokenizer"] = rec
-    write_json(out / MARK, state)
-    return rec
 
 
 def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, report=None, font=None,

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from mlx_grow.base import UserError
+from mlx_grow.reproduce.records import MARK, write_json
+from mlx_grow.reproduce.scales import SCALE_DATA, TRAINED, source_name
 
 HASH_MARGIN = 2.0  # budgeted sources: leave out hashes below this many times the validation share
 SAMPLE_CHARS = 40_000_000  # budgeted sources: characters of text read from each to train the tokenizer
@@ -134,3 +136,70 @@ def fingerprint_of(path: Path) -> str:
 
 def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- the tokenizer of one reproduction (OUT/tokenizer) ---
+
+
+def tokenizer_sources(s, data, experts) -> list:
+    """Every corpus of the reproduction (parts 1-3 and both experts): one tokenizer serves every part."""
+    return [*(data or SCALE_DATA.get(s.name) or ["builtin:default"]), *experts]
+
+
+class PendingTokenizer:
+    """The reproduction's tokenizer before OUT holds it, for the passes check of a dry run
+    or of a new reproduction: trained in a temporary folder when first needed, on the
+    local corpora only (a dry run reads nothing from the Hub; streamed sources need no
+    tokenizer for that check). When every corpus is local it is the tokenizer itself,
+    and ensure_tokenizer moves it into OUT instead of training it again."""
+
+    def __init__(self, s, sources):
+        self.s, self.sources = s, list(sources)
+        self.local = [x for x in self.sources if not source_name(x).startswith("hf:")]
+        self.dir, self.rec = None, None
+
+    @property
+    def complete(self) -> bool:
+        return self.dir is not None and len(self.local) == len(self.sources)
+
+    def __call__(self):
+        import tempfile
+
+        from mlx_grow.tokenizer import load_tokenizer
+
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="mlx-grow-tok-")) / "tokenizer"
+            self.rec = build(self.local, self.s.vocab, self.dir, echo=lambda *a: None)
+        return load_tokenizer(str(self.dir), save_cache=False)
+
+
+def ensure_tokenizer(s, out: Path, state: dict, sources, echo, pending: PendingTokenizer | None = None) -> dict | None:
+    """The reproduction's tokenizer in OUT/tokenizer: built once (recorded with its
+    fingerprint in reproduce.json) and checked against that record when reused."""
+    import shutil
+
+
+    if s.tokenizer != TRAINED:
+        return None
+    path = out / TOKENIZER_DIR
+    rec = state.get("tokenizer")
+    if rec is not None:
+        fp = fingerprint_of(path) if (path / "tokenizer.json").is_file() else None
+        if fp != rec.get("fingerprint"):
+            raise UserError(f"{path} is not the tokenizer this reproduction built (its fingerprint differs from "
+                            f"{out / MARK}); the finished runs were trained with that one: restore it, or choose a "
+                            "new --out")
+        return rec
+    if pending is not None and pending.complete:
+        if path.exists():
+            shutil.rmtree(path)
+        shutil.copytree(pending.dir, path)
+        rec = dict(pending.rec)
+        echo(f"tokenizer: {rec['vocab_size']:,}-piece BPE trained on {rec['characters'] / 1e6:.1f}M characters of the "
+             f"training split in {rec['build_s']:.1f} s")
+    else:
+        rec = build(sources, s.vocab, path, echo=echo)
+    rec["path"] = TOKENIZER_DIR
+    state["tokenizer"] = rec
+    write_json(out / MARK, state)
+    return rec
