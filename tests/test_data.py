@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from mlx_grow.data import corpora
+from mlx_grow.data import builtin_corpora, corpora
 from mlx_grow.data import stream as data
 from mlx_grow.data.contamination import contamination
 from mlx_grow.data.stream import DataConfig, Shard, open_stream, prepare
@@ -60,13 +60,13 @@ def test_builtin_corpora_ship_two_domains():
     assert len(shk) > 900 and any("HAMLET" in d for d in shk)
     assert sum(map(len, kjv)) > 4_000_000 and sum(map(len, shk)) > 5_000_000
     assert not any("gutenberg" in d.lower() for d in shk)
-    size = sum(corpora._asset(n).stat().st_size for n in ("kjv.jsonl.gz", "shakespeare.jsonl.gz"))
+    size = sum(builtin_corpora._asset(n).stat().st_size for n in ("kjv.jsonl.gz", "shakespeare.jsonl.gz"))
     assert size < 4_000_000
-    assert (corpora._asset("SOURCES.md")).exists()
+    assert (builtin_corpora._asset("SOURCES.md")).exists()
 
 
 def test_optional_corpus_names_its_package(monkeypatch):
-    monkeypatch.setattr(corpora, "FORTUNE_DIRS", ("/nonexistent",))
+    monkeypatch.setattr(builtin_corpora, "FORTUNE_DIRS", ("/nonexistent",))
     with pytest.raises(ValueError, match="apt-get install fortunes-ru"):
         next(corpora.documents("builtin:fortunes-ru"))
     with pytest.raises(ValueError, match="unknown built-in corpus 'nope'"):
@@ -77,7 +77,7 @@ def test_fortunes_reader_strips_colour_codes(tmp_path, monkeypatch):
     (tmp_path / "ru").mkdir()
     (tmp_path / "ru" / "a").write_text("Первая мысль.\n%\n\x1b[32mВторая\x1b[m мысль.\n%\n", encoding="utf-8")
     (tmp_path / "ru" / "a.dat").write_bytes(b"\x00\x01")
-    monkeypatch.setattr(corpora, "FORTUNE_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(builtin_corpora, "FORTUNE_DIRS", (str(tmp_path),))
     assert list(corpora.documents("builtin:fortunes-ru")) == ["Первая мысль.", "Вторая мысль."]
 
 

