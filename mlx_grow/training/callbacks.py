@@ -155,11 +155,11 @@ REPORTERS = ("tensorboard", "wandb")
 class TensorBoardLog(TrainingCallback):
     """Scalars for TensorBoard in OUT/tensorboard: train/loss, train/lr, train/grad_norm,
     train/tok_s and val/loss over the global step. `writer` is anything with
-    add_scalar(tag, value, step) and close(); by default torch's or tensorboardX's
-    SummaryWriter, whichever is installed."""
+    add_scalar(tag, value, step) and close(): torch's or tensorboardX's SummaryWriter
+    (summary_writer_class), or a stand-in."""
 
-    def __init__(self, logdir, writer=None):
-        self.writer = writer if writer is not None else summary_writer_class()(str(logdir))
+    def __init__(self, writer):
+        self.writer = writer
 
     def on_train_loss_report(self, info):
         for k in ("loss", "lr", "grad_norm", "tok_s"):
@@ -178,7 +178,7 @@ class WandbLog(TrainingCallback):
     run record. `wandb` is the module (or a stand-in with init/log/finish)."""
 
     def __init__(self, plan, wandb=None):
-        self.wandb = wandb if wandb is not None else require("wandb", "wandb")
+        self.wandb = wandb if wandb is not None else wandb_module()
         self.wandb.init(project="mlx-grow", name=plan.out.name if plan.out else None, config=plan.record,
                         dir=str(plan.out) if plan.out else None, resume="allow")
 
@@ -193,16 +193,15 @@ class WandbLog(TrainingCallback):
         self.wandb.finish()
 
 
-def require(module: str, package: str):
-    import importlib
-
+def wandb_module():
     from mlx_grow.base import UserError
 
     try:
-        return importlib.import_module(module)
+        import wandb
     except ImportError:
-        raise UserError(f"--report-to {package.split()[0]} needs the {package} package: pip install {package}, "
-                        "or leave --report-to out") from None
+        raise UserError("--report-to wandb needs the wandb package: pip install wandb, or leave --report-to out") \
+            from None
+    return wandb
 
 
 def summary_writer_class():
@@ -233,9 +232,7 @@ def reporters(names) -> list:
     made = []
     for n in dict.fromkeys(names):
         if n == "tensorboard":
-            writer = summary_writer_class()
-            made.append(lambda plan, w=writer: TensorBoardLog(plan.out / "tensorboard", w(str(plan.out / "tensorboard"))))
+            made.append(lambda plan, w=summary_writer_class(): TensorBoardLog(w(str(plan.out / "tensorboard"))))
         else:
-            wandb = require("wandb", "wandb")
-            made.append(lambda plan, w=wandb: WandbLog(plan, w))
+            made.append(lambda plan, w=wandb_module(): WandbLog(plan, w))
     return made
