@@ -421,7 +421,7 @@ def reproduce(scale="tiny", out=None, data=None, experts=None, tasks=None, repor
     for i, job in enumerate(jobs):
         head = f"[{i + 1}/{len(jobs)}] part {job[0]}: {job[2]} (seed {job[3]})"
         if (out / "records" / f"{job[1]}.json").is_file():
-            rec = train_run(job, out, progress, echo)
+            rec = read_record(out, job)
             echo(f"{head}: finished earlier, its record reused")
             recs.append(rec)
             skipped_flops += rec.get("flops") or 0.0
